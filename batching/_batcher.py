@@ -1,0 +1,390 @@
+"""The dynamic batcher: a bounded queue, one dispatcher task, and batches run in worker threads.
+
+When a batch goes (the dispatcher's rule, in order)::
+
+    no free batch slot (max_concurrent_batches in flight)   → wait for one to finish
+    effective_max_batch_size items waiting                  → send, reason "full"
+    closing                                                 → send, reason "drain"
+    no batch in flight (the device is idle)                 → send at once, reason "idle"
+    the oldest item has waited max_wait                     → send, reason "timeout"
+    otherwise                                               → wait for more items or that time
+
+So a lone request never waits for a timer while the device has nothing to do, and under load
+items gather while a batch runs: batches grow with the load. The dispatcher sleeps on a future
+that ``submit``, a finishing batch, a timer or ``close`` completes; it never polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ._errors import BatchingError, DeadlineExceeded, QueueFull, ShuttingDown
+from ._observer import BatchObserver, GuardedObserver, NullObserver
+from ._pending import Pending, PendingQueue, fail_all, settle_exception, settle_result
+from ._policy import RetryAfterEstimator, check_settings, default_is_oom
+from ._runner import BatchReport, BatchRunner
+from ._types import BatcherState, Completed, DispatchReason, DropReason
+from ._workers import shutdown_executor
+
+__all__ = ["DynamicBatcher"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_NEVER = sys.maxsize
+"""A wake-up threshold no queue depth reaches."""
+
+_WORKER_EXIT_GRACE = 1.0
+"""Seconds ``close`` waits for worker threads still inside ``batch_fn`` after the drain."""
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Gathers items submitted one by one into batches for a blocking ``batch_fn``.
+
+    ``batch_fn(items) -> results`` runs in a worker thread and must return one result per
+    item, in order. Use it as ``async with DynamicBatcher(fn) as batcher: await
+    batcher.submit(x)``, or call ``start()`` and ``close()``; ``submit`` also starts it.
+    It belongs to the event loop that started it.
+    """
+
+    def __init__(
+        self,
+        batch_fn: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int = 8,
+        max_wait: float = 0.005,
+        max_queue: int = 256,
+        max_concurrent_batches: int = 1,
+        observer: BatchObserver | None = None,
+        is_oom: Callable[[BaseException], bool] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        check_settings(max_batch_size, max_wait, max_queue, max_concurrent_batches)
+        self._fn = batch_fn
+        self._max_batch_size = max_batch_size
+        self._max_wait = max_wait
+        self._max_queue = max_queue
+        self._max_concurrent = max_concurrent_batches
+        self._observer: BatchObserver = (
+            NullObserver() if observer is None else GuardedObserver(observer)
+        )
+        self._is_oom = default_is_oom if is_oom is None else is_oom
+        self._name = name
+        self._state = BatcherState.CREATED
+        self._queue: PendingQueue[T, R] = PendingQueue()
+        self._effective_max = max_batch_size
+        self._inflight = 0
+        self._retry = RetryAfterEstimator(max_concurrent_batches)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Future[None] | None = None
+        self._wake_threshold = _NEVER
+        self._drained: asyncio.Future[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def state(self) -> BatcherState:
+        return self._state
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting to be dispatched (callers that left are not counted)."""
+        return len(self._queue)
+
+    @property
+    def inflight_batches(self) -> int:
+        return self._inflight
+
+    @property
+    def effective_max_batch_size(self) -> int:
+        """``max_batch_size``, halved by every out-of-memory failure (never below 1)."""
+        return self._effective_max
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the dispatcher and the worker threads; a no-op when already running."""
+        self._start()
+
+    async def __aenter__(self) -> DynamicBatcher[T, R]:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _start(self) -> None:
+        if self._state is BatcherState.RUNNING:
+            return
+        if self._state is not BatcherState.CREATED:
+            raise RuntimeError(f"{self._name} is {self._state.value}; it cannot start again")
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._max_concurrent, thread_name_prefix=f"{self._name}-worker"
+        )
+        self._runner: BatchRunner[T, R] = BatchRunner(
+            self._fn,
+            self._executor,
+            is_oom=self._is_oom,
+            on_oom=self._shrink,
+            observer=self._observer,
+            name=self._name,
+        )
+        self._state = BatcherState.RUNNING
+        self._spawn(self._dispatch_loop(), f"{self._name}-dispatcher")
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Refuse new work, finish what is queued within ``drain_timeout`` seconds, fail the rest
+        with ``ShuttingDown``, and stop every task and thread. Safe to call more than once."""
+        if self._state is BatcherState.CREATED:
+            self._state = BatcherState.CLOSED
+            return
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self._closing = self._loop.create_future()
+        try:
+            # 1. Stop accepting: submit() refuses with ShuttingDown from now on, and the
+            #    dispatcher sends what is queued at once (reason "drain").
+            self._state = BatcherState.DRAINING
+            self._wake_dispatcher()
+            # 2. Drain: wait, bounded, until the queue is empty and no batch is in flight.
+            await self._wait_drained(drain_timeout)
+        finally:
+            # 3. Fail what is left with ShuttingDown and cancel the background tasks.
+            await self._abort_leftovers()
+            # 4. Shut the thread pool down; wait (briefly) for its threads to exit.
+            await shutdown_executor(self._executor, name=self._name, grace=_WORKER_EXIT_GRACE)
+            self._state = BatcherState.CLOSED
+            settle_result(self._closing, None)
+
+    async def _wait_drained(self, limit: float) -> None:
+        if self._is_drained():
+            return
+        self._drained = self._loop.create_future()
+        try:
+            async with asyncio.timeout(limit):
+                await self._drained
+        except TimeoutError:
+            logger.warning(
+                "%s: drain timed out after %.3gs with %d queued and %d batches in flight",
+                self._name, limit, len(self._queue), self._inflight,
+            )  # fmt: skip
+        finally:
+            self._drained = None
+
+    async def _abort_leftovers(self) -> None:
+        failed = fail_all(self._queue.take_all(), lambda: ShuttingDown("batcher closed"))
+        if failed:
+            self._observer.on_dropped(DropReason.SHUTDOWN, failed)
+            self._observer.on_queue_depth(0)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    async def submit(self, item: T, deadline: float | None = None) -> R:
+        """Run ``item`` in a batch and return its result.
+
+        ``deadline`` is an absolute ``time.monotonic()`` time; if it passes before the item's
+        batch runs, the item is dropped and ``DeadlineExceeded`` raised. Raises ``QueueFull``
+        (with ``retry_after``) at once when the queue is at its bound, ``ShuttingDown`` once
+        closing, and whatever ``batch_fn`` raised for this very item.
+        """
+        return (await self.submit_detailed(item, deadline)).value
+
+    async def submit_detailed(self, item: T, deadline: float | None = None) -> Completed[R]:
+        """As :meth:`submit`, with the batch size, queue wait, execution time and reason."""
+        entry = self._enqueue(item, deadline)
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            # The caller left: drop the item now if it has not been dispatched yet.
+            if False:
+                self._observer.on_dropped(DropReason.CANCELLED, 1)
+                self._observer.on_queue_depth(len(self._queue))
+            raise
+
+    def _enqueue(self, item: T, deadline: float | None) -> Pending[T, R]:
+        if self._state is not BatcherState.RUNNING:
+            if self._state is not BatcherState.CREATED:
+                self._observer.on_dropped(DropReason.SHUTDOWN, 1)
+                raise ShuttingDown(f"{self._name} is {self._state.value}; not accepting work")
+            self._start()
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self._observer.on_dropped(DropReason.EXPIRED, 1)
+            raise DeadlineExceeded(f"deadline passed {now - deadline:.3f}s before submit")
+        queue = self._queue
+        if queue.slots_used >= self._max_queue:
+            queue.compact()
+            if len(queue) >= self._max_queue:
+                self._refuse()
+        entry: Pending[T, R] = Pending(item, self._loop.create_future(), now, deadline)
+        if deadline is not None:
+            entry.timer = self._loop.call_later(deadline - now, self._expire, entry)
+        queue.push(entry)
+        depth = len(queue)
+        self._observer.on_queue_depth(depth)
+        if depth >= self._wake_threshold:
+            self._wake_dispatcher()
+        return entry
+
+    def _refuse(self) -> None:
+        depth = len(self._queue)
+        self._observer.on_dropped(DropReason.REFUSED, 1)
+        raise QueueFull(
+            f"{self._name}: queue full ({depth} items waiting)",
+            retry_after=self._retry.retry_after(depth),
+            queue_depth=depth,
+        )
+
+    def _expire(self, entry: Pending[T, R]) -> None:
+        """Deadline timer: fail the item now if it is still queued (not once it is running)."""
+        entry.timer = None
+        if self._queue.mark_dead(entry):
+            settle_exception(entry.future, DeadlineExceeded("deadline passed while queued"))
+            self._observer.on_dropped(DropReason.EXPIRED, 1)
+            self._observer.on_queue_depth(len(self._queue))
+
+    # -- dispatching ---------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        try:
+            while True:
+                step = self._next_step(time.monotonic())
+                if isinstance(step, DispatchReason):
+                    self._dispatch(step)
+                else:
+                    await self._sleep(*step)
+        except Exception:
+            logger.exception("%s: dispatcher failed; refusing new work", self._name)
+            self._state = BatcherState.DRAINING
+            failed = fail_all(self._queue.take_all(), lambda: BatchingError("dispatcher failed"))
+            if failed:
+                self._observer.on_dropped(DropReason.SHUTDOWN, failed)
+            self._check_drained()
+
+    def _next_step(self, now: float) -> DispatchReason | tuple[int, float | None]:
+        """A reason to dispatch now, or what to wait for: (queue depth, deadline)."""
+        oldest = self._queue.oldest()
+        if oldest is None:
+            self._check_drained()
+            return (1, None)
+        if self._inflight >= self._max_concurrent:
+            return (_NEVER, None)
+        if len(self._queue) >= self._effective_max:
+            return DispatchReason.FULL
+        if self._state is not BatcherState.RUNNING:
+            return DispatchReason.DRAIN
+        if self._inflight == 0:
+            return DispatchReason.IDLE
+        due = oldest.enqueued_at + self._max_wait
+        if now >= due:
+            return DispatchReason.TIMEOUT
+        return (self._effective_max, due)
+
+    async def _sleep(self, threshold: int, due: float | None) -> None:
+        """Wait until the queue reaches ``threshold``, a batch finishes, ``due``, or close."""
+        wake: asyncio.Future[None] = self._loop.create_future()
+        self._wake, self._wake_threshold = wake, threshold
+        timer = None
+        if due is not None:
+            timer = self._loop.call_later(due - time.monotonic(), settle_result, wake, None)
+        try:
+            await wake
+        finally:
+            self._wake, self._wake_threshold = None, _NEVER
+            if timer is not None:
+                timer.cancel()
+
+    def _wake_dispatcher(self) -> None:
+        if self._wake is not None:
+            settle_result(self._wake, None)
+
+    def _dispatch(self, reason: DispatchReason) -> None:
+        now = time.monotonic()
+        taken = self._queue.take(self._effective_max, now)
+        if taken.cancelled:
+            self._observer.on_dropped(DropReason.CANCELLED, taken.cancelled)
+        if taken.expired:
+            fail_all(taken.expired, lambda: DeadlineExceeded("deadline passed while queued"))
+            self._observer.on_dropped(DropReason.EXPIRED, len(taken.expired))
+        self._observer.on_queue_depth(len(self._queue))
+        if taken.batch:
+            self._inflight += 1
+            self._spawn(self._run_batch(taken.batch, reason, now), f"{self._name}-batch")
+
+    async def _run_batch(
+        self, batch: list[Pending[T, R]], reason: DispatchReason, dispatched_at: float
+    ) -> None:
+        report = BatchReport(reason, dispatched_at)
+        try:
+            await self._runner.run(batch, report)
+        except asyncio.CancelledError:
+            report.failed = True
+            failed = fail_all(batch, lambda: ShuttingDown("batcher closed before the batch ran"))
+            if failed:
+                self._observer.on_dropped(DropReason.SHUTDOWN, failed)
+            raise
+        except Exception:
+            logger.exception("%s: internal error while running a batch", self._name)
+            report.failed = True
+        finally:
+            # Every future is settled on every path, whatever happened above.
+            if fail_all(batch, lambda: BatchingError("internal error in the batcher")):
+                report.failed = True
+            self._inflight -= 1
+            self._retry.record(len(batch), time.monotonic() - dispatched_at)
+            waits = [dispatched_at - entry.enqueued_at for entry in batch]
+            self._observer.on_batch(len(batch), reason, report.exec_seconds, waits, report.failed)
+            self._wake_dispatcher()
+            self._check_drained()
+
+    def _shrink(self, failed_size: int) -> None:
+        """Out of memory on a batch of ``failed_size``: later batches are at most half of it."""
+        smaller = min(self._effective_max, max(1, (failed_size + 1) // 2))
+        if smaller < self._effective_max:
+            logger.warning(
+                "%s: out of memory on a batch of %d; max batch size %d -> %d",
+                self._name, failed_size, self._effective_max, smaller,
+            )  # fmt: skip
+            self._effective_max = smaller
+
+    def _is_drained(self) -> bool:
+        return len(self._queue) == 0 and self._inflight == 0
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self._is_drained():
+            settle_result(self._drained, None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self._loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("%s: task %s failed", self._name, task.get_name(), exc_info=exc)

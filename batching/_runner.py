@@ -1,0 +1,155 @@
+"""Runs one dispatched batch: ``batch_fn`` in a worker thread, the output contract, bisection.
+
+A failing batch of several items is split in halves and each half retried, recursively, until
+the item that really fails is alone and gets its own exception; one poisoned item in a batch of
+``N`` costs ``2·log2(N)`` extra calls. An out-of-memory failure also shrinks the batch size used
+from then on (through ``on_oom``) before the halves are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence, Sized
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar, cast
+
+from ._errors import BatchContractError, DeadlineExceeded
+from ._observer import BatchObserver
+from ._pending import Pending, settle_exception, settle_result
+from ._types import Completed, DispatchReason, DropReason
+
+__all__ = ["BatchReport", "BatchRunner"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Outcome(NamedTuple):
+    outputs: object
+    error: Exception | None
+    seconds: float
+
+
+def _call_blocking(fn: Callable[[list[T]], Sequence[R]], items: list[T]) -> _Outcome:
+    """Runs in the worker thread: call ``fn`` once, time it, and catch what it raises."""
+    start = time.perf_counter()
+    try:
+        outputs = fn(items)
+    except Exception as exc:
+        return _Outcome(None, exc, time.perf_counter() - start)
+    return _Outcome(outputs, None, time.perf_counter() - start)
+
+
+def _contract_problem(outputs: object, expected: int) -> str | None:
+    """What is wrong with ``outputs`` as the results of ``expected`` inputs, or ``None``."""
+    if not isinstance(outputs, Sized) or not isinstance(outputs, Iterable):
+        return f"batch_fn returned {type(outputs).__name__}, not a sequence"
+    if len(outputs) != expected:
+        return f"batch_fn returned {len(outputs)} results for {expected} inputs"
+    return None
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What the runner learnt about one dispatched batch, for the observer."""
+
+    reason: DispatchReason
+    dispatched_at: float
+    exec_seconds: float = 0.0
+    failed: bool = False
+
+
+class BatchRunner(Generic[T, R]):
+    """Executes dispatched batches; settles each item's future with its result or its error."""
+
+    def __init__(
+        self,
+        batch_fn: Callable[[list[T]], Sequence[R]],
+        executor: Executor,
+        *,
+        is_oom: Callable[[BaseException], bool],
+        on_oom: Callable[[int], None],
+        observer: BatchObserver,
+        name: str,
+    ) -> None:
+        self._fn = batch_fn
+        self._executor = executor
+        self._is_oom = is_oom
+        self._on_oom = on_oom
+        self._observer = observer
+        self._name = name
+
+    async def run(self, entries: list[Pending[T, R]], report: BatchReport) -> None:
+        """Run ``entries`` (bisecting on failure) until every one of them is settled."""
+        live = self._prune(entries)
+        if not live:
+            return
+        items = [entry.item for entry in live]
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self._executor, _call_blocking, self._fn, items)
+        report.exec_seconds += outcome.seconds
+        if outcome.error is None:
+            self._deliver(live, outcome, report)
+        else:
+            await self._recover(live, outcome.error, report)
+
+    def _prune(self, entries: list[Pending[T, R]]) -> list[Pending[T, R]]:
+        """Drop entries whose caller left or whose deadline passed; they never reach batch_fn."""
+        now = time.monotonic()
+        live: list[Pending[T, R]] = []
+        cancelled = expired = 0
+        for entry in entries:
+            if entry.future.done():
+                cancelled += entry.future.cancelled()
+            elif entry.expired(now):
+                expired += 1
+                settle_exception(entry.future, DeadlineExceeded("deadline passed before it ran"))
+            else:
+                live.append(entry)
+        if cancelled:
+            self._observer.on_dropped(DropReason.CANCELLED, cancelled)
+        if expired:
+            self._observer.on_dropped(DropReason.EXPIRED, expired)
+        return live
+
+    def _deliver(self, live: list[Pending[T, R]], outcome: _Outcome, report: BatchReport) -> None:
+        outputs = outcome.outputs
+        problem = _contract_problem(outputs, len(live))
+        if problem is not None:
+            logger.error("%s: %s; failing the batch with BatchContractError", self._name, problem)
+            report.failed = True
+            for entry in live:
+                settle_exception(entry.future, BatchContractError(problem))
+            return
+        size = len(live)
+        for entry, value in zip(live, cast("Iterable[R]", outputs), strict=True):
+            wait = report.dispatched_at - entry.enqueued_at
+            done = Completed(value, size, wait, outcome.seconds, report.reason)
+            settle_result(entry.future, done)
+
+    async def _recover(
+        self, live: list[Pending[T, R]], error: Exception, report: BatchReport
+    ) -> None:
+        if self._oom(error):
+            self._on_oom(len(live))
+        if len(live) == 1:
+            report.failed = True
+            logger.warning("%s: batch_fn failed for one item: %r", self._name, error)
+            settle_exception(live[0].future, error)
+            return
+        logger.debug("%s: batch of %d failed (%r); retrying halves", self._name, len(live), error)
+        middle = len(live) // 2
+        await self.run(live[:middle], report)
+        await self.run(live[middle:], report)
+
+    def _oom(self, error: Exception) -> bool:
+        try:
+            return bool(self._is_oom(error))
+        except Exception:
+            logger.exception("%s: is_oom raised; taking the error as not out-of-memory", self._name)
+            return False

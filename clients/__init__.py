@@ -1,0 +1,52 @@
+"""yoloserve's Python client: an async client that retries the right way, its sync twin, a CLI.
+
+::
+
+    from clients import AsyncDetectionClient
+
+    async with AsyncDetectionClient("http://127.0.0.1:8080") as client:
+        await client.wait_until_ready(timeout=60)
+        result = await client.detect("photo.jpg", conf=0.3)
+
+Imports nothing heavy: numpy and Pillow are loaded only when a numpy array is passed.
+"""
+
+from clients._client import AsyncDetectionClient, ClientOptions, DetectOptions
+from clients._images import ImageInput
+from clients._many import ItemError, ItemResult, Progress
+from clients._retry import Backoff, RetryBudget, parse_retry_after
+from clients._sync import DetectionClient
+from clients.errors import (
+    ClientError,
+    ConnectError,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+)
+
+__all__ = [
+    "AsyncDetectionClient",
+    "Backoff",
+    "ClientError",
+    "ClientOptions",
+    "ConnectError",
+    "DeadlineExceeded",
+    "DetectOptions",
+    "DetectionClient",
+    "ImageInput",
+    "InvalidRequest",
+    "ItemError",
+    "ItemResult",
+    "Overloaded",
+    "Progress",
+    "ProtocolError",
+    "RateLimited",
+    "RetryBudget",
+    "ServerError",
+    "Unauthorized",
+    "parse_retry_after",
+]

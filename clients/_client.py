@@ -1,0 +1,384 @@
+"""The asynchronous client: typed calls to the detection service, retried the right way."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
+from types import TracebackType
+from typing import Self, TypedDict, TypeVar, Unpack
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from clients._http import RequestSpec, Sender
+from clients._images import ArrayFormat, EncodedImage, ImageInput, encode_image
+from clients._many import ItemError, ItemResult, Progress, bounded_map
+from clients._retry import Backoff, RetryBudget, RetryPolicy
+from clients.errors import (
+    ClientError,
+    DeadlineExceeded,
+    InvalidRequest,
+    ProtocolError,
+    error_from_detail,
+    error_from_response,
+    error_from_transport,
+)
+from service.schemas import (
+    BatchItemError,
+    BatchResponse,
+    DetectionResult,
+    HealthResponse,
+    ModelInfo,
+)
+
+__all__ = ["AsyncDetectionClient", "ClientOptions", "DetectOptions"]
+
+M = TypeVar("M", bound=BaseModel)
+USER_AGENT = "yoloserve-client/0.1"
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`AsyncDetectionClient` (and so of ``DetectionClient``)."""
+
+    timeout: float
+    max_attempts: int
+    api_key: str | None
+    connect_timeout: float
+    attempt_timeout: float | None
+    backoff_base: float
+    backoff_max: float
+    retry_budget: RetryBudget | None
+    max_connections: int
+    max_keepalive_connections: int
+    headers: Mapping[str, str] | None
+    array_format: ArrayFormat
+    transport: httpx.AsyncBaseTransport | None
+    sleep: Callable[[float], Awaitable[None]]
+    jitter: Callable[[], float]
+    clock: Callable[[], float]
+
+
+class DetectOptions(TypedDict, total=False):
+    """The detection parameters ``detect_many`` passes on to each ``detect``."""
+
+    conf: float | None
+    iou: float | None
+    max_det: int | None
+    classes: Sequence[int | str] | None
+    timeout: float | None
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class AsyncDetectionClient:
+    """An async client of the yoloserve HTTP API.
+
+    ``timeout`` is each call's deadline, all its tries and waits included; ``attempt_timeout``
+    optionally bounds one try. Failures that may pass (connection errors, timeouts, 429, 502,
+    503, 504) are retried up to ``max_attempts`` tries with full-jitter backoff (``backoff_base``
+    doubling up to ``backoff_max``, at least the server's ``Retry-After``), while the
+    ``retry_budget`` shared by all calls allows. ``transport``, ``sleep``, ``jitter`` and
+    ``clock`` are for tests.
+
+    Every method's ``timeout`` overrides the client's for that call. It is a deadline, not only a
+    wrapper: it bounds the retries and is sent to the service as ``X-Request-Timeout-Ms``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 10.0,
+        max_attempts: int = 4,
+        api_key: str | None = None,
+        connect_timeout: float = 3.0,
+        attempt_timeout: float | None = None,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        retry_budget: RetryBudget | None = None,
+        max_connections: int = 64,
+        max_keepalive_connections: int = 16,
+        headers: Mapping[str, str] | None = None,
+        array_format: ArrayFormat = "png",
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout
+        self.policy = RetryPolicy(
+            max_attempts=max_attempts,
+            backoff=Backoff(backoff_base, backoff_max),
+            budget=retry_budget if retry_budget is not None else RetryBudget(),
+            sleep=sleep,
+            jitter=jitter,
+            clock=clock,
+        )
+        self._array_format = array_format
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=_default_headers(api_key, headers),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_keepalive_connections,
+            ),
+            transport=transport,
+        )
+        self._sender = Sender(
+            self._http,
+            self.policy,
+            connect_timeout=connect_timeout,
+            attempt_timeout=attempt_timeout,
+        )
+        self._state = _State.OPEN
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r}, {self._state.value})"
+
+    @property
+    def retry_budget(self) -> RetryBudget:
+        """The token bucket shared by this client's calls."""
+        return self.policy.budget
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool; idempotent. Calls after this raise ``RuntimeError``."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        await self._http.aclose()
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("the client is closed")
+
+    # -- detection ---------------------------------------------------------------------------
+
+    async def detect(
+        self,
+        image: ImageInput,
+        *,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int | str] | None = None,
+        image_name: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
+    ) -> DetectionResult:
+        """Detect objects in one image (a path, encoded bytes, or a uint8 BGR numpy array)."""
+        upload = await self._encode(image, image_name)
+        form = _form(conf, iou, max_det, classes)
+        spec = RequestSpec("POST", "/v1/detect", [("image", upload.as_file())], form)
+        return _parse(DetectionResult, await self._send(spec, timeout))
+
+    async def annotate(
+        self,
+        image: ImageInput,
+        *,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int | str] | None = None,
+        image_name: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
+    ) -> bytes:
+        """The image as JPEG bytes with the detected boxes and labels drawn on it."""
+        upload = await self._encode(image, image_name)
+        form = _form(conf, iou, max_det, classes)
+        spec = RequestSpec("POST", "/v1/annotate", [("image", upload.as_file())], form)
+        return (await self._send(spec, timeout)).content
+
+    async def detect_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int | str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
+    ) -> list[DetectionResult | ClientError]:
+        """Detect in several images (the service takes up to 64) in one request.
+
+        An image the service cannot decode fails only its own entry, returned as a
+        :class:`ClientError` in its place; a path that cannot be read raises before sending.
+        """
+        if not images:
+            return []
+        uploads = await asyncio.gather(*(self._encode(image, None) for image in images))
+        files = [("images", upload.as_file()) for upload in uploads]
+        spec = RequestSpec("POST", "/v1/detect/batch", files, _form(conf, iou, max_det, classes))
+        batch = _parse(BatchResponse, await self._send(spec, timeout))
+        if len(batch.results) != len(images):
+            raise ProtocolError(f"{len(images)} images sent, {len(batch.results)} results received")
+        return [
+            error_from_detail(item.error) if isinstance(item, BatchItemError) else item
+            for item in batch.results
+        ]
+
+    async def detect_many(
+        self,
+        items: Iterable[ImageInput] | AsyncIterable[ImageInput],
+        *,
+        concurrency: int = 16,
+        ordered: bool = False,
+        on_progress: Callable[[Progress], None] | None = None,
+        **options: Unpack[DetectOptions],
+    ) -> AsyncGenerator[ItemResult | ItemError, None]:
+        """Detect in each image of a (possibly endless, possibly async) stream, a window at a time.
+
+        At most ``concurrency`` images are read, sent or awaited at once.
+
+        Yields an :class:`ItemResult` or an :class:`ItemError` per input, as they finish (or in
+        input order when ``ordered``). Read lazily; stop early with ``contextlib.aclosing``.
+        """
+        self._check_open()
+        clock = self.policy.clock
+        started = clock()
+        completed = failed = 0
+
+        async def one(index: int, image: ImageInput) -> ItemResult | ItemError:
+            begin = clock()
+            try:
+                result = await self.detect(image, **options)
+            except ClientError as exc:
+                return ItemError(index, image, exc, clock() - begin)
+            return ItemResult(index, image, result, clock() - begin)
+
+        window = bounded_map(items, one, concurrency=concurrency, ordered=ordered)
+        async with aclosing(window):  # closing this generator closes the window at once
+            async for outcome in window:
+                completed += 1
+                failed += not outcome.ok
+                if on_progress is not None:
+                    on_progress(Progress(completed, failed, clock() - started))
+                yield outcome
+
+    # -- model and health --------------------------------------------------------------------
+
+    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:  # noqa: ASYNC109
+        """The served model: name, version, backend, device, classes, batching settings."""
+        return _parse(ModelInfo, await self._send(RequestSpec("GET", "/v1/model"), timeout))
+
+    async def health(self, *, timeout: float | None = None) -> HealthResponse:  # noqa: ASYNC109
+        """The readiness probe, in one try: ``status`` is "ready", or why not ("starting"...)."""
+        self._check_open()
+        request = self._http.build_request(
+            "GET", "/health/ready", timeout=timeout if timeout is not None else self.timeout
+        )
+        try:
+            response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, request_id=None) from exc
+        if response.status_code in (200, 503):
+            try:
+                return HealthResponse.model_validate_json(response.content)
+            except ValidationError:
+                pass  # not a health body: a proxy's error answer
+        if response.is_success:
+            raise ProtocolError("the readiness answer is not a health body", status=200)
+        raise error_from_response(response, request_id=None)
+
+    async def wait_until_ready(self, timeout: float = 60.0) -> HealthResponse:  # noqa: ASYNC109
+        """Poll the readiness probe until the service says "ready"; raise after ``timeout`` s.
+
+        Connection errors and 503s mean "not yet"; other errors (a 401, a 404) are raised at once.
+        """
+        clock, policy = self.policy.clock, self.policy
+        deadline = clock() + timeout
+        delay = 0.05
+        last: str = "no answer yet"
+        while True:
+            remaining = deadline - clock()
+            try:
+                health = await self.health(timeout=max(0.001, min(self.timeout, remaining)))
+            except InvalidRequest:
+                raise
+            except ClientError as exc:
+                last = str(exc)
+            else:
+                if health.status == "ready":
+                    return health
+                last = f"status {health.status!r}"
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"not ready after {timeout:g}s: {last}", code="not_ready")
+            await policy.sleep(min(delay * (0.5 + policy.jitter() / 2), remaining))
+            delay = min(delay * 2, 1.0)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _encode(self, image: ImageInput, name: str | None) -> EncodedImage:
+        self._check_open()
+        return await encode_image(image, name=name, array_format=self._array_format)
+
+    async def _send(self, spec: RequestSpec, deadline_s: float | None) -> httpx.Response:
+        self._check_open()
+        deadline_s = deadline_s if deadline_s is not None else self.timeout
+        return await self._sender.send(spec, deadline_s=deadline_s)
+
+
+def _default_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    headers = {"User-Agent": USER_AGENT}
+    headers.update(extra or {})
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _form(
+    conf: float | None, iou: float | None, max_det: int | None, classes: Sequence[int | str] | None
+) -> dict[str, str]:
+    """The detection parameters as form fields; ``classes`` as one comma-separated field."""
+    form = {"conf": conf, "iou": iou, "max_det": max_det}
+    fields = {key: str(value) for key, value in form.items() if value is not None}
+    if classes is not None:
+        fields["classes"] = ",".join(str(c) for c in classes)
+    return fields
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    """A 2xx answer as ``model``, or a :class:`ProtocolError` naming what was wrong."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ProtocolError(
+            f"answer is not a valid {model.__name__}: {exc.error_count()} error(s), first: "
+            f"{exc.errors()[0]['msg']}",
+            status=response.status_code,
+            request_id=response.headers.get("x-request-id"),
+        ) from exc

@@ -1,0 +1,121 @@
+"""One call to the service: its tries, their headers and deadline, and its budget bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from clients._retry import RetryPolicy, parse_retry_after
+from clients.errors import (
+    ClientError,
+    DeadlineExceeded,
+    error_from_response,
+    error_from_transport,
+)
+
+__all__ = ["ATTEMPT_HEADER", "REQUEST_ID_HEADER", "TIMEOUT_HEADER", "RequestSpec", "Sender"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+ATTEMPT_HEADER = "X-Attempt"
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+
+FileField = tuple[str, tuple[str, bytes, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """What to send; the request itself is built anew for each try."""
+
+    method: str
+    path: str
+    files: Sequence[FileField] = ()
+    data: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    request_id: str
+    deadline: float
+
+
+class Sender:
+    """Sends a :class:`RequestSpec` with retries; answers only with a 2xx response or raises."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        policy: RetryPolicy,
+        *,
+        connect_timeout: float,
+        attempt_timeout: float | None,
+    ) -> None:
+        self._http = http
+        self._policy = policy
+        self._connect_timeout = connect_timeout
+        self._attempt_timeout = attempt_timeout
+
+    async def send(self, spec: RequestSpec, *, deadline_s: float) -> httpx.Response:
+        """Send ``spec``, retrying what may be retried, all within ``deadline_s`` seconds."""
+        call = _Call(uuid.uuid4().hex, self._policy.clock() + deadline_s)
+        response: httpx.Response | None = None
+        async for attempt in self._policy.retrying(call.deadline):
+            with attempt:
+                response = await self._try(spec, call, attempt.retry_state.attempt_number)
+        assert response is not None  # the loop ends with an answer or raises
+        return response
+
+    async def _try(self, spec: RequestSpec, call: _Call, number: int) -> httpx.Response:
+        remaining = call.deadline - self._policy.clock()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"deadline passed before try {number}", request_id=call.request_id
+            )
+        try:
+            response = await self._send_once(spec, call, number, remaining)
+        except ClientError as exc:
+            if exc.retryable:
+                self._policy.budget.record_failure()
+            raise
+        self._policy.budget.record_success()
+        return response
+
+    async def _send_once(
+        self, spec: RequestSpec, call: _Call, number: int, remaining: float
+    ) -> httpx.Response:
+        limit = remaining
+        if self._attempt_timeout is not None:
+            limit = min(remaining, self._attempt_timeout)
+        headers = {
+            REQUEST_ID_HEADER: call.request_id,
+            ATTEMPT_HEADER: str(number),
+            TIMEOUT_HEADER: str(max(1, int(limit * 1000))),
+        }
+        request = self._http.build_request(
+            spec.method,
+            spec.path,
+            headers=headers,
+            files=list(spec.files) or None,
+            data=dict(spec.data) or None,
+            timeout=httpx.Timeout(limit, connect=min(self._connect_timeout, limit)),
+        )
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, request_id=call.request_id) from exc
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"no answer within {limit:.3f}s",
+                code="timeout" if limit < remaining else "deadline_exceeded",
+                request_id=call.request_id,
+                retryable=limit < remaining,
+            ) from exc
+        if response.is_success:
+            return response
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=time.time())
+        raise error_from_response(response, request_id=call.request_id, retry_after=retry_after)

@@ -1,0 +1,166 @@
+"""The synchronous client: the async one, run on a private event loop in a thread of its own.
+
+Each public method is the async method wrapped once by :func:`_blocking` (or :func:`_blocking_iter`
+for ``detect_many``), so the two clients cannot drift apart. It works from plain scripts and from
+code that already runs an event loop (a notebook), since its loop never is the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar, Unpack
+
+from clients._client import AsyncDetectionClient, ClientOptions
+
+__all__ = ["DetectionClient"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_JOIN_TIMEOUT_S = 10.0
+
+
+class _LoopThread:
+    """An event loop running forever on a daemon thread until :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="yoloserve-client", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it; an interrupt here cancels it there."""
+        if self.closed:
+            coro.close()
+            raise RuntimeError("the client is closed")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("the synchronous client cannot be called from its own callbacks")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # a KeyboardInterrupt while waiting: stop the work, too
+            raise
+
+    def close(self) -> None:
+        """Stop the loop, join its thread, close it; idempotent."""
+        if self.closed:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_JOIN_TIMEOUT_S)
+        self._loop.close()
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncDetectionClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[DetectionClient, P], T]:
+    """The blocking twin of one ``AsyncDetectionClient`` coroutine method."""
+
+    def call(self: DetectionClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._loop.run(method(self._client, *args, **kwargs))
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
+def _blocking_iter(
+    method: Callable[Concatenate[AsyncDetectionClient, P], AsyncGenerator[T, None]],
+) -> Callable[Concatenate[DetectionClient, P], Generator[T, None, None]]:
+    """The iterator twin of one ``AsyncDetectionClient`` async generator method."""
+
+    def call(
+        self: DetectionClient, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Generator[T, None, None]:
+        return self._iterate(method(self._client, *args, **kwargs))
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
+class _End:
+    pass
+
+
+async def _next(agen: AsyncGenerator[T, None]) -> T | _End:
+    return await anext(agen, _End())
+
+
+class DetectionClient:
+    """The synchronous :class:`AsyncDetectionClient`: same arguments, same methods, blocking.
+
+    Use it as a context manager or call :meth:`close`. ``detect_many`` returns an iterator; its
+    ``on_progress`` callback runs on the client's thread and must not call the client. Close a
+    ``detect_many`` generator you leave early (``contextlib.closing``) to cancel its work at once.
+    """
+
+    def __init__(self, base_url: str, **options: Unpack[ClientOptions]) -> None:
+        self._loop = _LoopThread()
+        try:
+            self._client = self._loop.run(_open(base_url, options))
+        except BaseException:
+            self._loop.close()
+            raise
+
+    @property
+    def base_url(self) -> str:
+        return self._client.base_url
+
+    @property
+    def async_client(self) -> AsyncDetectionClient:
+        """The wrapped async client (its retry budget, its policy)."""
+        return self._client
+
+    def close(self) -> None:
+        """Close the connection pool and stop the client's thread; idempotent."""
+        if self._loop.closed:
+            return
+        try:
+            self._loop.run(self._client.aclose())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _iterate(self, agen: AsyncGenerator[T, None]) -> Generator[T, None, None]:
+        try:
+            while not isinstance(item := self._loop.run(_next(agen)), _End):
+                yield item
+        finally:
+            if not self._loop.closed:
+                self._loop.run(agen.aclose())
+
+    detect = _blocking(AsyncDetectionClient.detect)
+    annotate = _blocking(AsyncDetectionClient.annotate)
+    detect_batch = _blocking(AsyncDetectionClient.detect_batch)
+    detect_many = _blocking_iter(AsyncDetectionClient.detect_many)
+    model_info = _blocking(AsyncDetectionClient.model_info)
+    health = _blocking(AsyncDetectionClient.health)
+    wait_until_ready = _blocking(AsyncDetectionClient.wait_until_ready)
+
+
+async def _open(base_url: str, options: ClientOptions) -> AsyncDetectionClient:
+    return AsyncDetectionClient(base_url, **options)

@@ -1,0 +1,176 @@
+"""``yoloserve detect``: send files, folders and globs to the service, write JSON lines.
+
+One line per image on stdout (or ``--out``): the ``DetectionResult`` plus ``path``, or
+``{"path": ..., "error": {...}}``. A progress bar (on a terminal) and a summary go to stderr.
+The exit status is 1 when any image failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import click
+from rich.console import Console
+
+from clients._client import AsyncDetectionClient, DetectOptions
+from clients._many import Progress
+from clients._paths import count_images, iter_image_paths, missing_paths
+from clients._report import RunStats, json_line, progress_bar
+from clients._retry import RetryBudget
+
+__all__ = ["detect_command"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    paths: tuple[str, ...]
+    url: str
+    concurrency: int
+    ordered: bool
+    max_attempts: int
+    timeout: float
+    api_key: str | None
+    options: DetectOptions
+
+
+@click.command("detect", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--url",
+    envvar="YOLOSERVE_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The service or load balancer [env YOLOSERVE_URL].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=16,
+    show_default=True,
+    help="Images in flight at once.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the JSON lines to this file instead of stdout.",
+)
+@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold [service: 0.25].")
+@click.option("--iou", type=click.FloatRange(0, 1), help="NMS IoU threshold [service: 0.7].")
+@click.option("--max-det", type=click.IntRange(1, 1000), help="Most detections per image.")
+@click.option("--classes", help="Only these classes: comma-separated ids or names.")
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 20),
+    default=3,
+    show_default=True,
+    help="Retries per image after the first try (retryable failures only).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds per image, retries included.",
+)
+@click.option("--api-key", envvar="YOLOSERVE_API_KEY", help="Bearer token [env YOLOSERVE_API_KEY].")
+@click.option(
+    "--ordered/--unordered",
+    default=False,
+    show_default=True,
+    help="Write lines in input order (else as they finish).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar [default: when stderr is a terminal].",
+)
+def detect_command(
+    paths: tuple[str, ...],
+    url: str,
+    concurrency: int,
+    out: Path | None,
+    conf: float | None,
+    iou: float | None,
+    max_det: int | None,
+    classes: str | None,
+    retries: int,
+    timeout: float,
+    api_key: str | None,
+    ordered: bool,
+    progress: bool | None,
+) -> None:
+    """Detect objects in images: PATHS are files, folders (searched recursively) or globs."""
+    missing = missing_paths(paths)
+    if missing:
+        names = ", ".join(missing)
+        raise click.BadParameter(f"no such file or folder: {names}", param_hint="PATHS")
+    if next(iter_image_paths(paths), None) is None:
+        raise click.UsageError("no images found in PATHS")
+    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    options = DetectOptions(conf=conf, iou=iou, max_det=max_det, classes=class_list)
+    job = _Job(paths, url, concurrency, ordered, retries + 1, timeout, api_key, options)
+    console = Console(stderr=True)
+    show = console.is_terminal if progress is None else progress
+    stream = out.open("w", encoding="utf-8") if out else None
+    try:
+        stats = _run_job(job, stream or sys.stdout, console, show)
+    finally:
+        if stream:
+            stream.close()
+    console.print(stats.summary(), highlight=False, soft_wrap=True)
+    sys.exit(1 if stats.failures else 0)
+
+
+def _run_job(job: _Job, sink: TextIO, console: Console, show: bool) -> RunStats:
+    stats = RunStats()
+    started = time.monotonic()
+    total = count_images(job.paths) if show else None
+    try:
+        with progress_bar(console, enabled=show, total=total) as bar:
+            asyncio.run(_detect_all(job, sink, stats, bar.update))
+    except KeyboardInterrupt:
+        console.print("interrupted", style="bold red")
+        stats.elapsed_s = time.monotonic() - started
+        console.print(stats.summary(), highlight=False, soft_wrap=True)
+        sys.exit(130)
+    stats.elapsed_s = time.monotonic() - started
+    return stats
+
+
+async def _detect_all(
+    job: _Job, sink: TextIO, stats: RunStats, on_progress: Callable[[Progress], None]
+) -> None:
+    client = AsyncDetectionClient(
+        job.url,
+        timeout=job.timeout,
+        max_attempts=job.max_attempts,
+        api_key=job.api_key,
+        max_connections=job.concurrency,
+        max_keepalive_connections=job.concurrency,
+        retry_budget=RetryBudget(max_tokens=_budget_tokens(job.concurrency)),
+    )
+    async with client:
+        outcomes = client.detect_many(
+            iter_image_paths(job.paths),
+            concurrency=job.concurrency,
+            ordered=job.ordered,
+            on_progress=on_progress,
+            **job.options,
+        )
+        async with aclosing(outcomes):
+            async for outcome in outcomes:
+                stats.add(outcome)
+                sink.write(json_line(outcome) + "\n")
+    sink.flush()
+
+
+def _budget_tokens(concurrency: int) -> float:
+    """Room for one retry per image in flight before throttling (at least gRPC's usual 10)."""
+    return float(max(10, 2 * concurrency))

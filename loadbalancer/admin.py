@@ -1,0 +1,138 @@
+"""The admin API (aiohttp, its own port): status, backend changes, Prometheus metrics.
+
+A bearer token is required when one is configured, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loadbalancer.cluster import Cluster
+from loadbalancer.errors import AdminError
+from loadbalancer.metrics import CONTENT_TYPE, render
+from loadbalancer.settings import BackendSpec
+from loadbalancer.stats import ProxyStats
+
+__all__ = ["create_admin_app"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_ADMIN_BODY = 65_536
+CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster", Cluster)
+STATS: web.AppKey[ProxyStats] = web.AppKey("stats", ProxyStats)
+REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+
+
+class PatchBackend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: int | None = Field(None, ge=1, le=10_000)
+    drain: bool | None = None
+
+
+def create_admin_app(
+    cluster: Cluster, stats: ProxyStats, registry: CollectorRegistry, token: str | None
+) -> web.Application:
+    app = web.Application(
+        middlewares=[_errors_middleware, _auth_middleware(token)], client_max_size=MAX_ADMIN_BODY
+    )
+    app[CLUSTER] = cluster
+    app[STATS] = stats
+    app[REGISTRY] = registry
+    app.router.add_get("/lb/status", status)
+    app.router.add_post("/lb/backends", add_backend)
+    app.router.add_patch("/lb/backends/{id}", patch_backend)
+    app.router.add_delete("/lb/backends/{id}", delete_backend)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _error(status: int, code: str, message: str, request: web.Request) -> web.Response:
+    rid = request.headers.get("X-Request-ID") or os.urandom(16).hex()
+    body = {"error": {"code": code, "message": message, "request_id": rid}}
+    return web.json_response(body, status=status, headers={"X-Request-ID": rid})
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Maps every refusal to the project's JSON error format."""
+    try:
+        return await handler(request)
+    except AdminError as exc:
+        return _error(exc.status, exc.code, str(exc), request)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(422, "validation_error", detail, request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return _error(exc.status, code, exc.text or exc.reason, request)
+
+
+def _auth_middleware(token: str | None) -> Middleware:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                response = _error(401, "unauthorized", "a valid bearer token is required", request)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="yoloserve-lb"'
+                return response
+        return await handler(request)
+
+    return auth
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise AdminError(f"the body is not JSON: {exc}") from exc
+
+
+async def status(request: web.Request) -> web.Response:
+    cluster, stats = request.app[CLUSTER], request.app[STATS]
+    now, wall = time.monotonic(), time.time()
+    backends = [b.snapshot(now, wall) for b in cluster.backends.values()]
+    cluster.candidates(now)  # refreshes the panic flag
+    body = {
+        "policy": cluster.policy.name,
+        "panic": cluster.panic,
+        "inflight": stats.active,
+        "client_connections": stats.client_connections,
+        "backends": backends,
+    }
+    return web.json_response(body)
+
+
+async def add_backend(request: web.Request) -> web.Response:
+    spec = BackendSpec.model_validate(await _json(request))
+    backend = request.app[CLUSTER].add(spec, time.monotonic())
+    return web.json_response(backend.snapshot(time.monotonic(), time.time()), status=201)
+
+
+async def patch_backend(request: web.Request) -> web.Response:
+    change = PatchBackend.model_validate(await _json(request))
+    cluster = request.app[CLUSTER]
+    backend = cluster.update(request.match_info["id"], weight=change.weight, drain=change.drain)
+    return web.json_response(backend.snapshot(time.monotonic(), time.time()))
+
+
+async def delete_backend(request: web.Request) -> web.Response:
+    backend = request.app[CLUSTER].remove(request.match_info["id"])
+    return web.json_response(backend.snapshot(time.monotonic(), time.time()))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=render(request.app[REGISTRY]), headers={"Content-Type": CONTENT_TYPE})

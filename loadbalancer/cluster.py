@@ -1,0 +1,156 @@
+"""The set of backends: choosing one (panic threshold, exclusions, back-off), outlier ejection,
+and the changes the admin API and SIGHUP make."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Iterable
+from typing import Protocol
+
+from loadbalancer.backend import Backend, Health, Tuning
+from loadbalancer.errors import BackendExists, BackendNotFound
+from loadbalancer.policies import Policy
+from loadbalancer.settings import BackendSpec
+
+__all__ = ["Cluster", "Watcher"]
+
+log = logging.getLogger("loadbalancer.cluster")
+
+
+class Watcher(Protocol):
+    """Told when backends join and leave (pools and health checks hang off this)."""
+
+    def added(self, backend: Backend) -> None: ...
+
+    def removed(self, backend: Backend) -> None: ...
+
+
+class Cluster:
+    def __init__(
+        self,
+        policy: Policy,
+        tuning: Tuning,
+        *,
+        panic_threshold: float = 50.0,
+        max_ejection_percent: float = 50.0,
+    ) -> None:
+        self.policy = policy
+        self.tuning = tuning
+        self.panic_threshold = panic_threshold / 100.0
+        self.max_ejection_percent = max_ejection_percent / 100.0
+        self.backends: dict[str, Backend] = {}
+        self.watchers: list[Watcher] = []
+        self.panic = False
+
+    # -- choosing ------------------------------------------------------------------------------
+    def candidates(self, now: float) -> list[Backend]:
+        """Routable backends; all willing ones in panic (fewer healthy than the threshold)."""
+        pool = [b for b in self.backends.values() if not b.admin_draining]
+        healthy = [b for b in pool if b.routable(now)]
+        self.panic = len(healthy) < self.panic_threshold * len(pool)
+        return [b for b in pool if b.willing()] if self.panic else healthy
+
+    def choose(
+        self, now: float, exclude: Collection[Backend] = (), *, allow_backoff: bool = True
+    ) -> Backend | None:
+        """A backend not in ``exclude``; one backing off (503 Retry-After) only as a last
+        resort and only when ``allow_backoff``."""
+        candidates = [b for b in self.candidates(now) if b not in exclude]
+        fresh = [b for b in candidates if b.backoff_until <= now]
+        if not fresh:
+            if not allow_backoff or not candidates:
+                return None
+            fresh = candidates
+        if len(fresh) == 1:
+            return fresh[0]
+        weights = [b.effective_weight(now) for b in fresh]
+        return self.policy.choose(fresh, weights, now)
+
+    # -- passive outlier detection -------------------------------------------------------------
+    def report_failure(self, backend: Backend, kind: str, now: float, *, outlier: bool) -> None:
+        """Counts a failure; ejects after enough in a row unless too many are ejected already."""
+        backend.record_error(kind)
+        if not outlier or backend.ejected(now) or not backend.record_failure():
+            return
+        ejected = sum(1 for b in self.backends.values() if b.ejected(now))
+        allowed = max(1, math.floor(self.max_ejection_percent * len(self.backends)))
+        if ejected >= allowed:
+            log.warning(
+                "ejection skipped: max ejection percent reached",
+                extra={"backend": backend.id, "ejected": ejected},
+            )
+            return
+        duration = backend.eject(now)
+        log.warning(
+            "backend ejected",
+            extra={"backend": backend.id, "seconds": duration, "reason": kind},
+        )
+
+    def report_probe(self, backend: Backend, observed: Health, now: float) -> None:
+        was_ejected = backend.ejected(now)
+        changed = backend.apply_probe(observed, now)
+        if changed is not None:
+            log.info("backend health changed", extra={"backend": backend.id, "health": changed})
+        elif was_ejected and not backend.ejected(now):
+            log.info("backend un-ejected by a passing health check", extra={"backend": backend.id})
+
+    # -- changes -------------------------------------------------------------------------------
+    def get(self, backend_id: str) -> Backend:
+        try:
+            return self.backends[backend_id]
+        except KeyError:
+            raise BackendNotFound(f"no backend {backend_id!r}") from None
+
+    def add(self, spec: BackendSpec, now: float, *, warm: bool = False) -> Backend:
+        """Adds a backend; ``warm`` skips slow start (the ones configured at start-up)."""
+        if spec.id in self.backends:
+            raise BackendExists(f"backend {spec.id!r} already exists")
+        backend = Backend(spec, self.tuning, now=now, warm=warm)
+        self.backends[backend.id] = backend
+        for watcher in self.watchers:
+            watcher.added(backend)
+        log.info("backend added", extra={"backend": backend.id, "weight": backend.weight})
+        return backend
+
+    def remove(self, backend_id: str) -> Backend:
+        """Removes at once from routing; its in-flight requests finish."""
+        backend = self.backends.pop(self.get(backend_id).id)
+        backend.removed = True
+        for watcher in self.watchers:
+            watcher.removed(backend)
+        log.info("backend removed", extra={"backend": backend.id, "inflight": backend.inflight})
+        return backend
+
+    def update(self, backend_id: str, *, weight: int | None, drain: bool | None) -> Backend:
+        backend = self.get(backend_id)
+        if weight is not None:
+            backend.weight = weight
+        if drain is not None:
+            backend.admin_draining = drain
+        log.info(
+            "backend updated",
+            extra={
+                "backend": backend.id,
+                "weight": backend.weight,
+                "draining": backend.admin_draining,
+            },
+        )
+        return backend
+
+    def reconcile(self, specs: Iterable[BackendSpec], now: float) -> tuple[int, int, int]:
+        """Makes the set equal to ``specs`` (SIGHUP); returns (added, removed, updated)."""
+        wanted = {spec.id: spec for spec in specs}
+        removed = [bid for bid in self.backends if bid not in wanted]
+        for bid in removed:
+            self.remove(bid)
+        added = updated = 0
+        for bid, spec in wanted.items():
+            current = self.backends.get(bid)
+            if current is None:
+                self.add(spec, now)
+                added += 1
+            elif current.weight != spec.weight or current.admin_draining:
+                self.update(bid, weight=spec.weight, drain=False)
+                updated += 1
+        return added, len(removed), updated

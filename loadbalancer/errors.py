@@ -1,0 +1,177 @@
+"""Every error the load balancer raises, in one tree.
+
+::
+
+    LoadBalancerError
+    ├── ConfigError                 misuse: bad backend URL or weight, unknown policy, bad file
+    ├── AdminError                  an admin API call refused (carries status and code)
+    │   ├── BackendNotFound         404: no backend with that id
+    │   └── BackendExists           409: a backend with that URL is already registered
+    ├── RequestError                the client's request gets an answer from the balancer itself
+    │   ├── BadRequest              400: not HTTP/1.x, or malformed
+    │   ├── HeadersTooLarge         431: request line and headers over the limit
+    │   ├── PayloadTooLarge         413: body over the replay-buffer limit
+    │   ├── RequestTimeout          408: the request was not received in time
+    │   ├── Overloaded              503: the balancer's own in-flight limit, or shutting down
+    │   ├── NoHealthyBackend        502: no backend could take it within its retries and deadline
+    │   └── DeadlineExceeded        504: the caller's deadline passed before an answer started
+    └── UpstreamError               one attempt at one backend failed before its answer started
+        ├── ConnectFailed           retryable: refused, unreachable or connect timeout
+        ├── PoolExhausted           retryable: no connection slot to that backend in time (ours)
+        ├── UpstreamReset           retryable: closed or reset before the answer started
+        │   └── StaleConnection     retryable on the same backend: an idle keep-alive connection
+        │                           closed under us before any byte came back
+        ├── UpstreamTimeout         retryable: the per-try timeout passed before the answer started
+        ├── UpstreamOverloaded      retryable: 503 with Retry-After (load shedding, not a fault)
+        ├── UpstreamProtocolError   not retryable: the backend did not speak HTTP/1.1
+        └── ResponseAborted         not retryable: the answer broke after it started streaming
+
+Foreign errors (``OSError``, ``httptools`` parser errors, ``aiohttp`` errors, pydantic validation
+errors) are mapped to these at the boundary where they happen, raised ``from`` the original.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdminError",
+    "BackendExists",
+    "BackendNotFound",
+    "BadRequest",
+    "ConfigError",
+    "ConnectFailed",
+    "DeadlineExceeded",
+    "HeadersTooLarge",
+    "LoadBalancerError",
+    "NoHealthyBackend",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PoolExhausted",
+    "RequestError",
+    "RequestTimeout",
+    "ResponseAborted",
+    "StaleConnection",
+    "UpstreamError",
+    "UpstreamOverloaded",
+    "UpstreamProtocolError",
+    "UpstreamReset",
+    "UpstreamTimeout",
+]
+
+
+class LoadBalancerError(Exception):
+    """Root of every error raised by the ``loadbalancer`` package."""
+
+
+class ConfigError(LoadBalancerError):
+    """Invalid configuration: a backend spec, a policy name, a settings file."""
+
+
+class AdminError(LoadBalancerError):
+    """An admin API call that is refused; ``status`` and ``code`` form the JSON error."""
+
+    status = 400
+    code = "bad_request"
+
+
+class BackendNotFound(AdminError):
+    status = 404
+    code = "backend_not_found"
+
+
+class BackendExists(AdminError):
+    status = 409
+    code = "backend_exists"
+
+
+class RequestError(LoadBalancerError):
+    """A proxied request answered by the balancer itself, with ``status`` and ``code``."""
+
+    status = 500
+    code = "internal_error"
+    retry_after: int | None = None
+
+
+class BadRequest(RequestError):
+    status = 400
+    code = "bad_request"
+
+
+class HeadersTooLarge(RequestError):
+    status = 431
+    code = "headers_too_large"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+
+
+class Overloaded(RequestError):
+    status = 503
+    code = "overloaded"
+    retry_after = 1
+
+
+class NoHealthyBackend(RequestError):
+    status = 502
+    code = "no_healthy_backend"
+
+
+class DeadlineExceeded(RequestError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class UpstreamError(LoadBalancerError):
+    """One attempt failed before its answer started. ``retryable``: worth a different backend;
+    ``outlier``: counts towards ejecting that backend."""
+
+    retryable = True
+    outlier = True
+    kind = "error"
+
+
+class ConnectFailed(UpstreamError):
+    kind = "connect"
+
+
+class PoolExhausted(UpstreamError):
+    outlier = False
+    kind = "pool_exhausted"
+
+
+class UpstreamReset(UpstreamError):
+    kind = "reset"
+
+
+class StaleConnection(UpstreamReset):
+    outlier = False
+    kind = "stale"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+
+
+class UpstreamOverloaded(UpstreamError):
+    outlier = False
+    kind = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamProtocolError(UpstreamError):
+    retryable = False
+    kind = "protocol"
+
+
+class ResponseAborted(UpstreamError):
+    retryable = False
+    kind = "aborted"

@@ -1,0 +1,117 @@
+"""Active health checks: ``GET /health/ready`` on every backend, one task per backend, at an
+interval with jitter. 200 ready -> healthy; 503 with ``{"status": "starting"|"draining"|
+"overloaded"}`` -> that state; anything else (refused, timeout, other answers) -> a failure.
+Thresholds and the state machine live in :meth:`Backend.apply_probe`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+
+import aiohttp
+
+from loadbalancer.backend import Backend, Health
+from loadbalancer.cluster import Cluster
+
+__all__ = ["HealthChecker"]
+
+log = logging.getLogger("loadbalancer.health")
+_STATES = {
+    "starting": Health.STARTING,
+    "draining": Health.DRAINING,
+    "overloaded": Health.OVERLOADED,
+    "ready": Health.HEALTHY,
+}
+MAX_BODY = 65_536
+
+
+class HealthChecker:
+    """A Cluster watcher: starts probing a backend when it is added, stops when removed."""
+
+    def __init__(
+        self, cluster: Cluster, *, path: str, interval: float, jitter: float, timeout: float
+    ) -> None:
+        self.cluster = cluster
+        self.path = path
+        self.interval = interval
+        self.jitter = jitter
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._rng = random.Random()
+
+    async def __aenter__(self) -> HealthChecker:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=2, force_close=True)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
+        for backend in self.cluster.backends.values():
+            self.added(backend)
+        self.cluster.watchers.append(self)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self in self.cluster.watchers:
+            self.cluster.watchers.remove(self)
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- Watcher -------------------------------------------------------------------------------
+    def added(self, backend: Backend) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(backend))
+        self._tasks[backend.id] = task
+        task.add_done_callback(self._done)
+
+    def removed(self, backend: Backend) -> None:
+        task = self._tasks.pop(backend.id, None)
+        if task is not None:
+            task.cancel()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("health checker crashed", exc_info=task.exception())
+
+    # -- probing -------------------------------------------------------------------------------
+    async def _run(self, backend: Backend) -> None:
+        while not backend.removed:
+            observed = await self.probe(backend)
+            self.cluster.report_probe(backend, observed, time.monotonic())
+            spread = self.interval * self.jitter
+            await asyncio.sleep(self.interval + self._rng.uniform(-spread, spread))
+
+    async def probe(self, backend: Backend) -> Health:
+        """One probe; never raises (a failure is ``Health.UNHEALTHY``)."""
+        assert self._session is not None
+        url = backend.url + self.path
+        try:
+            async with self._session.get(url, allow_redirects=False) as response:
+                body = await response.content.read(MAX_BODY)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("probe failed", extra={"backend": backend.id, "error": repr(exc)})
+            return Health.UNHEALTHY
+        if status == 200:
+            return Health.HEALTHY
+        if status == 503:
+            return _state_of(body)
+        return Health.UNHEALTHY
+
+
+def _state_of(body: bytes) -> Health:
+    """The state a 503 body reports; unreadable ones count as failures."""
+    try:
+        state = json.loads(body).get("status")
+    except (ValueError, AttributeError):
+        return Health.UNHEALTHY
+    found = _STATES.get(state) if isinstance(state, str) else None
+    return found if found is not None and found is not Health.HEALTHY else Health.UNHEALTHY

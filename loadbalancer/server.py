@@ -1,0 +1,267 @@
+"""The load balancer as one object with an explicit lifecycle, and ``run`` for the CLI.
+
+``async with LoadBalancer(settings) as lb:`` starts the proxy port, the admin port, the pools and
+the health checks; leaving it shuts down gracefully. Signals only set events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from enum import Enum
+from types import TracebackType
+
+from aiohttp import web
+
+from loadbalancer.admin import create_admin_app
+from loadbalancer.backend import Backend, Tuning
+from loadbalancer.cluster import Cluster
+from loadbalancer.downstream import ClientConnection
+from loadbalancer.errors import ConfigError, LoadBalancerError
+from loadbalancer.health import HealthChecker
+from loadbalancer.logs import configure_logging
+from loadbalancer.metrics import make_registry
+from loadbalancer.policies import make_policy
+from loadbalancer.proxy import Proxy
+from loadbalancer.settings import LBSettings, load_config_file, parse_backends
+from loadbalancer.stats import ProxyStats
+from loadbalancer.upstream import UpstreamPool
+
+__all__ = ["LoadBalancer", "State", "run", "serve_until_signalled"]
+
+log = logging.getLogger("loadbalancer")
+SWEEP_INTERVAL = 1.0
+
+
+class State(Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Pools:
+    """Cluster watcher: a connection pool per backend, closed when it leaves."""
+
+    def __init__(self, settings: LBSettings) -> None:
+        self.settings = settings
+
+    def added(self, backend: Backend) -> None:
+        s = self.settings
+        backend.pool = UpstreamPool(
+            backend.host,
+            backend.port,
+            max_connections=s.max_connections_per_backend,
+            connect_timeout=s.connect_timeout,
+            idle_timeout=s.upstream_idle_timeout,
+        )
+
+    def removed(self, backend: Backend) -> None:
+        if backend.pool is not None:
+            backend.pool.close()  # idle connections now, busy ones when their answer ends
+
+
+class LoadBalancer:
+    def __init__(self, settings: LBSettings) -> None:
+        self.settings = settings
+        self.state = State.CREATED
+        self.stats = ProxyStats()
+        self.cluster = Cluster(
+            make_policy(settings.policy),
+            Tuning.from_settings(settings),
+            panic_threshold=settings.panic_threshold,
+            max_ejection_percent=settings.outlier_max_ejection_percent,
+        )
+        self.registry = make_registry(self.cluster, self.stats)
+        self.port = settings.port
+        self.admin_port = settings.admin_port
+        self._connections: set[ClientConnection] = set()
+        self._server: asyncio.Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._health: HealthChecker | None = None
+        self._proxy: Proxy | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> LoadBalancer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self.state is not State.CREATED:
+            raise LoadBalancerError(f"cannot start a load balancer that is {self.state.value}")
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self.cluster.watchers.append(_Pools(s))
+        for spec in s.backends:
+            self.cluster.add(spec, time.monotonic(), warm=True)
+        self._proxy = proxy = Proxy(s, self.cluster, self.stats)
+        self._health = HealthChecker(
+            self.cluster,
+            path=s.health_path,
+            interval=s.health_interval,
+            jitter=s.health_jitter,
+            timeout=s.health_timeout,
+        )
+        await self._health.__aenter__()
+        try:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(proxy, self._connections),
+                s.host,
+                s.port,
+                backlog=1024,
+                reuse_address=True,
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            await self._start_admin()
+        except OSError as exc:
+            await self.aclose()
+            raise ConfigError(f"cannot listen: {exc}") from exc
+        self._spawn(self._sweep_pools())
+        self.state = State.RUNNING
+        log.info(
+            "load balancer listening",
+            extra={
+                "proxy": f"{s.host}:{self.port}",
+                "admin": f"{s.admin_host}:{self.admin_port}",
+                "policy": s.policy,
+                "backends": [b.url for b in s.backends],
+            },
+        )
+
+    async def _start_admin(self) -> None:
+        s = self.settings
+        token = s.admin_token.get_secret_value() if s.admin_token else None
+        app = create_admin_app(self.cluster, self.stats, self.registry, token)
+        self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._admin.setup()
+        site = web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True)
+        await site.start()
+        server = site._server  # aiohttp keeps the listening server private
+        if isinstance(server, asyncio.Server) and server.sockets:
+            self.admin_port = server.sockets[0].getsockname()[1]
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def _sweep_pools(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for backend in list(self.cluster.backends.values()):
+                if backend.pool is not None:
+                    backend.pool.sweep(now)
+
+    def reload(self) -> bool:
+        """SIGHUP: makes the backend set equal to the config file's ``backends``."""
+        path = self.settings.config
+        if path is None:
+            log.warning("reload asked, but no config file is set")
+            return False
+        try:
+            data = load_config_file(path)
+            if "backends" not in data:
+                raise ConfigError(f"{path} has no 'backends' to reload")
+            specs = parse_backends(data["backends"])
+        except (ConfigError, ValueError) as exc:
+            log.error("reload failed; keeping the current backends", extra={"error": str(exc)})
+            return False
+        added, removed, updated = self.cluster.reconcile(specs, time.monotonic())
+        log.info("reloaded", extra={"added": added, "removed": removed, "updated": updated})
+        return True
+
+    async def aclose(self) -> None:
+        """Graceful shutdown, in steps, bounded by ``shutdown_timeout``."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return
+        self.state = State.CLOSING
+        # 1. Stop accepting: close the listening socket.
+        if self._server is not None:
+            self._server.close()
+        # 2. Idle keep-alive connections close now; busy ones after their current answer.
+        for conn in list(self._connections):
+            conn.shutdown()
+        # 3. Drain: wait for the requests in flight, at most shutdown_timeout.
+        if self._proxy is not None:
+            drained = await self._proxy.wait_idle(self.settings.shutdown_timeout)
+            log.info(
+                "drained" if drained else "drain timed out", extra={"inflight": self.stats.active}
+            )
+        # 4. Cut what is left, and stop the background work.
+        for conn in list(self._connections):
+            conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._health is not None:
+            await self._health.aclose()
+        # 5. Close the pools and the admin API.
+        for backend in self.cluster.backends.values():
+            if backend.pool is not None:
+                backend.pool.close()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        self.state = State.CLOSED
+        log.info("load balancer stopped")
+
+
+async def serve_until_signalled(lb: LoadBalancer) -> None:
+    """Runs until SIGTERM/SIGINT; SIGHUP reloads. The handlers only set events."""
+    loop = asyncio.get_running_loop()
+    stop, reload = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+
+    async def reloader() -> None:
+        while True:
+            await reload.wait()
+            reload.clear()
+            lb.reload()
+
+    task = loop.create_task(reloader())
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _main(settings: LBSettings) -> None:
+    async with LoadBalancer(settings) as lb:
+        await serve_until_signalled(lb)
+
+
+def run(settings: LBSettings) -> None:
+    """Runs the load balancer on uvloop (asyncio where uvloop is missing) until signalled."""
+    configure_logging(settings.log_level)
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - Windows
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_main(settings))

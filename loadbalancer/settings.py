@@ -1,0 +1,227 @@
+"""Settings of the load balancer: one pydantic-settings class, built by the CLI at start.
+
+Sources, highest priority first: keyword arguments (the CLI flags actually given), the environment
+(``YOLOSERVE_LB_`` prefix), the config file (``--config`` / ``YOLOSERVE_LB_CONFIG``, YAML or TOML),
+then the defaults below. Durations are seconds, percentages 0-100.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from loadbalancer.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "BackendSpec",
+    "LBSettings",
+    "load_config_file",
+    "load_settings",
+    "parse_backends",
+]
+
+ENV_PREFIX = "YOLOSERVE_LB_"
+PolicyName = Literal["least_request", "round_robin", "random", "peak_ewma"]
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class BackendSpec(BaseModel):
+    """One backend: ``http://host:port`` and an integer weight."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    weight: int = Field(default=1, ge=1, le=10_000)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url.strip())
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise ValueError(f"backend URL must be http://host:port, got {url!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"backend URL must not have a path or query: {url!r}")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"http://{host}:{parts.port}"
+
+    @classmethod
+    def parse(cls, spec: str | dict[str, Any] | BackendSpec) -> BackendSpec:
+        """``URL``, ``URL=WEIGHT`` or a mapping with ``url`` and ``weight``."""
+        if isinstance(spec, BackendSpec):
+            return spec
+        if isinstance(spec, dict):
+            return cls.model_validate(spec)
+        url, sep, weight = spec.strip().rpartition("=")
+        if not sep:
+            return cls(url=spec)
+        if not weight.strip().isdigit():
+            raise ValueError(f"backend weight must be a positive integer: {spec!r}")
+        return cls(url=url, weight=int(weight))
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 80
+
+    @property
+    def id(self) -> str:
+        """The backend's id: ``host:port``, stable across reloads."""
+        return self.url.removeprefix("http://")
+
+
+def parse_backends(value: Any) -> list[BackendSpec]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = [part for part in value.replace("\n", ",").split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise ValueError("backends must be a list or a comma-separated string")
+    return [BackendSpec.parse(item) for item in value]
+
+
+class LBSettings(BaseSettings):
+    """Every option of ``yoloserve lb``; each is also ``YOLOSERVE_LB_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    backends: Annotated[list[BackendSpec], NoDecode] = Field(
+        default_factory=list, description="Backends as URL[=WEIGHT], comma-separated in the env."
+    )
+    host: str = Field("127.0.0.1", description="Address the proxy listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the proxy listens on.")
+    admin_host: str = Field("127.0.0.1", description="Address of the admin API.")
+    admin_port: int = Field(8081, ge=0, le=65535, description="Port of the admin API.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token the admin API requires.")
+    policy: PolicyName = Field("least_request", description="Balancing policy.")
+    config: Path | None = Field(None, description="YAML or TOML file with these settings.")
+    # Active health checks.
+    health_path: str = Field("/health/ready", description="Path probed on each backend.")
+    health_interval: float = Field(2.0, gt=0, description="Seconds between probes.")
+    health_jitter: float = Field(0.2, ge=0, le=1, description="Fraction of the interval.")
+    health_timeout: float = Field(1.0, gt=0, description="Seconds a probe may take.")
+    healthy_threshold: int = Field(2, ge=1, description="Passes to mark an unhealthy one healthy.")
+    unhealthy_threshold: int = Field(2, ge=1, description="Failures to mark a backend unhealthy.")
+    overloaded_weight: float = Field(0.25, gt=0, le=1, description="Weight factor when overloaded.")
+    # Outlier detection, panic, slow start.
+    outlier_consecutive_failures: int = Field(5, ge=1, description="Failures in a row to eject.")
+    outlier_base_ejection: float = Field(30.0, gt=0, description="Ejection time per ejection.")
+    outlier_max_ejection: float = Field(300.0, gt=0, description="Cap on one ejection time.")
+    outlier_max_ejection_percent: float = Field(50.0, ge=0, le=100, description="Max % ejected.")
+    panic_threshold: float = Field(50.0, ge=0, le=100, description="Healthy % below which all go.")
+    slow_start_window: float = Field(30.0, ge=0, description="Ramp-up seconds; 0 turns it off.")
+    slow_start_aggression: float = Field(1.0, gt=0, description="Ramp-up curve exponent.")
+    slow_start_min_weight_percent: float = Field(10.0, gt=0, le=100, description="Ramp start %.")
+    # Retries and timeouts.
+    max_retries: int = Field(3, ge=0, le=10, description="Retries per request, each elsewhere.")
+    retry_budget_percent: float = Field(20.0, ge=0, le=100, description="Max % of active retrying.")
+    retry_budget_min: int = Field(3, ge=0, description="Concurrent retries always allowed.")
+    retry_budget_wait: float = Field(1.0, ge=0, description="Max seconds to wait for a retry slot.")
+    retry_after_cap: float = Field(30.0, ge=0, description="Cap on honouring Retry-After, seconds.")
+    connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to a backend.")
+    per_try_timeout: float = Field(10.0, gt=0, description="Seconds per try, to the answer head.")
+    request_timeout: float = Field(30.0, gt=0, description="Deadline without X-Request-Timeout-Ms.")
+    max_request_timeout: float = Field(300.0, gt=0, description="Cap on X-Request-Timeout-Ms.")
+    # Limits.
+    max_body_bytes: int = Field(10 * 2**20 + 2**16, ge=0, description="Replay buffer per request.")
+    max_header_bytes: int = Field(32_768, ge=1024, description="Request line plus headers.")
+    max_headers: int = Field(100, ge=8, description="Header count per message.")
+    max_inflight: int = Field(1024, ge=1, description="Requests in flight in total.")
+    max_client_connections: int = Field(4096, ge=1, description="Open client connections.")
+    max_connections_per_backend: int = Field(256, ge=1, description="Pool size per backend.")
+    upstream_idle_timeout: float = Field(4.0, gt=0, description="Idle pooled connection lifetime.")
+    client_keepalive_timeout: float = Field(60.0, gt=0, description="Idle client connection.")
+    client_request_timeout: float = Field(30.0, gt=0, description="Seconds to read one request.")
+    shutdown_timeout: float = Field(30.0, ge=0, description="Seconds to drain on SIGTERM.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging.")
+    access_log: bool = Field(False, description="One JSON line per proxied request.")
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _backends(cls, value: Any) -> list[BackendSpec]:
+        return parse_backends(value)
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("health_path must start with /")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(init_settings, InitSettingsSource)
+        assert isinstance(env_settings, EnvSettingsSource)
+        return init_settings, env_settings, _ConfigFileSource(settings_cls, init_settings)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the file named by the ``config`` keyword or ``YOLOSERVE_LB_CONFIG``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: InitSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init = init
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init.init_kwargs.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
+        return load_config_file(Path(path)) if path else {}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file, keys normalised."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file over {MAX_CONFIG_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    section = data.get("lb", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'lb' must be a mapping of settings")
+    return {str(key).replace("-", "_"): value for key, value in section.items()}
+
+
+def load_settings(**overrides: Any) -> LBSettings:
+    """Builds the settings, mapping pydantic's validation errors to :class:`ConfigError`."""
+    try:
+        return LBSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = [f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]
+    return "invalid settings: " + "; ".join(lines[:10])

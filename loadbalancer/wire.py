@@ -1,0 +1,126 @@
+"""HTTP/1.1 bytes: the request as forwarded to a backend, answer heads, and the balancer's own
+JSON error answers (``{"error": {"code", "message", "request_id"}}``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from loadbalancer.upstream import Framing, ResponseHead
+
+__all__ = [
+    "REQUEST_DROP",
+    "Request",
+    "error_response",
+    "response_head",
+    "upstream_request",
+]
+
+# Hop-by-hop headers, and the ones the balancer rewrites itself.
+REQUEST_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+        b"content-length",
+        b"expect",
+        b"proxy-authorization",
+    }
+)
+BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+@dataclass(slots=True)
+class Request:
+    """One client request, body buffered whole so that it can be sent again."""
+
+    method: bytes
+    target: bytes
+    http11: bool
+    keep_alive: bool
+    request_id: bytes
+    client: bytes
+    started: float
+    timeout_ms: float | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    forwarded_for: bytes = b""
+    has_host: bool = False
+    prefix: bytes = b""  # the forwarded head without its per-attempt lines
+
+    def build_prefix(self) -> None:
+        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            parts += (name, b": ", value, b"\r\n")
+        xff = self.forwarded_for + b", " + self.client if self.forwarded_for else self.client
+        parts += (b"x-request-id: ", self.request_id, b"\r\nx-forwarded-for: ", xff, b"\r\n")
+        if self.body or self.method in BODY_METHODS:
+            parts.append(b"content-length: %d\r\n" % len(self.body))
+        self.prefix = b"".join(parts)
+
+
+def upstream_request(request: Request, remaining_ms: int, backend_address: bytes) -> bytes:
+    """The bytes of one attempt: head with the remaining deadline, then the body."""
+    host = b"" if request.has_host else b"host: " + backend_address + b"\r\n"
+    return b"".join(
+        (request.prefix, host, b"x-request-timeout-ms: %d\r\n\r\n" % remaining_ms, request.body)
+    )
+
+
+def response_head(
+    head: ResponseHead,
+    *,
+    upstream: bytes,
+    request_id: bytes,
+    http11: bool,
+    close: bool,
+) -> bytes:
+    """The answer's head as the client gets it; ``Framing.CLOSE`` bodies go out chunked."""
+    parts = [b"HTTP/1.1 %d " % head.status, head.reason or _REASONS.get(head.status, b""), b"\r\n"]
+    for name, value in head.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"x-upstream: ", upstream, b"\r\n")
+    if not head.has_request_id:
+        parts += (b"x-request-id: ", request_id, b"\r\n")
+    if head.framing in (Framing.CHUNKED, Framing.CLOSE):
+        if http11:
+            parts.append(b"transfer-encoding: chunked\r\n")
+    elif head.content_length >= 0:
+        parts.append(b"content-length: %d\r\n" % head.content_length)
+    if close:
+        parts.append(b"connection: close\r\n")
+    elif not http11:
+        parts.append(b"connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    request_id: bytes,
+    *,
+    retry_after: int | None = None,
+    close: bool = False,
+) -> bytes:
+    """A whole answer from the balancer itself, in the project's error format."""
+    rid = request_id.decode("latin-1")
+    body = json.dumps({"error": {"code": code, "message": message, "request_id": rid}}).encode()
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+        b"x-request-id: " + request_id + b"\r\n",
+    ]
+    if retry_after is not None:
+        lines.append(b"retry-after: %d\r\n" % retry_after)
+    if close:
+        lines.append(b"connection: close\r\n")
+    lines += (b"\r\n", body)
+    return b"".join(lines)

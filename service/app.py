@@ -1,0 +1,121 @@
+"""The FastAPI application factory: ``create_app(settings)``.
+
+The lifespan loads the model once per process (in a thread, so ``/health/live`` answers while it
+loads), warms every batch size up, starts the batcher, and on shutdown drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import NotFound, ServiceError, ValidationFailed, to_service_error
+from service.metrics import ServiceMetrics
+from service.middleware import RequestContextMiddleware, error_body
+from service.ratelimit import RateLimiter
+from service.routes import detect, health, model
+from service.settings import Settings
+from service.state import AppState, Lifecycle
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("yoloserve")
+
+
+def _error_response(request: Request, err: ServiceError) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id")
+    return Response(error_body(err, request_id), status_code=err.status,
+                    media_type="application/json", headers=err.headers())
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        err = to_service_error(exc)
+        if type(err) is ServiceError:
+            log.error("unhandled error", exc_info=exc)
+        return _error_response(request, err)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error_response(request, ValidationFailed(f"{where}: {first.get('msg', 'invalid')}"))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return _error_response(request, NotFound("no such route"))
+        err = ServiceError(str(exc.detail), code="http_error")
+        err.status = exc.status_code
+        return _error_response(request, err)
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_service_error)
+
+
+async def _load(state: AppState) -> None:
+    from service.engine import Engine, ImageLimits
+    from service.inference import Inferencer
+
+    s = state.settings
+    limits = ImageLimits(max_pixels=s.max_pixels, min_side=s.min_side, max_side=s.max_side)
+    engine = await asyncio.to_thread(
+        Engine.load, s.model, backend=s.backend, device=s.device, half=s.half, limits=limits,
+        threads=s.threads,
+    )
+    if s.warmup:
+        await asyncio.to_thread(engine.warmup, s.max_batch_size)
+    state.metrics.set_model(engine.meta)
+    inferencer = Inferencer(engine, s, state.metrics)
+    await inferencer.start()
+    state.inferencer = inferencer
+    state.lifecycle = Lifecycle.READY
+    meta = engine.meta
+    log.info("ready", extra={"model": meta.name, "version": meta.version, "backend": meta.backend,
+                             "device": meta.device, "precision": meta.precision})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    limiter = (RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+               if settings.rate_limit_rps else None)
+    state = AppState(settings=settings, metrics=metrics, rate_limiter=limiter)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await _load(state)
+        try:
+            yield
+        finally:
+            # 1. refuse new work; 2. finish what the batcher holds within the timeout; 3. close
+            state.lifecycle = Lifecycle.DRAINING
+            if state.inferencer is not None:
+                await state.inferencer.close(settings.drain_timeout_s)
+            state.lifecycle = Lifecycle.STOPPED
+            log.info("stopped")
+
+    app = FastAPI(
+        title="yoloserve", version="0.1.0", lifespan=lifespan,
+        description="YOLO object detection with dynamic batching. Errors are "
+                    '`{"error": {"code", "message", "request_id"}}`.',
+    )
+    app.state.yoloserve = state
+    app.include_router(detect.router)
+    app.include_router(model.router)
+    app.include_router(health.router)
+    _install_error_handlers(app)
+    Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       access_log_enabled=settings.access_log)
+    return app

@@ -1,0 +1,159 @@
+"""Reading detection requests: multipart or base64 JSON bodies, and their parameters.
+
+Parameters may come from the query string, form fields or JSON fields (the body wins); they are
+validated by one pydantic model so that every bad value is a 422 ``validation_error``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from service.engine.types import DetectParams
+from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from service.settings import Settings
+
+__all__ = ["DetectJSONBody", "Upload", "read_batch", "read_single", "resolve_params"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    name: str
+
+
+class ParamFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    conf: float = Field(0.25, ge=0, le=1, allow_inf_nan=False)
+    iou: float = Field(0.7, ge=0, le=1, allow_inf_nan=False)
+    max_det: int = Field(300, ge=1, le=1000)
+    classes: list[str] | None = None
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        items = v if isinstance(v, list) else [v] if v is not None else None
+        if items is None:
+            return None
+        out = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+        return out or None
+
+
+class DetectJSONBody(ParamFields):
+    """The JSON form of ``POST /v1/detect``: a base64 image and optional parameters."""
+
+    image: str = Field(description="The image file's bytes, base64-encoded")
+    image_name: str | None = Field(None, max_length=512)
+    classes: list[str] | None = None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return f"{where}: {first.get('msg', 'invalid value')}"
+
+
+def resolve_params(values: Mapping[str, Any], names: Mapping[int, str]) -> DetectParams:
+    try:
+        fields = ParamFields.model_validate(dict(values))
+    except ValidationError as exc:
+        raise ValidationFailed(_validation_message(exc)) from None
+    classes: frozenset[int] | None = None
+    if fields.classes:
+        by_name = {v: k for k, v in names.items()}
+        ids = set()
+        for c in fields.classes:
+            cid = int(c) if c.lstrip("-").isdigit() else by_name.get(c)
+            if cid is None or cid not in names:
+                raise ValidationFailed(f"classes: unknown class {c!r}")
+            ids.add(cid)
+        classes = frozenset(ids)
+    return DetectParams(conf=fields.conf, iou=fields.iou, max_det=fields.max_det, classes=classes)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _form(request: Request, settings: Settings) -> Any:
+    try:
+        return await request.form(
+            max_files=settings.max_batch_items, max_fields=settings.max_parts,
+            max_part_size=settings.max_body_bytes,
+        )
+    except MultiPartException as exc:
+        raise ValidationFailed(f"malformed multipart body: {exc.message}") from None
+
+
+async def _file(value: Any, field: str) -> Upload:
+    if not isinstance(value, UploadFile):
+        raise ValidationFailed(f"{field}: expected a file part")
+    return Upload(await value.read(), value.filename or "image")
+
+
+def _form_params(form: Any, skip: str) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if key == skip:
+            continue
+        if key == "classes":
+            params.setdefault("classes", []).append(value)
+        elif key in params or isinstance(value, UploadFile):
+            raise ValidationFailed(f"{key}: unexpected or repeated field")
+        else:
+            params[key] = value
+    return params
+
+
+def _decode_json(body: bytes) -> tuple[Upload, dict[str, Any]]:
+    try:
+        payload = DetectJSONBody.model_validate(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        raise ValidationFailed("the body is not valid JSON") from None
+    except ValidationError as exc:
+        raise ValidationFailed(_validation_message(exc)) from None
+    try:
+        data = base64.b64decode(payload.image, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("image: not valid base64", code="invalid_image") from None
+    params = payload.model_dump(exclude={"image", "image_name"}, exclude_unset=True)
+    return Upload(data, payload.image_name or "image"), params
+
+
+async def read_single(request: Request, settings: Settings) -> tuple[Upload, dict[str, Any]]:
+    """The one image of a detect/annotate request and the parameters sent in its body."""
+    media = _media_type(request)
+    if media == "multipart/form-data":
+        form = await _form(request, settings)
+        if "image" not in form:
+            raise ValidationFailed("image: a file part named 'image' is required")
+        if len(form.getlist("image")) > 1:
+            raise ValidationFailed("image: send one image here, or use /v1/detect/batch")
+        return await _file(form["image"], "image"), _form_params(form, "image")
+    if media == "application/json" or media.endswith("+json"):
+        return _decode_json(await request.body())
+    raise UnsupportedMediaType("send multipart/form-data (field 'image') or application/json")
+
+
+async def read_batch(request: Request, settings: Settings) -> tuple[list[Upload], dict[str, Any]]:
+    """The images of a batch request (repeated field ``images``) and its parameters."""
+    if _media_type(request) != "multipart/form-data":
+        raise UnsupportedMediaType("send multipart/form-data with repeated file parts 'images'")
+    form = await _form(request, settings)
+    files = form.getlist("images")
+    if not files:
+        raise ValidationFailed("images: at least one file part named 'images' is required")
+    if len(files) > settings.max_batch_items:
+        raise ValidationFailed(f"images: at most {settings.max_batch_items} images per request")
+    uploads = [await _file(f, "images") for f in files]
+    return uploads, _form_params(form, "images")

@@ -1,0 +1,110 @@
+"""FastAPI dependencies, all in one place: state, readiness, API keys, rate limit, parameters."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from service.errors import Draining, NotReady, RateLimited, Unauthorized, ValidationFailed
+from service.inference import Inferencer
+from service.state import AppState, Lifecycle
+
+__all__ = [
+    "AuthDep",
+    "DeadlineDep",
+    "InferencerDep",
+    "QueryParams",
+    "QueryParamsDep",
+    "StateDep",
+    "get_state",
+]
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.yoloserve
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def _inferencer(state: StateDep) -> Inferencer:
+    if state.lifecycle is Lifecycle.DRAINING or state.lifecycle is Lifecycle.STOPPED:
+        raise Draining("the service is shutting down; retry on another instance", retry_after=1)
+    if state.lifecycle is not Lifecycle.READY or state.inferencer is None:
+        raise NotReady("the model is still loading; retry shortly", retry_after=2)
+    return state.inferencer
+
+
+InferencerDep = Annotated[Inferencer, Depends(_inferencer)]
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def _authorize(request: Request, state: StateDep) -> str | None:
+    """Check the API key (when keys are configured) and the per-client rate limit."""
+    key = _presented_key(request)
+    if state.settings.api_keys:
+        given = (key or "").encode()
+        ok = False
+        for secret in state.settings.api_keys:  # constant time, and every key compared
+            ok |= hmac.compare_digest(given, secret.get_secret_value().encode())
+        if not ok:
+            raise Unauthorized("a valid API key is required (Authorization: Bearer or X-API-Key)")
+    if state.rate_limiter is not None:
+        client = key or (request.client.host if request.client else "unknown")
+        wait = state.rate_limiter.allow(client)
+        if wait > 0:
+            raise RateLimited("rate limit exceeded; slow down", retry_after=wait)
+    return key
+
+
+AuthDep = Annotated[str | None, Depends(_authorize)]
+
+
+def _deadline(request: Request, state: StateDep) -> float | None:
+    """Absolute monotonic deadline from ``X-Request-Timeout-Ms`` (or the configured default)."""
+    raw = request.headers.get("x-request-timeout-ms")
+    budget_ms = state.settings.default_timeout_ms
+    if raw is not None:
+        try:
+            budget_ms = float(raw)
+        except ValueError:
+            raise ValidationFailed("X-Request-Timeout-Ms must be a number of milliseconds") from None
+        if not budget_ms == budget_ms or budget_ms < 0:  # NaN or negative
+            raise ValidationFailed("X-Request-Timeout-Ms must be a non-negative number")
+    return None if budget_ms is None else time.monotonic() + budget_ms / 1000
+
+
+DeadlineDep = Annotated[float | None, Depends(_deadline)]
+
+
+class QueryParams:
+    """Detection parameters given in the query string (form or JSON fields override them)."""
+
+    def __init__(
+        self,
+        conf: Annotated[float | None, Query(ge=0, le=1, description="Confidence threshold")] = None,
+        iou: Annotated[float | None, Query(ge=0, le=1, description="NMS IoU threshold")] = None,
+        max_det: Annotated[int | None, Query(ge=1, le=1000, description="Most boxes kept")] = None,
+        classes: Annotated[
+            list[str] | None,
+            Query(description="Class ids or names to keep; repeated or comma-separated"),
+        ] = None,
+    ) -> None:
+        self.values: dict[str, object] = {
+            k: v for k, v in
+            {"conf": conf, "iou": iou, "max_det": max_det, "classes": classes}.items()
+            if v is not None
+        }
+
+
+QueryParamsDep = Annotated[QueryParams, Depends()]

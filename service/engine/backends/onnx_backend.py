@@ -1,0 +1,79 @@
+"""ONNX Runtime backend: CUDA provider when a GPU is present, the CPU provider otherwise.
+
+Class names and input size come from the metadata that Ultralytics writes into the exported model.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from service.engine.errors import ModelLoadError
+
+__all__ = ["OnnxBackend"]
+
+log = logging.getLogger(__name__)
+
+
+def _providers(device: str) -> list[Any]:
+    import onnxruntime as ort
+
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA and cuDNN from the nvidia wheels that torch brings
+        index = int(device.split(":")[1]) if ":" in device else 0
+        cuda = {"device_id": index, "cudnn_conv_algo_search": "EXHAUSTIVE"}
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _metadata(session: Any) -> tuple[dict[int, str], int]:
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        names = {int(k): str(v) for k, v in ast.literal_eval(meta["names"]).items()}
+        imgsz = ast.literal_eval(meta.get("imgsz", "[640, 640]"))
+    except (KeyError, ValueError, SyntaxError) as exc:
+        raise ModelLoadError("the ONNX model carries no Ultralytics metadata (names, imgsz)") from exc
+    size = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
+    return names, size
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: Path, device: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=_providers(device))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"cannot load ONNX model {path.name}: {exc}") from exc
+        on_gpu = self._session.get_providers()[0] == "CUDAExecutionProvider"
+        inp = self._session.get_inputs()[0]
+        self._input = inp.name
+        self._dtype = np.float16 if "float16" in inp.type else np.float32
+        self.names, self.input_size = _metadata(self._session)
+        self.device = device if on_gpu else "cpu"
+        self.precision = "fp16" if self._dtype == np.float16 else "fp32"
+
+    def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
+        x = batch[..., ::-1].transpose(0, 3, 1, 2).astype(self._dtype) / self._dtype(255)
+        out = self._session.run(None, {self._input: np.ascontiguousarray(x)})[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        for n in batch_sizes:
+            self.forward(np.full((n, self.input_size, self.input_size, 3), 114, np.uint8))

@@ -1,0 +1,66 @@
+"""PyTorch backend: the Ultralytics model's ``nn.Module``, fused, in inference mode.
+
+On CUDA the weights are FP16 (unless ``half=False``) and the forward pass runs under
+``torch.autocast``; ``cudnn.benchmark`` picks the fastest kernels for each warmed-up batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from service.engine.errors import ModelLoadError
+
+__all__ = ["TorchBackend"]
+
+log = logging.getLogger(__name__)
+
+
+def _input_size(args: Any) -> int:
+    imgsz = args.get("imgsz", 640) if isinstance(args, dict) else getattr(args, "imgsz", 640)
+    return int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, weights: Path, device: str, half: bool | None = None) -> None:
+        from ultralytics.nn.tasks import load_checkpoint
+
+        self._device = torch.device(device)
+        try:
+            model, _ = load_checkpoint(str(weights), device=self._device, fuse=True)
+        except Exception as exc:  # ultralytics raises many kinds for bad files
+            raise ModelLoadError(f"cannot load PyTorch weights {weights.name}: {exc}") from exc
+        self._half = bool(half if half is not None else self._device.type == "cuda")
+        if self._device.type != "cuda":
+            self._half = False  # FP16 on a CPU is slower and less exact
+        if self._device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self._model = (model.half() if self._half else model.float()).eval()
+        self.device = str(self._device)
+        self.precision = "fp16" if self._half else "fp32"
+        self.input_size = _input_size(getattr(model, "args", {}))
+        self.names = {int(k): str(v) for k, v in dict(model.names).items()}
+
+    def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self._device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2).contiguous().flip(1)  # BHWC BGR -> BCHW RGB
+            x = (x.half() if self._half else x.float()).div_(255)
+            with torch.autocast(self._device.type, enabled=self._half):
+                y = self._model(x)
+            y = y[0] if isinstance(y, list | tuple) else y
+            return y.float()
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        for n in batch_sizes:
+            self.forward(np.full((n, self.input_size, self.input_size, 3), 114, np.uint8))
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)

@@ -1,0 +1,103 @@
+"""Safe image decoding: the header is read first, limits are checked before any pixel is decoded.
+
+Pixels are decoded the way Ultralytics reads files (``cv2.imdecode`` with ``IMREAD_COLOR``: EXIF
+orientation applied, grey, alpha, 16-bit and palette images turned into 8-bit BGR), so that the
+service's answer equals ``YOLO.predict`` on the same file. Pillow decodes what OpenCV cannot.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.engine.errors import ImageDimensionsError, ImageTooLarge, InvalidImage
+
+__all__ = ["SUPPORTED_FORMATS", "ImageHeader", "ImageLimits", "decode_image", "probe_image"]
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = 8192 * 8192
+    min_side: int = 32
+    max_side: int = 8192
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+
+
+def probe_image(data: bytes, limits: ImageLimits) -> ImageHeader:
+    """Read only the header; refuse what is not a supported image or is outside the limits."""
+    if not data:
+        raise InvalidImage("the image is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            header = ImageHeader(str(im.format), int(im.size[0]), int(im.size[1]))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image has more than {limits.max_pixels} pixels") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage("the data is not a readable image") from exc
+    if header.format not in SUPPORTED_FORMATS:
+        raise InvalidImage(f"unsupported image format {header.format}; send JPEG, PNG, WebP, BMP or TIFF")
+    if header.width * header.height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"the image is {header.width}x{header.height} px, over the limit of {limits.max_pixels} pixels"
+        )
+    for side in (header.width, header.height):
+        if not limits.min_side <= side <= limits.max_side:
+            raise ImageDimensionsError(
+                f"the image is {header.width}x{header.height} px; each side must be within "
+                f"{limits.min_side}-{limits.max_side} px"
+            )
+    return header
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """A JPEG whose last scan is not followed by an end-of-image marker was cut short."""
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan >= 0 and data.find(b"\xff\xd9", last_scan) >= 0
+
+
+def _png_complete(data: bytes) -> bool:
+    return data.rfind(b"IEND", max(0, len(data) - 64)) >= 0
+
+
+def _decode_with_pillow(data: bytes) -> NDArray[np.uint8] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.uint8]:
+    """Decode ``data`` into an 8-bit BGR ``HxWx3`` array, or raise an ``ImageError``."""
+    limits = limits or ImageLimits()
+    header = probe_image(data, limits)
+    if header.format in {"JPEG", "MPO"} and not _jpeg_complete(data):
+        raise InvalidImage("the JPEG data is truncated")
+    if header.format == "PNG" and not _png_complete(data):
+        raise InvalidImage("the PNG data is truncated")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img: NDArray[np.uint8] | None = None
+    if header.format != "GIF":
+        try:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        except cv2.error:
+            img = None
+    if img is None:
+        img = _decode_with_pillow(data)
+    if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise InvalidImage("the image could not be decoded: corrupt data or unsupported pixel format")
+    return img

@@ -1,0 +1,163 @@
+"""``yoloserve export``: ONNX with a dynamic batch axis, optional FP16 and INT8 copies, each checked.
+
+Parity is measured with our own engine: the source weights on the torch backend against each
+exported file on the onnx backend, over generated images, box by box. For the demo model, mAP on
+its held-out split is measured too (Ultralytics' validator on each file).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.engine.engine import Engine
+from service.engine.types import Detections
+
+__all__ = ["ExportReport", "ExportRow", "compare", "export_and_check", "export_onnx"]
+
+
+@dataclass
+class ExportRow:
+    path: Path
+    precision: str
+    images: int = 0
+    count_match: float = 0.0  # share of images with the same number of boxes and classes
+    max_box_px: float = 0.0  # largest corner difference among matched images
+    max_conf: float = 0.0
+    map50: float | None = None
+    map50_95: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.precision != "fp32" or (self.count_match >= 0.98 and self.max_box_px <= 1.0)
+
+
+@dataclass
+class ExportReport:
+    source: Path
+    rows: list[ExportRow] = field(default_factory=list)
+    source_map: tuple[float, float] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    def to_markdown(self) -> str:
+        lines = ["| file | precision | images | same boxes | max box diff px | max conf diff "
+                 "| mAP50 | mAP50-95 |", "|---|---|---|---|---|---|---|---|"]
+        if self.source_map:
+            lines.append(f"| {self.source.name} | source | | | | | {self.source_map[0]:.3f} "
+                         f"| {self.source_map[1]:.3f} |")
+        for r in self.rows:
+            m50 = f"{r.map50:.3f}" if r.map50 is not None else "-"
+            m = f"{r.map50_95:.3f}" if r.map50_95 is not None else "-"
+            lines.append(f"| {r.path.name} | {r.precision} | {r.images} | {r.count_match:.1%} "
+                         f"| {r.max_box_px:.3f} | {r.max_conf:.4f} | {m50} | {m} |")
+        return "\n".join(lines)
+
+
+def export_onnx(model: Path, out: Path) -> Path:
+    """Export with Ultralytics: opset 17, dynamic axes, simplified with onnxslim."""
+    from ultralytics import YOLO
+
+    y = YOLO(str(model))
+    imgsz = y.overrides.get("imgsz", 640)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / model.name
+        shutil.copyfile(model, src)
+        produced = YOLO(str(src)).export(format="onnx", dynamic=True, opset=17, simplify=True,
+                                         imgsz=imgsz, device="cpu")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(produced, out)
+    return out
+
+
+def _to_fp16(src: Path, dst: Path) -> Path:
+    import onnx
+    import onnxslim
+
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    half = onnxslim.slim(model, dtype="fp16")
+    del half.metadata_props[:]
+    for k, v in props.items():
+        half.metadata_props.add(key=k, value=v)
+    onnx.save(half, str(dst))
+    return dst
+
+
+def _to_int8(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+    return dst
+
+
+def compare(a: list[Detections], b: list[Detections], row: ExportRow) -> ExportRow:
+    """Fill ``row`` with how closely detections ``b`` follow reference ``a``."""
+    same = 0
+    for ra, rb in zip(a, b, strict=True):
+        if [d.class_id for d in ra.items] != [d.class_id for d in rb.items]:
+            continue
+        same += 1
+        for da, db in zip(ra.items, rb.items, strict=True):
+            diffs = [da.x_min - db.x_min, da.y_min - db.y_min, da.x_max - db.x_max, da.y_max - db.y_max]
+            row.max_box_px = max(row.max_box_px, float(np.abs(diffs).max()))
+            row.max_conf = max(row.max_conf, abs(da.confidence - db.confidence))
+    row.images = len(a)
+    row.count_match = same / max(1, len(a))
+    return row
+
+
+def _detect_all(engine: Engine, images: list[np.ndarray], batch: int = 8) -> list[Detections]:
+    out: list[Detections] = []
+    for i in range(0, len(images), batch):
+        prepared = [engine.prepare_array(img) for img in images[i:i + batch]]
+        out.extend(engine.infer(prepared).detections)
+    return out
+
+
+def _demo_map(model: Path, data: Path, imgsz: int) -> tuple[float, float]:
+    from ultralytics import YOLO
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = YOLO(str(model), task="detect").val(
+            data=str(data), imgsz=imgsz, batch=8, device="cpu", plots=False, verbose=False,
+            project=tmp, name="val")
+    return float(m.box.map50), float(m.box.map)
+
+
+def export_and_check(model: Path, *, out: Path | None = None, half: bool = False,
+                     int8: bool = False, check_images: int = 100) -> ExportReport:
+    from service.demo.synthetic import CLASSES, make_sample, write_split
+
+    out = out or model.with_suffix(".onnx")
+    targets = [(export_onnx(model, out), "fp32")]
+    if half:
+        targets.append((_to_fp16(out, out.with_suffix(".fp16.onnx")), "fp16"))
+    if int8:
+        targets.append((_to_int8(out, out.with_suffix(".int8.onnx")), "int8"))
+    source = Engine.load(model, backend="torch", device="cpu")
+    images = [make_sample(1, i).image for i in range(check_images)]
+    reference = _detect_all(source, images)
+    report = ExportReport(source=model)
+    is_demo = tuple(source.meta.classes.values()) == CLASSES
+    with tempfile.TemporaryDirectory() as tmp:
+        data = None
+        if is_demo:
+            write_split(Path(tmp), "val", 1, check_images)
+            names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
+            data = Path(tmp) / "data.yaml"
+            data.write_text(f"path: {tmp}\ntrain: images/val\nval: images/val\nnames:\n{names}\n")
+            report.source_map = _demo_map(model, data, source.meta.input_size)
+        for path, precision in targets:
+            engine = Engine.load(path, backend="onnx", device="cpu")
+            row = compare(reference, _detect_all(engine, images), ExportRow(path, precision))
+            if data is not None:
+                row.map50, row.map50_95 = _demo_map(path, data, source.meta.input_size)
+            report.rows.append(row)
+    return report

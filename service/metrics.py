@@ -1,0 +1,102 @@
+"""Prometheus metrics of the service, in a registry per app (multiprocess-safe under gunicorn).
+
+Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker starts; ``render`` then
+aggregates every worker's files, so one scrape of ``/metrics`` covers all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from service.engine.types import ModelMeta
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ServiceMetrics:
+    """Our metrics; also the batcher's observer (``on_batch``, ``on_dropped``, ``on_queue_depth``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.inference_total = Counter(
+            "model_inference", "Images run through the model", ["model", "status"], registry=r)
+        self.inference_latency = Histogram(
+            "model_inference_latency_seconds", "Forward pass + NMS time per batch",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "inference_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "inference_queue_wait_seconds", "Time an image waited in the batcher's queue",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "inference_queue_depth", "Images waiting in the batcher", registry=r,
+            multiprocess_mode="livesum")
+        self.dispatch = Counter(
+            "batch_dispatch", "Batches sent, by reason (full, timeout, idle)", ["reason"], registry=r)
+        self.dropped = Counter(
+            "requests_dropped", "Items dropped before inference", ["reason"], registry=r)
+        self.detections = Counter(
+            "detections", "Objects detected, by class", ["class_name"], registry=r)
+        self.gpu_memory = Gauge(
+            "gpu_memory_used_bytes", "CUDA memory allocated by this process", ["device"],
+            registry=r, multiprocess_mode="livesum")
+        self.model_info = Gauge(
+            "model_info", "The served model", ["model", "version", "backend", "device", "precision"],
+            registry=r, multiprocess_mode="liveall")
+        self.model_name = "model"
+
+    def set_model(self, meta: ModelMeta) -> None:
+        self.model_name = meta.name
+        self.model_info.labels(meta.name, meta.version, meta.backend, meta.device,
+                               meta.precision).set(1)
+
+    # batcher observer -------------------------------------------------------------------------
+    def on_batch(self, size: int, reason: str, exec_seconds: float,
+                 queue_waits: Sequence[float], failed: bool) -> None:
+        self.batch_size.observe(size)
+        self.dispatch.labels(reason).inc()
+        self.inference_latency.observe(exec_seconds)
+        for wait in queue_waits:
+            self.queue_wait.observe(wait)
+        status = "error" if failed else "success"
+        self.inference_total.labels(self.model_name, status).inc(size)
+
+    def on_dropped(self, reason: str, count: int) -> None:
+        self.dropped.labels(reason).inc(count)
+
+    def on_queue_depth(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+    # read side --------------------------------------------------------------------------------
+    def update_gpu_memory(self, device: str) -> None:
+        if not device.startswith("cuda"):
+            return
+        import torch
+
+        self.gpu_memory.labels(device).set(torch.cuda.memory_allocated(device))
+
+    def render(self) -> bytes:
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+"""Plain ASGI middleware: request id, body-size limit while streaming, one access-log line.
+
+The body limit is enforced on the bytes as they arrive: a declared ``Content-Length`` over the
+limit is refused before anything is read, and a chunked body is cut off as soon as it passes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, ServiceError
+from service.logs import request_id_var
+
+__all__ = ["RequestContextMiddleware", "error_body"]
+
+access_log = logging.getLogger("yoloserve.access")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def error_body(err: ServiceError, request_id: str | None) -> bytes:
+    return orjson.dumps({"error": {"code": err.code, "message": err.message, "request_id": request_id}})
+
+
+class _BodyTooLarge(PayloadTooLarge):
+    """Raised from ``receive`` so that the app's error handler answers 413 in our format."""
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, access_log_enabled: bool = True) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.access_log_enabled = access_log_enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-request-id", "")
+        request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})
+        scope["state"]["request_id"] = request_id
+        scope["state"]["log"] = log_fields = {}
+        started = time.perf_counter()
+        status = [500]
+        try:
+            await self._handle(scope, receive, send, headers, request_id, status)
+        finally:
+            if self.access_log_enabled:
+                self._log(scope, status[0], started, log_fields)
+            request_id_var.reset(token)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send,
+                      headers: dict[str, str], request_id: str, status: list[int]) -> None:
+        started_response = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started_response
+            if message["type"] == "http.response.start":
+                started_response = True
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._refuse(send_wrapper, request_id)
+            return
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge(f"the body is over the limit of {self.max_body_bytes} bytes")
+            return message
+
+        try:
+            await self.app(scope, receive_limited, send_wrapper)
+        except _BodyTooLarge:
+            if not started_response:
+                await self._refuse(send_wrapper, request_id)
+
+    async def _refuse(self, send: Send, request_id: str) -> None:
+        err = PayloadTooLarge(f"the body is over the limit of {self.max_body_bytes} bytes")
+        body = error_body(err, request_id)
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _log(self, scope: Scope, status: int, started: float, fields: dict[str, Any]) -> None:
+        route = scope.get("route")
+        access_log.info(
+            "request",
+            extra={
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "route": getattr(route, "path", scope.get("path")),
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "client": (scope.get("client") or ("", 0))[0],
+                **fields,
+            },
+        )

@@ -1,0 +1,88 @@
+"""``POST /v1/detect``, ``/v1/detect/batch`` and ``/v1/annotate``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from service.annotate import draw
+from service.bodies import read_batch, read_single, resolve_params
+from service.deps import AuthDep, DeadlineDep, InferencerDep, QueryParamsDep, StateDep
+from service.engine.decode import decode_image
+from service.errors import ServiceError, to_service_error
+from service.routes.docs import BATCH_BODY, DETECT_BODY, errors
+from service.schemas import BatchResponse, DetectionResult, ErrorDetail
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["detection"])
+
+_ERRORS = errors(400, 401, 413, 415, 422, 429, 503, 504)
+
+
+def _json(payload: object) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+def _note(request: Request, **fields: object) -> None:
+    request.scope["state"]["log"].update(fields)
+
+
+@router.post("/detect", response_model=DetectionResult, responses=_ERRORS,
+             openapi_extra=DETECT_BODY, summary="Detect objects in one image")
+async def detect(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
+                 state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
+    upload, body_params = await read_single(request, state.settings)
+    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
+    result = await inferencer.detect(upload.data, upload.name, params, deadline)
+    _note(request, batch_size=result.processing_metadata.batch_size,
+          detections=result.detection_count, cached=result.processing_metadata.cached)
+    return _json(result.model_dump(mode="json"))
+
+
+@router.post("/detect/batch", response_model=BatchResponse, responses=_ERRORS,
+             openapi_extra=BATCH_BODY, summary="Detect objects in up to 64 images")
+async def detect_batch(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
+                       state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
+    uploads, body_params = await read_batch(request, state.settings)
+    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
+    outcomes = await asyncio.gather(
+        *(inferencer.detect(u.data, u.name, params, deadline) for u in uploads),
+        return_exceptions=True,
+    )
+    request_id = request.scope["state"]["request_id"]
+    items: list[object] = []
+    for outcome in outcomes:
+        if isinstance(outcome, DetectionResult):
+            items.append(outcome.model_dump(mode="json"))
+            continue
+        if not isinstance(outcome, Exception):
+            raise outcome  # CancelledError and other BaseExceptions propagate
+        err = to_service_error(outcome)
+        if type(err) is ServiceError:
+            log.error("batch item failed", exc_info=outcome)
+        detail = ErrorDetail(code=err.code, message=err.message, request_id=request_id)
+        items.append({"error": detail.model_dump(mode="json")})
+    _note(request, batch_items=len(uploads))
+    return _json({"results": items})
+
+
+@router.post("/annotate", response_class=Response, openapi_extra=DETECT_BODY,
+             responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG with boxes"},
+                        **_ERRORS},
+             summary="Draw detected boxes and labels on the image")
+async def annotate(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
+                   state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
+    upload, body_params = await read_single(request, state.settings)
+    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
+    result = await inferencer.detect(upload.data, upload.name, params, deadline)
+    loop = asyncio.get_running_loop()
+    limits = inferencer.engine.limits
+    jpeg = await loop.run_in_executor(
+        None, lambda: draw(decode_image(upload.data, limits), result))
+    _note(request, detections=result.detection_count)
+    return Response(jpeg, media_type="image/jpeg")

@@ -1,0 +1,47 @@
+"""``GET /health/live``, ``GET /health/ready`` and ``GET /metrics``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from service.deps import StateDep
+from service.metrics import CONTENT_TYPE_LATEST
+from service.schemas import HealthResponse
+from service.state import Lifecycle
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+_NOT_READY = {503: {"model": HealthResponse, "description": "starting, draining or overloaded",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+
+
+@router.get("/health/live", response_model=HealthResponse)
+async def live() -> HealthResponse:
+    return HealthResponse(status="alive")
+
+
+@router.get("/health/ready", response_model=HealthResponse, responses=_NOT_READY)
+async def ready(state: StateDep, response: Response) -> HealthResponse:
+    inf = state.inferencer
+    depth = inf.batcher.queue_depth if inf else 0
+    inflight = inf.batcher.inflight_batches if inf else 0
+    status = state.lifecycle.value
+    if state.lifecycle is Lifecycle.READY and depth >= state.settings.max_queue:
+        status = "overloaded"
+    if status != "ready":
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+    extra = {"max_queue": state.settings.max_queue}
+    if inf is not None:
+        extra["max_batch_size"] = inf.batcher.effective_max_batch_size
+    return HealthResponse(status=status, queue_depth=depth, inflight_batches=inflight, **extra)
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
+async def metrics(state: StateDep) -> Response:
+    if state.inferencer is not None:
+        state.metrics.update_gpu_memory(state.inferencer.engine.meta.device)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

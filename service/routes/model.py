@@ -1,0 +1,30 @@
+"""``GET /v1/model`` and ``GET /v1/classes``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import InferencerDep
+from service.routes.docs import errors
+from service.schemas import ClassesResponse, ModelInfo
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["model"])
+
+
+@router.get("/model", response_model=ModelInfo, responses=errors(503))
+async def model_info(inferencer: InferencerDep) -> ModelInfo:
+    meta = inferencer.engine.meta
+    settings = inferencer.settings
+    return ModelInfo(
+        name=meta.name, version=meta.version, backend=meta.backend, device=meta.device,
+        precision=meta.precision, input_size=meta.input_size,
+        classes={str(k): v for k, v in meta.classes.items()},
+        max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+    )
+
+
+@router.get("/classes", response_model=ClassesResponse, responses=errors(503))
+async def classes(inferencer: InferencerDep) -> ClassesResponse:
+    return ClassesResponse(classes={str(k): v for k, v in inferencer.engine.meta.classes.items()})

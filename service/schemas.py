@@ -1,0 +1,160 @@
+"""The service's response schema, shared with ``clients/``: pure pydantic, nothing heavy imported.
+
+These models are the contract's ``DetectionResult`` and error body; the OpenAPI schema is generated
+from them, and the client parses answers into them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BatchItemError",
+    "BatchResponse",
+    "Box2D",
+    "ClassesResponse",
+    "Detection",
+    "DetectionResult",
+    "ErrorBody",
+    "ErrorDetail",
+    "HealthResponse",
+    "ImageDimensions",
+    "ModelInfo",
+    "NormalizedBox",
+    "ProcessingMetadata",
+    "Timings",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+
+class ImageDimensions(_Model):
+    width: int = Field(description="Width of the original image in pixels (EXIF orientation applied).")
+    height: int = Field(description="Height of the original image in pixels.")
+
+
+class Box2D(_Model):
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+
+class NormalizedBox(_Model):
+    x_center: float
+    y_center: float
+    width: float
+    height: float
+
+
+class Detection(_Model):
+    class_name: str
+    class_id: int
+    confidence: float = Field(ge=0.0, le=1.0)
+    box_2d: Box2D = Field(description="Box in pixels of the original image.")
+    normalized_box: NormalizedBox = Field(description="Box centre and size as fractions of the image.")
+    box_area: float = Field(description="Area of box_2d in square pixels.")
+
+
+class Timings(_Model):
+    queue: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+    total: float = 0.0
+
+
+class ProcessingMetadata(_Model):
+    model_version: str
+    confidence_threshold: float
+    iou_threshold: float
+    batch_size: int = Field(description="Number of images in the forward pass that computed this one.")
+    timestamp: datetime
+    timings_ms: Timings = Field(default_factory=Timings)
+    cached: bool = Field(default=False, description="True when served from the result cache.")
+
+
+class DetectionResult(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "image_name": "shapes.jpg",
+                "image_dimensions": {"width": 640, "height": 480},
+                "detections": [
+                    {
+                        "class_name": "circle", "class_id": 0, "confidence": 0.91,
+                        "box_2d": {"x_min": 12.0, "y_min": 40.5, "x_max": 100.2, "y_max": 130.0},
+                        "normalized_box": {"x_center": 0.088, "y_center": 0.177,
+                                           "width": 0.138, "height": 0.186},
+                        "box_area": 7893.9,
+                    }
+                ],
+                "detection_count": 1,
+                "processing_metadata": {
+                    "model_version": "3f2a9c0d1e4b", "confidence_threshold": 0.25,
+                    "iou_threshold": 0.7, "batch_size": 6, "timestamp": "2026-11-23T15:00:00Z",
+                    "timings_ms": {"queue": 3.1, "preprocess": 2.0, "inference": 21.5,
+                                   "postprocess": 0.8, "total": 28.0},
+                    "cached": False,
+                },
+            }
+        }
+    )
+
+    image_name: str
+    image_dimensions: ImageDimensions
+    detections: list[Detection]
+    detection_count: int
+    processing_metadata: ProcessingMetadata
+
+
+class ErrorDetail(_Model):
+    code: str = Field(description="Stable snake_case error code.", examples=["invalid_image"])
+    message: str = Field(description="Explanation for people.")
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request.")
+
+
+class ErrorBody(_Model):
+    error: ErrorDetail
+
+
+class BatchItemError(_Model):
+    error: ErrorDetail
+
+
+class BatchResponse(_Model):
+    results: list[DetectionResult | BatchItemError] = Field(
+        description="One entry per input image, in input order: a result or that image's error."
+    )
+
+
+class ModelInfo(_Model):
+    name: str
+    version: str = Field(description="First 12 hex digits of the sha256 of the weights file.")
+    backend: str
+    device: str
+    precision: str
+    input_size: int = Field(description="Side of the square letterbox the model reads.")
+    classes: dict[str, str]
+    max_batch_size: int
+    max_wait_ms: float
+
+
+class ClassesResponse(_Model):
+    classes: dict[str, str]
+
+
+class HealthResponse(_Model):
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(examples=["ready"])
+    queue_depth: int | None = None
+    inflight_batches: int | None = None
+
+    def extra(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})

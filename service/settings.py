@@ -1,0 +1,64 @@
+"""The service's settings: one pydantic-settings class, ``YOLOSERVE_`` environment prefix.
+
+``yoloserve serve`` flags override the environment. Every limit the service enforces is here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MODEL", "Settings"]
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo.pt"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YOLOSERVE_", extra="ignore")
+
+    # where and what to serve
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    model: Path = DEFAULT_MODEL
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    half: bool | None = Field(None, description="FP16 on CUDA; None: on when the device is CUDA")
+    threads: int | None = Field(None, ge=1, description="CPU threads for ONNX Runtime")
+
+    # dynamic batching
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0)
+    max_queue: int = Field(256, ge=1)
+    max_concurrent_batches: int = Field(1, ge=1, le=8)
+    preprocess_threads: int = Field(4, ge=1, le=64)
+    warmup: bool = True
+
+    # limits
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(8192 * 8192, ge=1024)
+    min_side: int = Field(32, ge=1)
+    max_side: int = Field(8192, ge=1)
+    max_batch_items: int = Field(64, ge=1, le=1024)
+    max_parts: int = Field(128, ge=1)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    default_timeout_ms: float | None = Field(None, gt=0, description="deadline when none is sent")
+    drain_timeout_s: float = Field(30.0, ge=0.0)
+
+    # result cache and coalescing
+    cache_enabled: bool = True
+    cache_size: int = Field(256, ge=0)
+    cache_ttl_s: float = Field(300.0, ge=0.0)
+
+    # optional protection
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    rate_limit_rps: float | None = Field(None, gt=0, description="per client; None: off")
+    rate_limit_burst: int = Field(20, ge=1)
+
+    # logs
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    access_log: bool = True

@@ -1,0 +1,32 @@
+"""What one service process holds while it runs: its lifecycle state and its parts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.inference import Inferencer
+    from service.metrics import ServiceMetrics
+    from service.ratelimit import RateLimiter
+    from service.settings import Settings
+
+__all__ = ["AppState", "Lifecycle"]
+
+
+class Lifecycle(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: ServiceMetrics
+    rate_limiter: RateLimiter | None
+    lifecycle: Lifecycle = Lifecycle.STARTING
+    inferencer: Inferencer | None = None
+    error: str | None = field(default=None)

@@ -1,0 +1,111 @@
+"""A tiny stand-in for the detection service, for the CLI's tests: real HTTP on loopback.
+
+``/v1/detect`` answers a valid ``DetectionResult`` for anything Pillow can open (one box per image,
+the whole image) and 400 ``invalid_image`` otherwise, echoing ``X-Request-ID``.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+import uvicorn
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+from PIL import Image, UnidentifiedImageError
+
+from service.schemas import (
+    Box2D,
+    Detection,
+    DetectionResult,
+    ImageDimensions,
+    NormalizedBox,
+    ProcessingMetadata,
+)
+
+__all__ = ["create_app", "serve"]
+
+
+def _result(name: str, width: int, height: int, conf: float) -> DetectionResult:
+    detection = Detection(
+        class_name="square",
+        class_id=1,
+        confidence=0.9,
+        box_2d=Box2D(x_min=0, y_min=0, x_max=width, y_max=height),
+        normalized_box=NormalizedBox(x_center=0.5, y_center=0.5, width=1, height=1),
+        box_area=float(width * height),
+    )
+    return DetectionResult(
+        image_name=name,
+        image_dimensions=ImageDimensions(width=width, height=height),
+        detections=[detection],
+        detection_count=1,
+        processing_metadata=ProcessingMetadata(
+            model_version="fake00000000",
+            confidence_threshold=conf,
+            iou_threshold=0.7,
+            batch_size=1,
+            timestamp=datetime.now(UTC),
+        ),
+    )
+
+
+def create_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.post("/v1/detect", response_model=None)
+    async def detect(
+        request: Request,
+        image: Annotated[UploadFile, File()],
+        conf: Annotated[float, Form()] = 0.25,
+    ) -> DetectionResult | JSONResponse:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        data = await image.read()
+        try:
+            with Image.open(io.BytesIO(data)) as picture:
+                picture.load()
+                width, height = picture.size
+        except (UnidentifiedImageError, OSError):
+            body = {
+                "error": {
+                    "code": "invalid_image",
+                    "message": "not an image",
+                    "request_id": request_id,
+                }
+            }
+            return JSONResponse(body, status_code=400, headers={"X-Request-ID": request_id})
+        return _result(image.filename or "image", width, height, conf)
+
+    return app
+
+
+@contextmanager
+def serve() -> Iterator[str]:
+    """Run the fake service on a free loopback port in a thread; yields its base URL."""
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="fake-detect-service", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the fake service did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
