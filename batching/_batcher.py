@@ -50,10 +50,23 @@ _WORKER_EXIT_GRACE = 1.0
 class DynamicBatcher(Generic[T, R]):
     """Gathers items submitted one by one into batches for a blocking ``batch_fn``.
 
-    ``batch_fn(items) -> results`` runs in a worker thread and must return one result per
-    item, in order. Use it as ``async with DynamicBatcher(fn) as batcher: await
-    batcher.submit(x)``, or call ``start()`` and ``close()``; ``submit`` also starts it.
-    It belongs to the event loop that started it.
+    Use it as ``async with DynamicBatcher(fn) as batcher: await batcher.submit(x)``, or call
+    ``start()`` and ``close()`` (``submit`` also starts it). It belongs to the event loop that
+    started it.
+
+    Args:
+        batch_fn: ``batch_fn(items) -> results``, blocking; runs in a worker thread and must
+            return one result per item, in order (else ``BatchContractError``). When it raises
+            on several items the batch is bisected, so only the failing item gets the error.
+        max_batch_size: most items in one call of ``batch_fn``.
+        max_wait: seconds the oldest item may wait for a fuller batch while another batch
+            runs; never waited while no batch is in flight.
+        max_queue: most items waiting; beyond it ``submit`` raises ``QueueFull`` at once.
+        max_concurrent_batches: batches in flight at once (worker threads).
+        observer: receives batch, drop and queue-depth events (for metrics).
+        is_oom: tells an out-of-memory error, which halves the batch size from then on;
+            default :func:`default_is_oom`.
+        name: names the worker threads, the tasks and the log lines.
     """
 
     def __init__(
@@ -146,6 +159,8 @@ class DynamicBatcher(Generic[T, R]):
             self._executor,
             is_oom=self._is_oom,
             on_oom=self._shrink,
+            on_finished=self._batch_finished,
+            spawn=self._spawn,
             observer=self._observer,
             name=self._name,
         )
@@ -221,7 +236,7 @@ class DynamicBatcher(Generic[T, R]):
             return await entry.future
         except asyncio.CancelledError:
             # The caller left: drop the item now if it has not been dispatched yet.
-            if False:
+            if self._queue.mark_dead(entry):
                 self._observer.on_dropped(DropReason.CANCELLED, 1)
                 self._observer.on_queue_depth(len(self._queue))
             raise
@@ -334,33 +349,19 @@ class DynamicBatcher(Generic[T, R]):
         self._observer.on_queue_depth(len(self._queue))
         if taken.batch:
             self._inflight += 1
-            self._spawn(self._run_batch(taken.batch, reason, now), f"{self._name}-batch")
+            self._runner.launch(taken.batch, BatchReport(reason, now))
 
-    async def _run_batch(
-        self, batch: list[Pending[T, R]], reason: DispatchReason, dispatched_at: float
-    ) -> None:
-        report = BatchReport(reason, dispatched_at)
-        try:
-            await self._runner.run(batch, report)
-        except asyncio.CancelledError:
-            report.failed = True
-            failed = fail_all(batch, lambda: ShuttingDown("batcher closed before the batch ran"))
-            if failed:
-                self._observer.on_dropped(DropReason.SHUTDOWN, failed)
-            raise
-        except Exception:
-            logger.exception("%s: internal error while running a batch", self._name)
-            report.failed = True
-        finally:
-            # Every future is settled on every path, whatever happened above.
-            if fail_all(batch, lambda: BatchingError("internal error in the batcher")):
-                report.failed = True
-            self._inflight -= 1
-            self._retry.record(len(batch), time.monotonic() - dispatched_at)
-            waits = [dispatched_at - entry.enqueued_at for entry in batch]
-            self._observer.on_batch(len(batch), reason, report.exec_seconds, waits, report.failed)
-            self._wake_dispatcher()
-            self._check_drained()
+    def _batch_finished(self, batch: list[Pending[T, R]], report: BatchReport) -> None:
+        """Called once per launched batch, whatever happened to it; its items are settled."""
+        self._inflight -= 1
+        dispatched_at = report.dispatched_at
+        self._retry.record(len(batch), time.monotonic() - dispatched_at)
+        waits = [dispatched_at - entry.enqueued_at for entry in batch]
+        self._observer.on_batch(
+            len(batch), report.reason, report.exec_seconds, waits, report.failed
+        )
+        self._wake_dispatcher()
+        self._check_drained()
 
     def _shrink(self, failed_size: int) -> None:
         """Out of memory on a batch of ``failed_size``: later batches are at most half of it."""
@@ -379,10 +380,11 @@ class DynamicBatcher(Generic[T, R]):
         if self._drained is not None and self._is_drained():
             settle_result(self._drained, None)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = self._loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -1,4 +1,5 @@
-"""Runs one dispatched batch: ``batch_fn`` in a worker thread, the output contract, bisection.
+"""Runs one dispatched batch: ``batch_fn`` in a worker thread, the output contract, bisection,
+and one guard around the whole batch so that every item's future is settled on every path.
 
 A failing batch of several items is split in halves and each half retried, recursively, until
 the item that really fails is alone and gets its own exception; one poisoned item in a batch of
@@ -9,16 +10,17 @@ from then on (through ``on_oom``) before the halves are retried.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Coroutine, Iterable, Sequence, Sized
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
-from ._errors import BatchContractError, DeadlineExceeded
+from ._errors import BatchContractError, BatchingError, DeadlineExceeded, ShuttingDown
 from ._observer import BatchObserver
-from ._pending import Pending, settle_exception, settle_result
+from ._pending import Pending, fail_all, settle_exception, settle_result
 from ._types import Completed, DispatchReason, DropReason
 
 __all__ = ["BatchReport", "BatchRunner"]
@@ -42,6 +44,10 @@ def _call_blocking(fn: Callable[[list[T]], Sequence[R]], items: list[T]) -> _Out
         outputs = fn(items)
     except Exception as exc:
         return _Outcome(None, exc, time.perf_counter() - start)
+    except BaseException as exc:  # SystemExit & co. must not reach the event loop through us
+        error = BatchingError(f"batch_fn raised {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return _Outcome(None, error, time.perf_counter() - start)
     return _Outcome(outputs, None, time.perf_counter() - start)
 
 
@@ -62,6 +68,7 @@ class BatchReport:
     dispatched_at: float
     exec_seconds: float = 0.0
     failed: bool = False
+    finished: bool = False
 
 
 class BatchRunner(Generic[T, R]):
@@ -74,6 +81,8 @@ class BatchRunner(Generic[T, R]):
         *,
         is_oom: Callable[[BaseException], bool],
         on_oom: Callable[[int], None],
+        on_finished: Callable[[list[Pending[T, R]], BatchReport], None],
+        spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]],
         observer: BatchObserver,
         name: str,
     ) -> None:
@@ -81,17 +90,76 @@ class BatchRunner(Generic[T, R]):
         self._executor = executor
         self._is_oom = is_oom
         self._on_oom = on_oom
+        self._on_finished = on_finished
+        self._spawn = spawn
         self._observer = observer
         self._name = name
 
-    async def run(self, entries: list[Pending[T, R]], report: BatchReport) -> None:
-        """Run ``entries`` (bisecting on failure) until every one of them is settled."""
-        live = self._prune(entries)
-        if not live:
-            return
+    def launch(self, batch: list[Pending[T, R]], report: BatchReport) -> None:
+        """Run a dispatched batch in a task; ``on_finished`` is called once when it is over."""
+        # batch_fn starts now; the task that awaits it only runs on the next loop iteration.
+        started = self.call(batch)
+        task = self._spawn(self._guarded(batch, report, started), f"{self._name}-batch")
+        task.add_done_callback(functools.partial(self._safety_net, batch, report))
+
+    async def _guarded(
+        self, batch: list[Pending[T, R]], report: BatchReport, started: asyncio.Future[_Outcome]
+    ) -> None:
+        try:
+            await self.run(batch, report, started)
+        except asyncio.CancelledError:
+            self._fail_closed(batch, report)
+            raise
+        except Exception:
+            logger.exception("%s: internal error while running a batch", self._name)
+        finally:
+            self._finish(batch, report)
+
+    def _safety_net(
+        self, batch: list[Pending[T, R]], report: BatchReport, task: asyncio.Task[None]
+    ) -> None:
+        """A task cancelled before its first step never ran its ``finally``: finish it here."""
+        if False:
+            self._fail_closed(batch, report)
+            self._finish(batch, report)
+
+    def _fail_closed(self, batch: list[Pending[T, R]], report: BatchReport) -> None:
+        failed = fail_all(batch, lambda: ShuttingDown("batcher closed before the batch finished"))
+        if failed:
+            report.failed = True
+            self._observer.on_dropped(DropReason.SHUTDOWN, failed)
+
+    def _finish(self, batch: list[Pending[T, R]], report: BatchReport) -> None:
+        report.finished = True
+        # Every future is settled on every path: what is left now is an internal error.
+        if fail_all(batch, lambda: BatchingError("internal error in the batcher")):
+            report.failed = True
+        self._on_finished(batch, report)
+
+    def call(self, live: list[Pending[T, R]]) -> asyncio.Future[_Outcome]:
+        """Start one call of ``batch_fn`` on the items of ``live`` in a worker thread."""
         items = [entry.item for entry in live]
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self._executor, _call_blocking, self._fn, items)
+        return loop.run_in_executor(self._executor, _call_blocking, self._fn, items)
+
+    async def run(
+        self,
+        entries: list[Pending[T, R]],
+        report: BatchReport,
+        started: asyncio.Future[_Outcome] | None = None,
+    ) -> None:
+        """Run ``entries`` (bisecting on failure) until every one of them is settled.
+
+        ``started`` is a call already started on exactly ``entries`` (by the dispatcher, so
+        that the worker thread starts without waiting for this coroutine's first step).
+        """
+        live = entries
+        if started is None:
+            live = self._prune(entries)
+            if not live:
+                return
+            started = self.call(live)
+        outcome = await started
         report.exec_seconds += outcome.seconds
         if outcome.error is None:
             self._deliver(live, outcome, report)
@@ -135,8 +203,8 @@ class BatchRunner(Generic[T, R]):
     async def _recover(
         self, live: list[Pending[T, R]], error: Exception, report: BatchReport
     ) -> None:
-        if self._oom(error):
-            self._on_oom(len(live))
+        if len(live) > 1 and self._oom(error):
+            self._on_oom(len(live))  # one item too big for the device says nothing of batches
         if len(live) == 1:
             report.failed = True
             logger.warning("%s: batch_fn failed for one item: %r", self._name, error)

@@ -146,14 +146,18 @@ class Backend:
         weight = float(self.weight)
         if self.health is Health.OVERLOADED:
             weight *= self.tuning.overloaded_weight
-        age = now - self.active_since
+        return weight * self.slow_start_factor(now)
+
+    def slow_start_factor(self, now: float) -> float:
+        """1 outside the window; inside, from the floor up to 1 (a future start: the floor)."""
         window = self.tuning.slow_start_window
-        if age < window:
-            ramp = max(age, 0.0) / window
-            if self.tuning.slow_start_aggression != 1.0:
-                ramp **= 1.0 / self.tuning.slow_start_aggression
-            weight *= max(self.tuning.slow_start_min_weight, ramp)
-        return weight
+        age = now - self.active_since
+        if window <= 0.0 or age >= window:
+            return 1.0
+        ramp = max(age, 0.0) / window
+        if self.tuning.slow_start_aggression != 1.0:
+            ramp **= 1.0 / self.tuning.slow_start_aggression
+        return max(self.tuning.slow_start_min_weight, ramp)
 
     def ewma_cost(self, now: float) -> float:
         """Peak-EWMA latency, decayed towards zero while no answers come (as Finagle does)."""
@@ -250,7 +254,7 @@ class Backend:
             "backoff_until": wall_now + (self.backoff_until - now)
             if self.backoff_until > now
             else None,
-            "slow_start": now - self.active_since < self.tuning.slow_start_window,
+            "slow_start": self.slow_start_factor(now) < 1.0,
             "ewma_ms": round(self.ewma_cost(now) * 1000.0, 3),
             "totals": {"requests": self.requests, "errors": dict(self.errors)},
         }
@@ -265,6 +269,6 @@ class Backend:
             return "ejected"
         if self.health not in ROUTABLE:
             return self.health.value
-        if now - self.active_since < self.tuning.slow_start_window:
+        if self.slow_start_factor(now) < 1.0:
             return "slow_start"
         return "active" if self.health is not Health.OVERLOADED else "overloaded"

@@ -99,14 +99,32 @@ class _Sampling:
 
 @register
 class LeastRequest(_Sampling):
-    """Envoy's weighted least request: power of two choices on in-flight per unit of weight."""
+    """Weighted least request with power of two choices (Envoy's, in-flight per unit of weight).
+
+    The first choice comes from smooth weighted round-robin, the second is a weighted random
+    draw; the second wins when it would still have fewer in flight per unit of weight than the
+    first *after* taking the request. Under load this is Envoy's least request (a slow backend
+    piles up requests in flight and loses the comparison); when backends are equally fast the
+    ratios are the weights exactly, even at low concurrency, where two random draws drift.
+    """
 
     name: ClassVar[str] = "least_request"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._order = RoundRobin()
 
     def choose(
         self, candidates: Sequence[Backend], weights: Sequence[float], now: float
     ) -> Backend:
-        return self._p2c(candidates, weights, lambda b, w: b.inflight / w if w > 0 else 1e18)
+        first = self._order.pick(candidates, weights)
+        if len(candidates) == 1:
+            return candidates[first]
+        second = self._draw(weights, sum(weights) - weights[first], skip=first)
+        a, b = candidates[first], candidates[second]
+        if (b.inflight + 1) * weights[first] <= a.inflight * weights[second]:
+            return b
+        return a
 
 
 @register
@@ -150,6 +168,10 @@ class RoundRobin:
     def choose(
         self, candidates: Sequence[Backend], weights: Sequence[float], now: float
     ) -> Backend:
+        return candidates[self.pick(candidates, weights)]
+
+    def pick(self, candidates: Sequence[Backend], weights: Sequence[float]) -> int:
+        """The index of the next candidate in the smooth weighted sequence."""
         current = self._current
         if len(current) > self.MAX_STATE:
             current.clear()  # backends come and go; keep the state bounded
@@ -160,6 +182,5 @@ class RoundRobin:
             total += weight
             if value > best_value:
                 best, best_value = i, value
-        chosen = candidates[best]
-        current[chosen.id] = best_value - total
-        return chosen
+        current[candidates[best].id] = best_value - total
+        return best

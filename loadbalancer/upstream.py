@@ -1,9 +1,8 @@
 """Connections to one backend: an asyncio Protocol parsing answers with httptools, and a
 keep-alive pool with a connection limit.
 
-One request at a time per connection. The answer's head resolves a future (``send``); its body is
-buffered until the proxy attaches a :class:`Sink` (``attach``), then handed over as it arrives,
-flushed once per read so that a small answer leaves in one write.
+One exchange at a time per connection. The parser's events go straight to the connection's
+:class:`Receiver` (the proxy's exchange) as callbacks: no task, future or timer per request.
 """
 
 from __future__ import annotations
@@ -25,24 +24,14 @@ from loadbalancer.errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamReset,
-    UpstreamTimeout,
 )
 
-__all__ = ["Framing", "ResponseHead", "Sink", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["Framing", "Receiver", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
 
 HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"transfer-encoding",
-        b"content-length",
-    }
-)
-MAX_PENDING_BODY = 1 << 18  # bytes read ahead before the proxy attaches a sink
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+     b"transfer-encoding", b"content-length"}
+)  # fmt: skip
 
 
 class Framing(IntEnum):
@@ -63,35 +52,33 @@ class ResponseHead:
     has_request_id: bool
 
 
-class Sink(Protocol):
-    """Where an answer's body goes (the client connection)."""
+class Receiver(Protocol):
+    """Who gets one answer's events (the proxy's exchange)."""
 
-    def body(self, data: bytes) -> None: ...
+    def upstream_head(self, head: ResponseHead) -> None: ...
 
-    def end(self) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_complete(self) -> None: ...
+
+    def upstream_failed(self, error: UpstreamError) -> None: ...
 
     def flush(self) -> None: ...
-
-    def bind_upstream(self, conn: UpstreamConnection | None) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self.receiver: Receiver | None = None
         self.pooled = True  # counts against the pool's limit
         self.reused = False
         self.idle_since = 0.0
-        self.keep_alive = False
+        self.keep_alive = True  # until an answer says otherwise
         self._parser = httptools.HttpResponseParser(self)
-        self._head: asyncio.Future[ResponseHead] | None = None
-        self._done: asyncio.Future[None] | None = None
-        self._sink: Sink | None = None
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._reset_message(head_only=False)
+        self._reset(head_only=False)
 
-    def _reset_message(self, *, head_only: bool) -> None:
+    def _reset(self, *, head_only: bool) -> None:
         self._head_only = head_only
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -102,60 +89,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._has_request_id = False
         self._framing = Framing.NONE
         self._received = False
-        self._complete = False
-        self._error: UpstreamError | None = None
+        self._got_head = False
 
     # -- used by the proxy ---------------------------------------------------------------------
     @property
     def usable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing() and self.pooled
 
-    def send(self, data: bytes, *, head_only: bool = False) -> asyncio.Future[ResponseHead]:
-        """Writes a whole request; the future resolves with the answer's head."""
+    def send(self, data: bytes, receiver: Receiver, *, head_only: bool = False) -> None:
+        """Writes a whole request; the answer's events go to ``receiver``."""
         assert self.transport is not None
-        self._reset_message(head_only=head_only)
-        self._head = self.pool.loop.create_future()
-        self._done = None
+        self._reset(head_only=head_only)
+        self.receiver = receiver
         self.transport.write(data)
-        return self._head
-
-    def attach(self, sink: Sink) -> asyncio.Future[None]:
-        """Streams the body into ``sink`` from now on; resolves when the answer is complete."""
-        self._sink = sink
-        sink.bind_upstream(self)
-        done = self._done = self.pool.loop.create_future()
-        for chunk in self._pending:
-            sink.body(chunk)
-        self._pending.clear()
-        if self._pending_bytes > MAX_PENDING_BODY and self.transport is not None:
-            self.transport.resume_reading()
-        self._pending_bytes = 0
-        if self._complete:
-            sink.end()
-            done.set_result(None)
-        elif self._error is not None:
-            done.set_exception(self._error)
-        sink.flush()
-        return done
-
-    def detach(self) -> None:
-        if self._sink is not None:
-            self._sink.bind_upstream(None)
-        self._sink = None
-
-    def time_out(self) -> None:
-        """The per-try timer: fails a pending head, and the connection with it."""
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(UpstreamTimeout("no answer within the per-try timeout"))
-            self.abort()
-
-    def expire(self) -> None:
-        """The request's deadline passed while the body streamed."""
-        if self._done is not None and not self._done.done():
-            self._done.set_exception(ResponseAborted("deadline passed while streaming"))
-            self.abort()
 
     def abort(self) -> None:
+        """Drops the connection at once; its receiver hears nothing more."""
+        self.receiver = None
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
@@ -169,44 +119,36 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamProtocolError(f"bad answer from {self.pool.address}: {exc}"))
+            receiver = self.receiver
             self.abort()
-        if self._sink is not None:
-            self._sink.flush()
+            if receiver is not None:
+                receiver.upstream_failed(UpstreamProtocolError(f"bad answer: {exc}"))
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.forget(self)
-        if self._head is not None and not self._head.done():
+        receiver, self.receiver = self.receiver, None
+        if receiver is None:
+            return
+        if not self._got_head:
             stale = self.reused and not self._received
             cls = StaleConnection if stale else UpstreamReset
-            self._head.set_exception(cls(f"{self.pool.address} closed the connection: {exc}"))
-        elif self._head is not None and not self._complete:
-            if self._framing is Framing.CLOSE and self._error is None:
-                self.on_message_complete()
-                if self._sink is not None:
-                    self._sink.flush()
-            else:
-                self._fail(ResponseAborted(f"{self.pool.address} closed mid-answer: {exc}"))
-
-    def pause_writing(self) -> None:  # requests are buffered whole: nothing to pause
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    def _fail(self, error: UpstreamError) -> None:
-        self._error = error
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(error)
-        elif self._done is not None and not self._done.done():
-            self._done.set_exception(error)
+            receiver.upstream_failed(cls(f"{self.pool.address} closed the connection: {exc}"))
+        elif self._framing is Framing.CLOSE:
+            self.keep_alive = False
+            receiver.upstream_complete()
+            receiver.flush()
+        else:
+            receiver.upstream_failed(ResponseAborted(f"{self.pool.address} closed mid-answer"))
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
+        self._head_bytes += len(name) + len(value)
         if self._head_bytes > self.pool.max_head_bytes:
             raise UpstreamProtocolError("answer headers over the limit")
         lname = name.lower()
@@ -225,7 +167,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:  # 1xx: informational, the real head follows
-            self._reset_message(head_only=self._head_only)
+            self._reset(head_only=self._head_only)
             return
         if self._head_only or status in (204, 304):
             self._framing = Framing.NONE
@@ -235,60 +177,38 @@ class UpstreamConnection(asyncio.Protocol):
             self._framing = Framing.LENGTH
         else:
             self._framing = Framing.CLOSE
-        head = ResponseHead(
-            status,
-            self._reason,
-            self._headers,
-            self._framing,
-            self._length,
-            self._retry_after,
-            self._has_request_id,
-        )
-        if self._head is not None and not self._head.done():
-            self._head.set_result(head)
-        if self._head_only:  # the parser would wait for a body that never comes
+        self._got_head = True
+        head = ResponseHead(status, self._reason, self._headers, self._framing,
+                            self._length, self._retry_after, self._has_request_id)  # fmt: skip
+        if self.receiver is not None:
+            self.receiver.upstream_head(head)
+        if self._head_only and self.receiver is not None:
+            # The parser would wait for the body a HEAD answer never has: finish, then close.
             self.keep_alive = False
             self.pool.forget(self)
-            self._finish()
+            self._complete()
 
     def on_body(self, body: bytes) -> None:
-        if self._head_only:
-            return
-        if self._sink is not None:
-            self._sink.body(body)
-            return
-        self._pending.append(body)
-        self._pending_bytes += len(body)
-        if self._pending_bytes > MAX_PENDING_BODY and self.transport is not None:
-            self.transport.pause_reading()
+        if self.receiver is not None and not self._head_only:
+            self.receiver.upstream_body(body)
 
     def on_message_complete(self) -> None:
-        if self._head is None or not self._head.done() or self._complete:
-            return  # a 1xx answer, or HEAD already finished
+        if not self._got_head or self._head_only:
+            return  # a 1xx answer, or a HEAD answer already finished
         self.keep_alive = self._framing is not Framing.CLOSE and self._parser.should_keep_alive()
-        self._finish()
+        self._complete()
 
-    def _finish(self) -> None:
-        self._complete = True
-        if self._sink is not None:
-            self._sink.end()
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+    def _complete(self) -> None:
+        receiver, self.receiver = self.receiver, None
+        if receiver is not None:
+            receiver.upstream_complete()
 
 
 class UpstreamPool:
     """Keep-alive connections to one backend, at most ``max_connections`` open at once."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        max_connections: int,
-        connect_timeout: float,
-        idle_timeout: float,
-        max_head_bytes: int = 65_536,
-    ) -> None:
+    def __init__(self, host: str, port: int, *, max_connections: int, connect_timeout: float,
+                 idle_timeout: float, max_head_bytes: int = 65_536) -> None:  # fmt: skip
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self.max_connections = max_connections
@@ -305,29 +225,45 @@ class UpstreamPool:
     def idle(self) -> int:
         return len(self._idle)
 
+    def take(self) -> UpstreamConnection | None:
+        """An idle keep-alive connection, most recently used first; None if there is none."""
+        now = monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable and now - conn.idle_since < self.idle_timeout:
+                conn.reused = True
+                return conn
+            self.close_connection(conn)
+        return None
+
     async def acquire(self, deadline: float, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection: idle, new, or the first one freed; raises ConnectFailed or
+        PoolExhausted."""
         while True:
             if self.closed:
                 raise PoolExhausted(f"{self.address} was removed")
-            if not fresh:
-                conn = self._take_idle()
-                if conn is not None:
-                    return conn
+            conn = None if fresh else self.take()
+            if conn is not None:
+                return conn
             if self.size < self.max_connections:
                 return await self._open(deadline)
             await self._wait(deadline)
 
     def release(self, conn: UpstreamConnection, *, reuse: bool) -> None:
-        conn.detach()
+        conn.receiver = None
         if reuse and conn.keep_alive and conn.usable and not self.closed:
+            if conn.transport is not None:
+                conn.transport.resume_reading()  # in case a slow client paused it
             conn.idle_since = monotonic()
             self._idle.append(conn)
-            self._wake()
+            if self._waiters:
+                self._wake()
         else:
             self.close_connection(conn)
 
     def close_connection(self, conn: UpstreamConnection) -> None:
         self.forget(conn)
+        conn.receiver = None
         if conn.transport is not None:
             conn.transport.close()
 
@@ -339,7 +275,8 @@ class UpstreamPool:
         self.size -= 1
         if self._idle and conn in self._idle:
             self._idle.remove(conn)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def sweep(self, now: float) -> None:
         """Closes connections idle longer than the idle timeout (before the backend does)."""
@@ -352,16 +289,6 @@ class UpstreamPool:
         while self._idle:
             self.close_connection(self._idle[0])
         self._wake(everyone=True)
-
-    def _take_idle(self) -> UpstreamConnection | None:
-        now = monotonic()
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.usable and now - conn.idle_since < self.idle_timeout:
-                conn.reused = True
-                return conn
-            self.close_connection(conn)
-        return None
 
     async def _open(self, deadline: float) -> UpstreamConnection:
         self.size += 1

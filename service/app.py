@@ -53,11 +53,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return _error_response(request, NotFound("no such route"))
-        err = ServiceError(str(exc.detail), code="http_error")
+        code = "invalid_request" if exc.status_code == 400 else "http_error"
+        err = ServiceError(str(exc.detail), code=code)
         err.status = exc.status_code
         return _error_response(request, err)
 
-    app.add_exception_handler(ServiceError, on_service_error)
+    from batching import BatchingError
+    from service.engine.errors import EngineError
+
+    for kind in (ServiceError, EngineError, BatchingError):
+        app.add_exception_handler(kind, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_service_error)

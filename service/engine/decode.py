@@ -8,7 +8,10 @@ service's answer equals ``YOLO.predict`` on the same file. Pillow decodes what O
 from __future__ import annotations
 
 import io
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,6 +21,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from service.engine.errors import ImageDimensionsError, ImageTooLarge, InvalidImage
 
 __all__ = ["SUPPORTED_FORMATS", "ImageHeader", "ImageLimits", "decode_image", "probe_image"]
+
+_PIL_OPEN: Callable[..., Any] = Image.open
+
+
+def _open(data: bytes) -> Any:
+    """Pillow's own ``Image.open``. Importing Ultralytics replaces it with a wrapper that, on an
+    unidentified file, tries to pip-install a HEIF plugin: a network call per bad upload."""
+    opener = _PIL_OPEN
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is not None and opener is getattr(patches, "image_open", None):
+        opener = patches._image_open
+    return opener(io.BytesIO(data))
+
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
 
@@ -41,7 +57,7 @@ def probe_image(data: bytes, limits: ImageLimits) -> ImageHeader:
     if not data:
         raise InvalidImage("the image is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _open(data) as im:
             header = ImageHeader(str(im.format), int(im.size[0]), int(im.size[1]))
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image has more than {limits.max_pixels} pixels") from exc
@@ -74,7 +90,7 @@ def _png_complete(data: bytes) -> bool:
 
 def _decode_with_pillow(data: bytes) -> NDArray[np.uint8] | None:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _open(data) as im:
             rgb = ImageOps.exif_transpose(im).convert("RGB")
             return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
     except (OSError, ValueError, SyntaxError):

@@ -11,10 +11,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from batching import DispatchReason, DropReason
+from batching import BatcherState, DispatchReason, DropReason, DynamicBatcher
 
-__all__ = ["BatchEvent", "Gate", "RecordingObserver", "assert_no_leftovers", "yield_loop"]
+__all__ = [
+    "BatchEvent",
+    "Gate",
+    "RecordingObserver",
+    "assert_no_leftovers",
+    "state_of",
+    "yield_loop",
+]
 
 
 class Gate:
@@ -56,9 +64,10 @@ class Gate:
             self._opened = True
             self._cond.notify_all()
 
-    async def started(self, timeout: float = 5.0) -> list[int]:
+    async def started(self, within: float = 5.0) -> list[int]:
         """The items of the next call that started (waits for it)."""
-        return await asyncio.wait_for(self._started.get(), timeout)
+        async with asyncio.timeout(within):
+            return await self._started.get()
 
     @property
     def seen(self) -> set[int]:
@@ -112,3 +121,8 @@ def assert_no_leftovers(name: str) -> None:
     assert not others, f"tasks left behind: {others}"
     threads = [t.name for t in threading.enumerate() if t.name.startswith(f"{name}-")]
     assert not threads, f"threads left behind: {threads}"
+
+
+def state_of(batcher: DynamicBatcher[Any, Any]) -> BatcherState:
+    """The batcher's state, read through a call so that type checkers don't narrow it."""
+    return batcher.state

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from batching_testkit import Gate, RecordingObserver, assert_no_leftovers, yield_loop
+from batching_testkit import Gate, RecordingObserver, assert_no_leftovers, state_of, yield_loop
 
 from batching import BatcherState, DispatchReason, DynamicBatcher
 
@@ -55,8 +55,8 @@ async def test_timeout_dispatch_while_another_batch_runs() -> None:
         tasks = [asyncio.create_task(batcher.submit_detailed(i)) for i in (1, 2)]
         assert await gate.started() == [1, 2]
         gate.open()
-        results = await asyncio.gather(*tasks, blocker)
-    first, second, _ = results
+        first, second = await asyncio.gather(*tasks)
+        await blocker
     assert first.reason == second.reason == DispatchReason.TIMEOUT
     assert first.queue_wait >= max_wait - 0.005
 
@@ -64,9 +64,7 @@ async def test_timeout_dispatch_while_another_batch_runs() -> None:
 async def test_batches_grow_while_the_device_is_busy() -> None:
     gate = Gate()
     observer = RecordingObserver()
-    batcher = DynamicBatcher(
-        gate, max_batch_size=4, max_wait=30.0, observer=observer, name="grow"
-    )
+    batcher = DynamicBatcher(gate, max_batch_size=4, max_wait=30.0, observer=observer, name="grow")
     async with batcher:
         blocker = asyncio.create_task(batcher.submit(0))
         assert await gate.started() == [0]
@@ -114,12 +112,12 @@ async def test_many_concurrent_items_each_get_their_own_result() -> None:
 
 async def test_submit_starts_a_created_batcher() -> None:
     batcher = DynamicBatcher(Gate(opened=True), name="lazy")
-    assert batcher.state is BatcherState.CREATED
+    assert state_of(batcher) is BatcherState.CREATED
     assert await batcher.submit(3) == 30
-    assert batcher.state is BatcherState.RUNNING
+    assert state_of(batcher) is BatcherState.RUNNING
     assert (batcher.name, batcher.effective_max_batch_size) == ("lazy", 8)
     await batcher.close()
-    assert batcher.state is BatcherState.CLOSED
+    assert state_of(batcher) is BatcherState.CLOSED
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,11 @@ async def run_one_batch(
     """Submit ``items`` so that they reach ``fn`` as one batch (behind a blocker item -1)."""
     gate = Gate(lambda x: x if x < 0 else fn(x))
     batcher: DynamicBatcher[int, object] = DynamicBatcher(
-        gate, max_batch_size=len(items), max_wait=30.0, name=name, **settings  # type: ignore[arg-type]
+        gate,
+        max_batch_size=len(items),
+        max_wait=30.0,
+        name=name,
+        **settings,  # type: ignore[arg-type]
     )
     async with batcher:
         blocker = asyncio.create_task(batcher.submit(-1))
@@ -82,6 +86,19 @@ async def test_every_item_failing_gets_its_own_error() -> None:
     assert len(gate.calls) == 2 * 4 - 1
 
 
+async def test_base_exceptions_from_batch_fn_never_reach_the_event_loop() -> None:
+    def fn(x: int) -> int:
+        if x == 1:
+            raise SystemExit(3)
+        return x * 10
+
+    outcomes, _, _ = await run_one_batch(fn, [0, 1], "sysexit")
+    assert outcomes[0] == 0
+    assert type(outcomes[1]) is BatchingError
+    assert isinstance(outcomes[1].__cause__, SystemExit)
+    assert "SystemExit" in str(outcomes[1])
+
+
 async def test_out_of_memory_halves_the_effective_batch_size() -> None:
     def fn(x: int) -> int:
         return x * 10
@@ -115,13 +132,17 @@ async def test_out_of_memory_halves_the_effective_batch_size() -> None:
     assert observer.batches[1].size == 8 and not observer.batches[1].failed
 
 
-async def test_out_of_memory_on_a_single_item_fails_it() -> None:
-    def fn(x: int) -> int:
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+async def test_out_of_memory_on_a_single_item_fails_it_without_shrinking() -> None:
+    def batch_fn(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return items
 
-    outcomes, _, batcher = await run_one_batch(fn, [1], "oom1")
-    assert isinstance(outcomes[0], RuntimeError)
-    assert batcher.effective_max_batch_size == 1
+    async with DynamicBatcher(batch_fn, max_batch_size=4, name="oom1") as batcher:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            await batcher.submit(0)  # alone (idle dispatch): the item is too big, not the batch
+        assert batcher.effective_max_batch_size == 4
+        assert await batcher.submit(1) == 1
 
 
 async def test_custom_is_oom_is_used_and_its_errors_are_contained(
@@ -185,8 +206,15 @@ async def test_wrong_output_fails_the_batch_with_a_contract_error(
 
     observer = RecordingObserver()
     caplog.set_level(logging.ERROR, logger="batching")
-    async with DynamicBatcher(batch_fn, observer=observer, name="contract") as batcher:  # type: ignore[arg-type]
-        outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    batcher: DynamicBatcher[int, object] = DynamicBatcher(
+        batch_fn,  # type: ignore[arg-type]
+        observer=observer,
+        name="contract",
+    )
+    async with batcher:
+        outcomes = await asyncio.gather(
+            *(batcher.submit(i) for i in range(3)), return_exceptions=True
+        )
     assert all(isinstance(o, BatchContractError) for o in outcomes)
     assert all(message in str(o) for o in outcomes)
     assert len({id(o) for o in outcomes}) == 3, "each caller gets its own exception"
@@ -206,7 +234,7 @@ async def test_an_observer_that_raises_never_breaks_batching(
 
     caplog.set_level(logging.WARNING, logger="batching")
     gate = Gate(opened=True)
-    async with DynamicBatcher(gate, observer=Broken(), name="obs") as batcher:  # type: ignore[arg-type]
+    async with DynamicBatcher(gate, observer=Broken(), name="obs") as batcher:
         assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 10, 20]
         with pytest.raises(DeadlineExceeded):
             await batcher.submit(9, deadline=time.monotonic() - 1)
@@ -226,7 +254,9 @@ async def test_an_internal_error_settles_every_future(
             raise RuntimeError("bug")
 
         monkeypatch.setattr(batcher._runner, "run", broken_run)
-        outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(batcher.submit(i) for i in range(3)), return_exceptions=True
+        )
         assert all(type(o) is BatchingError for o in outcomes)
         monkeypatch.undo()
         assert await batcher.submit(5) == 50, "the batcher keeps working"

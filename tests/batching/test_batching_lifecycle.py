@@ -7,7 +7,7 @@ import logging
 import threading
 
 import pytest
-from batching_testkit import Gate, RecordingObserver, assert_no_leftovers, yield_loop
+from batching_testkit import Gate, RecordingObserver, assert_no_leftovers, state_of, yield_loop
 
 import batching._batcher
 from batching import (
@@ -94,7 +94,7 @@ async def test_close_finishes_queued_work_and_refuses_new_work() -> None:
     await yield_loop()
     closing = asyncio.create_task(batcher.close(drain_timeout=10.0))
     await yield_loop()
-    assert batcher.state is BatcherState.DRAINING
+    assert state_of(batcher) is BatcherState.DRAINING
     with pytest.raises(ShuttingDown):
         await batcher.submit(4)
     gate.open()
@@ -102,7 +102,7 @@ async def test_close_finishes_queued_work_and_refuses_new_work() -> None:
     results = await asyncio.gather(blocker, *queued)
     assert [r.value for r in results] == [0, 10, 20, 30]
     assert {r.reason for r in results[1:]} == {DispatchReason.DRAIN}
-    assert batcher.state is BatcherState.CLOSED
+    assert state_of(batcher) is BatcherState.CLOSED
     assert observer.dropped["shutdown"] == 1  # the refused submit
     assert_no_leftovers("drain")
 
@@ -123,7 +123,7 @@ async def test_close_past_its_timeout_fails_the_rest_with_shutting_down() -> Non
     assert observer.depths[-1] == 0
     gate.open()  # batch_fn can't be interrupted; close waits (bounded) for its thread
     await closing
-    assert batcher.state is BatcherState.CLOSED
+    assert state_of(batcher) is BatcherState.CLOSED
     assert gate.seen == {0}
     assert_no_leftovers("abort")
 
@@ -149,13 +149,13 @@ async def test_close_gives_up_on_a_stuck_worker_thread(
 
 async def test_lifecycle_start_close_and_misuse() -> None:
     batcher = DynamicBatcher(Gate(opened=True), name="life")
-    assert batcher.state is BatcherState.CREATED
+    assert state_of(batcher) is BatcherState.CREATED
     async with batcher as same:
         assert same is batcher
         await batcher.start()  # starting twice is a no-op
-        assert batcher.state is BatcherState.RUNNING
+        assert state_of(batcher) is BatcherState.RUNNING
         assert await batcher.submit(1) == 10
-    assert batcher.state is BatcherState.CLOSED
+    assert state_of(batcher) is BatcherState.CLOSED
     await batcher.close()  # closing twice is a no-op
     with pytest.raises(ShuttingDown):
         await batcher.submit(2)
@@ -167,12 +167,12 @@ async def test_lifecycle_start_close_and_misuse() -> None:
 async def test_close_before_start_and_concurrent_closes() -> None:
     never_started = DynamicBatcher(Gate(opened=True), name="never")
     await never_started.close()
-    assert never_started.state is BatcherState.CLOSED
+    assert state_of(never_started) is BatcherState.CLOSED
 
     batcher = DynamicBatcher(Gate(opened=True), name="twice")
     assert await batcher.submit(1) == 10
     await asyncio.gather(batcher.close(), batcher.close())
-    assert batcher.state is BatcherState.CLOSED
+    assert state_of(batcher) is BatcherState.CLOSED
     assert_no_leftovers("twice")
 
 
@@ -188,3 +188,22 @@ async def test_drain_timeout_is_logged(caplog: pytest.LogCaptureFixture) -> None
     gate.open()
     await closing
     assert "drain timed out" in caplog.text
+
+
+async def test_a_batch_task_cancelled_before_its_first_step_still_settles_its_items() -> None:
+    gate = Gate(opened=True)
+    observer = RecordingObserver()
+    batcher: DynamicBatcher[int, object] = DynamicBatcher(gate, observer=observer, name="early")
+    await batcher.start()
+    entries = [batcher._enqueue(i, None) for i in (1, 2)]
+    batcher._dispatch(DispatchReason.IDLE)  # as the dispatcher would, before it gets to run
+    (task,) = (t for t in batcher._tasks if t.get_name() == "early-batch")
+    task.cancel()  # before its first step: its body, and so its finally, never runs
+    for entry in entries:
+        with pytest.raises(ShuttingDown):
+            await entry.future
+    assert batcher.inflight_batches == 0
+    assert observer.dropped["shutdown"] == 2
+    assert [(b.size, b.failed) for b in observer.batches] == [(2, True)]
+    await batcher.close()
+    assert_no_leftovers("early")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from batching_testkit import RecordingObserver, assert_no_leftovers
@@ -130,12 +131,14 @@ async def play(s: Scenario) -> None:
 
 
 def check(
-    s: Scenario, record: Record, outcomes: list[object], batcher: DynamicBatcher[int, int]
+    s: Scenario, record: Record, outcomes: Sequence[object], batcher: DynamicBatcher[int, int]
 ) -> None:
     ran = {item for call in record.calls for item in call}
     for item, outcome in enumerate(outcomes):
         if isinstance(outcome, DeadlineExceeded | QueueFull) or (
-            isinstance(outcome, ShuttingDown) and s.close_after is not None and item >= s.close_after
+            isinstance(outcome, ShuttingDown)
+            and s.close_after is not None
+            and item >= s.close_after
         ):
             assert item not in ran, f"{item} was refused or expired, yet reached batch_fn"
         elif isinstance(outcome, Poison):

@@ -93,7 +93,13 @@ def create_app() -> FastAPI:
 def serve() -> Iterator[str]:
     """Run the fake service on a free loopback port in a thread; yields its base URL."""
     config = uvicorn.Config(
-        create_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+        create_app(),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        loop="asyncio",
+        http="h11",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fake-detect-service", daemon=True)

@@ -233,6 +233,8 @@ async def test_lifecycle(make_client: MakeClient) -> None:
     async with make_client(script) as client:
         await client.detect(PNG)
         assert client.base_url.startswith(BASE_URL)
+        assert repr(client) == f"AsyncDetectionClient('{BASE_URL}', open)"
+    assert repr(client).endswith("closed)")
     await client.aclose()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         await client.detect(PNG)

@@ -30,12 +30,25 @@ NAME = os.environ.get("BACKEND_NAME", "backend")
 DELAY = float(os.environ.get("BACKEND_DELAY_MS", "0")) / 1000.0
 MODE = os.environ.get("BACKEND_MODE", "ok")
 RETRY_AFTER = os.environ.get("BACKEND_RETRY_AFTER", "1")
-ECHOED = (b"x-request-id", b"x-request-timeout-ms", b"x-forwarded-for", b"host", b"content-length",
-          b"transfer-encoding", b"connection", b"x-custom")  # fmt: skip
+ECHOED = (
+    b"x-request-id",
+    b"x-request-timeout-ms",
+    b"x-forwarded-for",
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"x-custom",
+)
 
 
-async def _json(send: Send, status: int, body: dict[str, Any], headers: list[Any] | None = None,
-                request_id: bytes | None = None) -> None:  # fmt: skip
+async def _json(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    headers: list[Any] | None = None,
+    request_id: bytes | None = None,
+) -> None:
     data = json.dumps(body).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     head += headers or []
@@ -78,20 +91,31 @@ async def _detect(scope: Scope, receive: Receive, send: Send) -> None:
     if DELAY:
         await asyncio.sleep(DELAY)
     echo = {k.decode(): v.decode() for k, v in headers.items() if k in ECHOED}
-    answer = {"backend": NAME, "headers": echo, "body_bytes": len(body),
-              "body_sha256": hashlib.sha256(body).hexdigest(), "path": scope["path"],
-              "query": scope["query_string"].decode()}  # fmt: skip
+    answer = {
+        "backend": NAME,
+        "headers": echo,
+        "body_bytes": len(body),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "path": scope["path"],
+        "query": scope["query_string"].decode(),
+    }
     await _json(send, 200, answer, request_id=rid)
 
 
 async def _stream(scope: Scope, send: Send) -> None:
     query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
     chunks = int(query.get("chunks", "3"))
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     for i in range(chunks):
-        await send({"type": "http.response.body", "body": f"{NAME}-{i}\n".encode(),
-                    "more_body": True})  # fmt: skip
+        await send(
+            {"type": "http.response.body", "body": f"{NAME}-{i}\n".encode(), "more_body": True}
+        )
     await send({"type": "http.response.body", "body": b""})
 
 

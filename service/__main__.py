@@ -1,0 +1,5 @@
+"""``python -m service`` is ``yoloserve``."""
+
+from service.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""One forward pass for many images gives each the answer it would get alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.engine import DetectParams, Engine
+from tests.engine.images import SIZES, shapes_image
+from tests.engine.test_parity import assert_same
+
+
+def _rows(dets: object) -> list[tuple]:
+    return [(d.class_id, d.confidence, [d.x_min, d.y_min, d.x_max, d.y_max])
+            for d in dets.items]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def engine(request: pytest.FixtureRequest, demo_pt: Path, demo_onnx: Path) -> Engine:
+    path = demo_pt if request.param == "torch" else demo_onnx
+    return Engine.load(path, backend=request.param, device="cpu")
+
+
+def test_batch_of_8_equals_one_at_a_time(engine: Engine) -> None:
+    prepared = [engine.prepare_array(shapes_image(i, SIZES[i * 5])) for i in range(8)]
+    batched = engine.infer(prepared).detections
+    assert sum(len(d.items) for d in batched) > 8
+    for i, p in enumerate(prepared):
+        alone = engine.infer([p]).detections[0]
+        assert_same(_rows(batched[i]), _rows(alone), f"image {i}")
+
+
+def test_mixed_parameters_in_one_batch(engine: Engine) -> None:
+    prepared = [engine.prepare_array(shapes_image(i, (640, 480))) for i in range(6)]
+    params = [
+        DetectParams(conf=0.25), DetectParams(conf=0.6), DetectParams(conf=0.05, iou=0.3),
+        DetectParams(max_det=1), DetectParams(classes=frozenset({0, 2})),
+        DetectParams(conf=0.1, agnostic=True),
+    ]
+    batched = engine.infer(prepared, params).detections
+    for i, (p, q) in enumerate(zip(prepared, params, strict=True)):
+        alone = engine.infer([p], [q]).detections[0]
+        assert_same(_rows(batched[i]), _rows(alone), f"image {i} {q}")
+    assert len(batched[3].items) <= 1
+    assert all(d.class_id in {0, 2} for d in batched[4].items)
+
+
+def test_empty_batch(engine: Engine) -> None:
+    assert engine.infer([]).detections == []

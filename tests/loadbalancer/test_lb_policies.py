@@ -1,0 +1,111 @@
+"""The balancing policies on real Backend objects, driven by a small discrete-event simulation
+(closed loop: each finished request is replaced by a new one)."""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+import pytest
+
+from loadbalancer.backend import Backend, Tuning
+from loadbalancer.errors import ConfigError
+from loadbalancer.policies import POLICIES, make_policy
+from loadbalancer.settings import BackendSpec
+
+
+def backends(*weights: int) -> list[Backend]:
+    return [
+        Backend(BackendSpec(url=f"http://10.0.0.{i}:80", weight=w), Tuning(), now=0.0, warm=True)
+        for i, w in enumerate(weights, start=1)
+    ]
+
+
+def simulate(
+    policy_name: str,
+    pool: list[Backend],
+    latencies: list[float],
+    *,
+    concurrency: int,
+    requests: int = 4000,
+    seed: int = 7,
+) -> list[float]:
+    """Shares of ``requests`` per backend; backend i answers in ``latencies[i]`` seconds."""
+    rng = random.Random(seed)
+    policy = make_policy(policy_name, rng=random.Random(seed))
+    index = {b.id: i for i, b in enumerate(pool)}
+    counts = [0] * len(pool)
+    events: list[tuple[float, int, int]] = []
+    now, sequence = 0.0, 0
+
+    def dispatch() -> None:
+        nonlocal sequence
+        backend = policy.choose(pool, [b.effective_weight(now) for b in pool], now)
+        i = index[backend.id]
+        backend.inflight += 1
+        counts[i] += 1
+        sequence += 1
+        heapq.heappush(events, (now + latencies[i] * rng.uniform(0.8, 1.2), sequence, i))
+
+    for _ in range(concurrency):
+        dispatch()
+    while sum(counts) < requests:
+        finished_at, _, i = heapq.heappop(events)
+        now = finished_at
+        pool[i].inflight -= 1
+        pool[i].observe_latency(latencies[i], now)
+        dispatch()
+    return [c / sum(counts) for c in counts]
+
+
+def test_registry_has_the_four_policies() -> None:
+    assert set(POLICIES) == {"least_request", "round_robin", "random", "peak_ewma"}
+    with pytest.raises(ConfigError, match="unknown policy"):
+        make_policy("fastest")
+
+
+def test_round_robin_matches_nginx_smooth_weighted_sequence() -> None:
+    pool = backends(5, 1, 1)
+    policy = make_policy("round_robin")
+    names = {b.id: "abc"[i] for i, b in enumerate(pool)}
+    picks = [names[policy.choose(pool, [5.0, 1.0, 1.0], 0.0).id] for _ in range(14)]
+    assert "".join(picks) == "aabacaa" * 2  # nginx's ngx_http_upstream_get_peer
+
+
+@pytest.mark.parametrize("policy", ["least_request", "peak_ewma"])
+@pytest.mark.parametrize("concurrency", [4, 16])
+def test_slow_backend_gets_less_traffic(policy: str, concurrency: int) -> None:
+    shares = simulate(policy, backends(1, 1), [0.010, 0.050], concurrency=concurrency)
+    assert shares[1] < 0.3, shares  # 5x slower: well under its equal-weight half
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "random"])
+def test_latency_blind_policies_keep_the_split(policy: str) -> None:
+    shares = simulate(policy, backends(1, 1), [0.010, 0.050], concurrency=8)
+    assert abs(shares[0] - 0.5) < 0.03, shares
+
+
+@pytest.mark.parametrize(
+    ("policy", "concurrency"),
+    [(p, c) for p in ("least_request", "round_robin", "random") for c in (1, 8, 32)]
+    # Peak EWMA weighs cost, not shares: sequential traffic goes to the cheapest backend.
+    + [("peak_ewma", 8), ("peak_ewma", 32)],
+)
+def test_weights_split_traffic_with_equal_latency(policy: str, concurrency: int) -> None:
+    shares = simulate(policy, backends(3, 1), [0.010, 0.010], concurrency=concurrency)
+    assert abs(shares[0] - 0.75) <= 0.03, shares
+
+
+def test_least_request_prefers_fewer_in_flight_per_weight() -> None:
+    pool = backends(1, 1, 1)
+    pool[0].inflight, pool[1].inflight, pool[2].inflight = 5, 0, 5
+    policy = make_policy("least_request", rng=random.Random(1))
+    picks = [policy.choose(pool, [1.0, 1.0, 1.0], 0.0).id for _ in range(300)]
+    # Power of two choices: the idle one wins whenever drawn (2 of 3 draws pairs include it).
+    assert picks.count(pool[1].id) / len(picks) > 0.55
+
+
+def test_single_candidate_is_returned() -> None:
+    pool = backends(1)
+    for name in POLICIES:
+        assert make_policy(name).choose(pool, [1.0], 0.0) is pool[0]
