@@ -119,7 +119,7 @@ class BatchRunner(Generic[T, R]):
         self, batch: list[Pending[T, R]], report: BatchReport, task: asyncio.Task[None]
     ) -> None:
         """A task cancelled before its first step never ran its ``finally``: finish it here."""
-        if False:
+        if not report.finished:
             self._fail_closed(batch, report)
             self._finish(batch, report)
 

@@ -251,9 +251,7 @@ class Backend:
             "ejected": ejected,
             "ejected_until": wall_now + (self.ejected_until - now) if ejected else None,
             "ejections": self.ejections_total,
-            "backoff_until": wall_now + (self.backoff_until - now)
-            if self.backoff_until > now
-            else None,
+            "backoff_until": wall_now + (self.backoff_until - now) if self.backoff_until > now else None,
             "slow_start": self.slow_start_factor(now) < 1.0,
             "ewma_ms": round(self.ewma_cost(now) * 1000.0, 3),
             "totals": {"requests": self.requests, "errors": dict(self.errors)},

@@ -50,9 +50,7 @@ def _option(name: str, field: FieldInfo) -> Callable[[F], F]:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     default = field.get_default(call_default_factory=True)
     shown = "" if default is None or name == "admin_token" else f" (default: {default})"
-    return click.option(
-        flag, name, type=_click_type(field.annotation), default=None, help=help_text + shown
-    )
+    return click.option(flag, name, type=_click_type(field.annotation), default=None, help=help_text + shown)
 
 
 def _settings_options(func: F) -> F:

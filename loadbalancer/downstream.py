@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from collections import deque
-from itertools import count
 from time import monotonic
 from typing import cast
 
@@ -32,12 +30,7 @@ log = logging.getLogger("loadbalancer.access")
 MAX_QUEUED = 4  # pipelined requests read ahead before reading pauses
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
-_ID_PREFIX = os.urandom(10).hex().encode()  # per process; a counter makes the rest unique
-_ID_COUNTER = count()
-
-
-def new_request_id() -> bytes:
-    return b"%s%012x" % (_ID_PREFIX, next(_ID_COUNTER))
+SPECIAL = REQUEST_DROP | {b"x-request-id", b"x-request-timeout-ms", b"x-forwarded-for", b"host"}
 
 
 class ClientConnection(asyncio.Protocol):
@@ -54,6 +47,7 @@ class ClientConnection(asyncio.Protocol):
         self._exchange: Exchange | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tick = min(settings.client_keepalive_timeout, settings.client_request_timeout)
+        self._max_head = settings.max_header_bytes
         self._last_active = monotonic()
         self._upstream: UpstreamConnection | None = None
         self._write_paused = False
@@ -131,23 +125,27 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         req.target += url
         self._head_size += len(url)
-        if self._head_size > self.settings.max_header_bytes:
-            raise HeadersTooLarge(f"request head over {self.settings.max_header_bytes} bytes")
+        if self._head_size > self._max_head:
+            raise HeadersTooLarge(f"request head over {self._max_head} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._req
         assert req is not None
         self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.settings.max_header_bytes:
-            raise HeadersTooLarge(f"request head over {self.settings.max_header_bytes} bytes")
-        if len(req.headers) >= self.settings.max_headers:
-            raise HeadersTooLarge("too many request headers")
+        if self._head_size > self._max_head:
+            raise HeadersTooLarge(f"request head over {self._max_head} bytes")
         lname = name.lower()
-        if lname in REQUEST_DROP:
-            if lname == b"content-length":
-                self._length = int(value) if value.isdigit() else -1
-            elif lname == b"expect":
-                self._expect = value.lower() == b"100-continue"
+        if lname in SPECIAL:
+            self._special_header(req, lname, name, value)
+        else:
+            req.headers.append((name, value))
+
+    def _special_header(self, req: Request, lname: bytes, name: bytes, value: bytes) -> None:
+        """Headers the balancer reads, rewrites or drops (hop-by-hop)."""
+        if lname == b"content-length":
+            self._length = int(value) if value.isdigit() else -1
+        elif lname == b"expect":
+            self._expect = value.lower() == b"100-continue"
         elif lname == b"x-request-id":
             if REQUEST_ID.fullmatch(value):
                 req.request_id = value
@@ -155,9 +153,8 @@ class ClientConnection(asyncio.Protocol):
             req.timeout_ms = _parse_timeout(value)
         elif lname == b"x-forwarded-for":
             req.forwarded_for = value
-        else:
-            if lname == b"host":
-                req.has_host = True
+        elif lname == b"host":
+            req.has_host = True
             req.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -168,7 +165,9 @@ class ClientConnection(asyncio.Protocol):
         req.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
         if not req.request_id:
-            req.request_id = new_request_id()
+            req.request_id = self.proxy.new_request_id()
+        if len(req.headers) > self.settings.max_headers:
+            raise HeadersTooLarge(f"more than {self.settings.max_headers} request headers")
         if self._length > self.settings.max_body_bytes:
             raise PayloadTooLarge(f"body over {self.settings.max_body_bytes} bytes")
         if self._expect and req.http11:
@@ -196,7 +195,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- exchanges -----------------------------------------------------------------------------
     def _begin(self, request: Request) -> None:
-        if self.transport is None:
+        if self.transport is None or self.transport.is_closing():
             return
         self.started, self._close, self._out = False, False, []
         exchange = self._exchange = Exchange(self.proxy, request, self)
@@ -228,8 +227,9 @@ class ClientConnection(asyncio.Protocol):
         retry_after = getattr(error, "retry_after", None)
         close = not request.keep_alive or self.closing or status == 400
         self._close = close
-        self._out.append(error_response(status, code, str(error), request.request_id,
-                                        retry_after=retry_after, close=close))  # fmt: skip
+        self._out.append(
+            error_response(status, code, str(error), request.request_id, retry_after=retry_after, close=close)
+        )
 
     # -- ClientSide: the answer's bytes --------------------------------------------------------
     def start(self, head: bytes, *, chunked: bool, close: bool) -> None:
@@ -250,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         out = self._out
-        if out and self.transport is not None:
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
@@ -279,7 +279,7 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, error: RequestError) -> None:
         """Answers a request that could not be read, then closes."""
         req, self._req = self._req, None
-        rid = req.request_id if req is not None and req.request_id else new_request_id()
+        rid = req.request_id if req is not None and req.request_id else self.proxy.new_request_id()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -313,13 +313,18 @@ class ClientConnection(asyncio.Protocol):
 def _access_log(exchange: Exchange, now: float) -> None:
     request = exchange.request
     backend = exchange.tried[-1].id if exchange.tried else None
-    log.info("request", extra={
-        "request_id": request.request_id.decode("latin-1"),
-        "method": request.method.decode("latin-1"),
-        "path": request.target.decode("latin-1")[:256], "status": exchange.status,
-        "upstream": backend, "attempts": len(exchange.tried),
-        "duration_ms": round((now - request.started) * 1e3, 3),
-    })  # fmt: skip
+    log.info(
+        "request",
+        extra={
+            "request_id": request.request_id.decode("latin-1"),
+            "method": request.method.decode("latin-1"),
+            "path": request.target.decode("latin-1")[:256],
+            "status": exchange.status,
+            "upstream": backend,
+            "attempts": len(exchange.tried),
+            "duration_ms": round((now - request.started) * 1e3, 3),
+        },
+    )
 
 
 def _parse_timeout(value: bytes) -> float | None:

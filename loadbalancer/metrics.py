@@ -36,9 +36,7 @@ class LBCollector(Collector):
 
     def _proxy(self) -> Iterator[Metric]:
         stats = self.stats
-        requests = CounterMetricFamily(
-            PREFIX + "requests", "Answers sent to clients.", labels=["code"]
-        )
+        requests = CounterMetricFamily(PREFIX + "requests", "Answers sent to clients.", labels=["code"])
         for code, count in sorted(stats.responses.items()):
             requests.add_metric([str(code)], count)
         yield requests
@@ -56,9 +54,7 @@ class LBCollector(Collector):
             "Retries refused by the retry budget.",
             value=stats.budget_exhausted,
         )
-        yield GaugeMetricFamily(
-            PREFIX + "inflight_requests", "Requests being proxied.", value=stats.active
-        )
+        yield GaugeMetricFamily(PREFIX + "inflight_requests", "Requests being proxied.", value=stats.active)
         yield GaugeMetricFamily(
             PREFIX + "client_connections",
             "Open client connections.",

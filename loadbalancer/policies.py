@@ -28,9 +28,7 @@ __all__ = [
 class Policy(Protocol):
     name: ClassVar[str]
 
-    def choose(
-        self, candidates: Sequence[Backend], weights: Sequence[float], now: float
-    ) -> Backend:
+    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
         """One of ``candidates`` (non-empty); ``weights[i]`` is ``candidates[i]``'s."""
         ...
 
@@ -114,9 +112,7 @@ class LeastRequest(_Sampling):
         super().__init__()
         self._order = RoundRobin()
 
-    def choose(
-        self, candidates: Sequence[Backend], weights: Sequence[float], now: float
-    ) -> Backend:
+    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
         first = self._order.pick(candidates, weights)
         if len(candidates) == 1:
             return candidates[first]
@@ -133,9 +129,7 @@ class PeakEwma(_Sampling):
 
     name: ClassVar[str] = "peak_ewma"
 
-    def choose(
-        self, candidates: Sequence[Backend], weights: Sequence[float], now: float
-    ) -> Backend:
+    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
         return self._p2c(
             candidates,
             weights,
@@ -149,9 +143,7 @@ class RandomPolicy(_Sampling):
 
     name: ClassVar[str] = "random"
 
-    def choose(
-        self, candidates: Sequence[Backend], weights: Sequence[float], now: float
-    ) -> Backend:
+    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
         return candidates[self._draw(weights, sum(weights))]
 
 
@@ -165,9 +157,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._current: dict[str, float] = {}
 
-    def choose(
-        self, candidates: Sequence[Backend], weights: Sequence[float], now: float
-    ) -> Backend:
+    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
         return candidates[self.pick(candidates, weights)]
 
     def pick(self, candidates: Sequence[Backend], weights: Sequence[float]) -> int:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from enum import Enum
+from itertools import count
+from math import inf as INF
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,7 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["ClientSide", "Exchange", "Phase", "Proxy"]
 
 log = logging.getLogger("loadbalancer.proxy")
-DEADLINE_SLACK = 0.005  # a try with less time left than this cannot succeed; timers are ms-coarse
+DEADLINE_SLACK = 0.005  # a try with less time left than this cannot succeed
+TICK = 0.02  # resolution of per-try timeouts and deadlines (one timer for all exchanges)
 
 
 class ClientSide(Protocol):
@@ -82,6 +86,30 @@ class Proxy:
         self.max_inflight = settings.max_inflight
         self.max_retries = settings.max_retries
         self.idle: asyncio.Event | None = None
+        self._id_prefix = os.urandom(10).hex().encode()  # random per process, then a counter
+        self._ids = count()
+        self._timed: set[Exchange] = set()  # bounded by max_inflight
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def watch(self, exchange: Exchange) -> None:
+        """Starts checking ``exchange.timer_at``: one ticker for every exchange, instead of a
+        timer per request."""
+        self._timed.add(exchange)
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def unwatch(self, exchange: Exchange) -> None:
+        self._timed.discard(exchange)
+
+    def _tick(self) -> None:
+        now = monotonic()
+        for exchange in [e for e in self._timed if e.timer_at <= now]:
+            exchange.on_timer()
+        self._ticker = self.loop.call_later(TICK, self._tick) if self._timed else None
+
+    def new_request_id(self) -> bytes:
+        """32 hex characters, unique without a syscall per request."""
+        return b"%s%012x" % (self._id_prefix, next(self._ids))
 
     async def wait_idle(self, within: float) -> bool:
         """Waits until no request is in flight (graceful shutdown); False on timeout."""
@@ -107,9 +135,24 @@ class Phase(Enum):
 class Exchange:
     """One request from arrival to the end of its answer; every path ends in ``_finish``."""
 
-    __slots__ = ("backend", "client", "conn", "deadline", "fresh", "last", "pending", "phase",
-                 "proxy", "request", "retrying", "sent_at", "status", "timer", "tried",
-                 "try_deadline")  # fmt: skip
+    __slots__ = (
+        "backend",
+        "client",
+        "conn",
+        "deadline",
+        "fresh",
+        "last",
+        "pending",
+        "phase",
+        "proxy",
+        "request",
+        "retrying",
+        "sent_at",
+        "status",
+        "timer_at",
+        "tried",
+        "try_deadline",
+    )
 
     def __init__(self, proxy: Proxy, request: Request, client: ClientSide) -> None:
         self.proxy = proxy
@@ -124,7 +167,7 @@ class Exchange:
         self.backend: Backend | None = None  # the attempt in flight counts on it
         self.conn: UpstreamConnection | None = None
         self.pending: asyncio.Task[UpstreamConnection] | asyncio.Task[bool] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = INF  # when on_timer is due; the proxy's ticker checks
         self.deadline = self.try_deadline = self.sent_at = 0.0
 
     # -- start and attempts --------------------------------------------------------------------
@@ -191,8 +234,8 @@ class Exchange:
         task.add_done_callback(self._connected)
 
     def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
-        if task is not self.pending:  # given up on meanwhile
-            if not task.cancelled() and task.exception() is None and self.backend is not None:
+        if task is not self.pending:  # given up on meanwhile: the connection goes to the pool
+            if not task.cancelled() and task.exception() is None:
                 task.result().pool.release(task.result(), reuse=True)
             return
         self.pending = None
@@ -268,8 +311,9 @@ class Exchange:
         request, client = self.request, self.client
         streamed = head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE
         close = client.closing or not request.keep_alive or (streamed and not request.http11)
-        data = response_head(head, upstream=backend.id_bytes, request_id=request.request_id,
-                             http11=request.http11, close=close)  # fmt: skip
+        data = response_head(
+            head, upstream=backend.id_bytes, request_id=request.request_id, http11=request.http11, close=close
+        )
         client.start(data, chunked=streamed and request.http11, close=close)
         client.bind_upstream(self.conn)
 
@@ -301,12 +345,13 @@ class Exchange:
 
     # -- time ----------------------------------------------------------------------------------
     def _arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.proxy.loop.call_at(when, self._on_timer)
+        if self.timer_at == INF:
+            self.proxy.watch(self)
+        self.timer_at = when
 
-    def _on_timer(self) -> None:
-        self.timer = None
+    def on_timer(self) -> None:
+        """Called by the proxy's ticker once ``timer_at`` has passed."""
+        self.timer_at = INF
         if self.phase is Phase.STREAM:
             if monotonic() < self.deadline:
                 return self._arm(self.deadline)  # past the per-try timeout: now the deadline
@@ -357,15 +402,24 @@ class Exchange:
             code = error.code if isinstance(error, RequestError) else "bad_gateway"
             self.client.answer_error(self.request, error, status, code)
             self.status = status
+        log.warning(
+            "request failed",
+            extra={
+                "request_id": self.request.request_id.decode("latin-1"),
+                "status": self.status,
+                "attempts": len(self.tried),
+                "error": str(error),
+            },
+        )
         self._finish()
 
     def _finish(self) -> None:
         if self.phase is Phase.DONE:
             return
         self.phase = Phase.DONE
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timer_at != INF:
+            self.timer_at = INF
+            self.proxy.unwatch(self)
         proxy = self.proxy
         if self.retrying:
             proxy.budget.release()

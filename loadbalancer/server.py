@@ -99,14 +99,14 @@ class LoadBalancer:
         await self.aclose()
 
     async def start(self) -> None:
+        """Backends and their pools, health checks, then the proxy and admin ports."""
         if self.state is not State.CREATED:
             raise LoadBalancerError(f"cannot start a load balancer that is {self.state.value}")
         s = self.settings
-        loop = asyncio.get_running_loop()
         self.cluster.watchers.append(_Pools(s))
         for spec in s.backends:
             self.cluster.add(spec, time.monotonic(), warm=True)
-        self._proxy = proxy = Proxy(s, self.cluster, self.stats)
+        self._proxy = Proxy(s, self.cluster, self.stats)
         self._health = HealthChecker(
             self.cluster,
             path=s.health_path,
@@ -116,14 +116,7 @@ class LoadBalancer:
         )
         await self._health.__aenter__()
         try:
-            self._server = await loop.create_server(
-                lambda: ClientConnection(proxy, self._connections),
-                s.host,
-                s.port,
-                backlog=1024,
-                reuse_address=True,
-            )
-            self.port = self._server.sockets[0].getsockname()[1]
+            await self._start_proxy(self._proxy)
             await self._start_admin()
         except OSError as exc:
             await self.aclose()
@@ -139,6 +132,17 @@ class LoadBalancer:
                 "backends": [b.url for b in s.backends],
             },
         )
+
+    async def _start_proxy(self, proxy: Proxy) -> None:
+        s = self.settings
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: ClientConnection(proxy, self._connections),
+            s.host,
+            s.port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _start_admin(self) -> None:
         s = self.settings
@@ -202,9 +206,7 @@ class LoadBalancer:
         # 3. Drain: wait for the requests in flight, at most shutdown_timeout.
         if self._proxy is not None:
             drained = await self._proxy.wait_idle(self.settings.shutdown_timeout)
-            log.info(
-                "drained" if drained else "drain timed out", extra={"inflight": self.stats.active}
-            )
+            log.info("drained" if drained else "drain timed out", extra={"inflight": self.stats.active})
         # 4. Cut what is left, and stop the background work.
         for conn in list(self._connections):
             conn.abort()

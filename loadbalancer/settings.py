@@ -110,7 +110,9 @@ class LBSettings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="Port the proxy listens on.")
     admin_host: str = Field("127.0.0.1", description="Address of the admin API.")
     admin_port: int = Field(8081, ge=0, le=65535, description="Port of the admin API.")
-    admin_token: SecretStr | None = Field(None, description="Bearer token the admin API requires.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token the admin API requires (prefer the env: flags show in ps)."
+    )
     policy: PolicyName = Field("least_request", description="Balancing policy.")
     config: Path | None = Field(None, description="YAML or TOML file with these settings.")
     # Active health checks.

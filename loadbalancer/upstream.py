@@ -29,9 +29,18 @@ from loadbalancer.errors import (
 __all__ = ["Framing", "Receiver", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
 
 HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
-     b"transfer-encoding", b"content-length"}
-)  # fmt: skip
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+        b"content-length",
+    }
+)
+SPECIAL = HOP_BY_HOP | {b"retry-after", b"x-request-id"}
 
 
 class Framing(IntEnum):
@@ -152,17 +161,23 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_bytes > self.pool.max_head_bytes:
             raise UpstreamProtocolError("answer headers over the limit")
         lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"content-length":
-                self._length = int(value)
-            elif lname == b"transfer-encoding":
-                self._chunked = b"chunked" in value.lower()
-            return
-        if lname == b"retry-after":
+        if lname in SPECIAL:
+            self._special_header(lname, name, value)
+        else:
+            self._headers.append((name, value))
+
+    def _special_header(self, lname: bytes, name: bytes, value: bytes) -> None:
+        """Framing and hop-by-hop headers are dropped (the proxy writes its own)."""
+        if lname == b"content-length":
+            self._length = int(value)
+        elif lname == b"transfer-encoding":
+            self._chunked = b"chunked" in value.lower()
+        elif lname == b"retry-after":
             self._retry_after = float(value) if value.strip().isdigit() else 1.0
+            self._headers.append((name, value))
         elif lname == b"x-request-id":
             self._has_request_id = True
-        self._headers.append((name, value))
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -178,8 +193,15 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._framing = Framing.CLOSE
         self._got_head = True
-        head = ResponseHead(status, self._reason, self._headers, self._framing,
-                            self._length, self._retry_after, self._has_request_id)  # fmt: skip
+        head = ResponseHead(
+            status,
+            self._reason,
+            self._headers,
+            self._framing,
+            self._length,
+            self._retry_after,
+            self._has_request_id,
+        )
         if self.receiver is not None:
             self.receiver.upstream_head(head)
         if self._head_only and self.receiver is not None:
@@ -207,8 +229,16 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections to one backend, at most ``max_connections`` open at once."""
 
-    def __init__(self, host: str, port: int, *, max_connections: int, connect_timeout: float,
-                 idle_timeout: float, max_head_bytes: int = 65_536) -> None:  # fmt: skip
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_head_bytes: int = 65_536,
+    ) -> None:
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self.max_connections = max_connections

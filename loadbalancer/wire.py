@@ -68,9 +68,7 @@ class Request:
 def upstream_request(request: Request, remaining_ms: int, backend_address: bytes) -> bytes:
     """The bytes of one attempt: head with the remaining deadline, then the body."""
     host = b"" if request.has_host else b"host: " + backend_address + b"\r\n"
-    return b"".join(
-        (request.prefix, host, b"x-request-timeout-ms: %d\r\n\r\n" % remaining_ms, request.body)
-    )
+    return b"".join((request.prefix, host, b"x-request-timeout-ms: %d\r\n\r\n" % remaining_ms, request.body))
 
 
 def response_head(

@@ -48,7 +48,8 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})
         scope["state"]["request_id"] = request_id
-        scope["state"]["log"] = log_fields = {}
+        log_fields: dict[str, Any] = {}
+        scope["state"]["log"] = log_fields
         started = time.perf_counter()
         status = [500]
         try:

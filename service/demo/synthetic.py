@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["CLASSES", "Sample", "make_sample", "write_split", "write_dataset"]
+__all__ = ["CLASSES", "Sample", "make_sample", "write_dataset", "write_split"]
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon")
 
@@ -99,7 +99,8 @@ def _place(
     else:  # cut by the border
         low, high = np.zeros(2), np.array([width, height], dtype=np.float64)
     centre = rng.uniform(low, high)
-    return np.round(pts + centre).astype(np.int32)
+    out: NDArray[np.int32] = np.round(pts + centre).astype(np.int32)
+    return out
 
 
 def _contrasting(rng: np.random.Generator, background: NDArray[np.float64]) -> tuple[int, ...]:
@@ -148,7 +149,7 @@ def make_sample(seed: int, index: int) -> Sample:
             cv2.polylines(img, [pts], True, edge, int(rng.integers(1, 4)), lineType=cv2.LINE_AA)
         boxes.append((cls, *box))
     if rng.random() < 0.3:
-        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.5)))
+        img = np.asarray(cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.5))), np.uint8)
     return Sample(image=img, boxes=boxes)
 
 

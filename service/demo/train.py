@@ -36,7 +36,7 @@ class TrainConfig:
 
 
 def _train(cfg: TrainConfig, data: Path) -> Path:
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # type: ignore[attr-defined]
 
     model = YOLO("yolov8n.yaml")
     model.train(
@@ -50,7 +50,7 @@ def _train(cfg: TrainConfig, data: Path) -> Path:
 
 
 def _evaluate(weights: Path, data: Path, imgsz: int) -> dict[str, float]:
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # type: ignore[attr-defined]
 
     metrics = YOLO(str(weights)).val(
         data=str(data), split="val", imgsz=imgsz, batch=16, device="cpu", plots=False,
@@ -60,7 +60,7 @@ def _evaluate(weights: Path, data: Path, imgsz: int) -> dict[str, float]:
 
 
 def _export(weights: Path, out: Path, imgsz: int) -> Path:
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # type: ignore[attr-defined]
 
     onnx = YOLO(str(weights)).export(
         format="onnx", imgsz=imgsz, dynamic=True, opset=17, simplify=True, device="cpu"

@@ -109,7 +109,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.u
     img: NDArray[np.uint8] | None = None
     if header.format != "GIF":
         try:
-            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            img = None if decoded is None else np.asarray(decoded, np.uint8)
         except cv2.error:
             img = None
     if img is None:

@@ -62,7 +62,7 @@ class ExportReport:
 
 def export_onnx(model: Path, out: Path) -> Path:
     """Export with Ultralytics: opset 17, dynamic axes, simplified with onnxslim."""
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # type: ignore[attr-defined]
 
     y = YOLO(str(model))
     imgsz = y.overrides.get("imgsz", 640)
@@ -122,7 +122,7 @@ def _detect_all(engine: Engine, images: list[np.ndarray], batch: int = 8) -> lis
 
 
 def _demo_map(model: Path, data: Path, imgsz: int) -> tuple[float, float]:
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # type: ignore[attr-defined]
 
     with tempfile.TemporaryDirectory() as tmp:
         m = YOLO(str(model), task="detect").val(

@@ -7,7 +7,7 @@ from typing import Any
 from service.bodies import DetectJSONBody
 from service.schemas import ErrorBody
 
-__all__ = ["DETECT_BODY", "BATCH_BODY", "errors"]
+__all__ = ["BATCH_BODY", "DETECT_BODY", "errors"]
 
 _DESCRIPTIONS = {
     400: "Not an image, corrupt or truncated, unsupported pixel format, bad base64, or a side "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from service.deps import StateDep
@@ -13,8 +15,10 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
 
-_NOT_READY = {503: {"model": HealthResponse, "description": "starting, draining or overloaded",
-                    "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthResponse, "description": "starting, draining or overloaded",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+}
 
 
 @router.get("/health/live", response_model=HealthResponse)

@@ -201,7 +201,8 @@ async def test_a_batch_task_cancelled_before_its_first_step_still_settles_its_it
     task.cancel()  # before its first step: its body, and so its finally, never runs
     for entry in entries:
         with pytest.raises(ShuttingDown):
-            await entry.future
+            async with asyncio.timeout(5):
+                await entry.future
     assert batcher.inflight_batches == 0
     assert observer.dropped["shutdown"] == 2
     assert [(b.size, b.failed) for b in observer.batches] == [(2, True)]

@@ -62,7 +62,8 @@ def test_matches_ultralytics(pair: tuple[Engine, object], conf: float, iou: floa
     total = 0
     for i, size in _cases():
         img = shapes_image(i, size)
-        ours, theirs = _ours(engine, img, conf, iou), _ultralytics(model, img, conf, iou, engine.meta.input_size)
+        ours = _ours(engine, img, conf, iou)
+        theirs = _ultralytics(model, img, conf, iou, engine.meta.input_size)
         assert_same(ours, theirs, f"{engine.meta.backend} image {i} size {size}")
         total += len(ours)
     assert total > len(SIZES)  # the comparison is not vacuous: the images have objects

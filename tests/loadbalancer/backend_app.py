@@ -113,9 +113,7 @@ async def _stream(scope: Scope, send: Send) -> None:
         }
     )
     for i in range(chunks):
-        await send(
-            {"type": "http.response.body", "body": f"{NAME}-{i}\n".encode(), "more_body": True}
-        )
+        await send({"type": "http.response.body", "body": f"{NAME}-{i}\n".encode(), "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 

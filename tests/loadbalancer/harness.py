@@ -30,9 +30,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.05
-) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -41,9 +39,7 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def await_until(
-    predicate: Callable[[], Any], within: float, what: str, every: float = 0.05
-) -> None:
+async def await_until(predicate: Callable[[], Any], within: float, what: str, every: float = 0.05) -> None:
     """Polls an async predicate with a deadline."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -187,7 +183,7 @@ class LBProc:
             except httpx.HTTPError:
                 return False
             wanted = len(status["backends"]) if healthy is None else healthy
-            return sum(b["health"] == "healthy" for b in status["backends"]) >= wanted
+            return bool(sum(b["health"] == "healthy" for b in status["backends"]) >= wanted)
 
         wait_until(ready, timeout, "the load balancer to be ready")
         return self
@@ -201,12 +197,11 @@ class LBProc:
     def backend(self, backend_id: str) -> dict[str, Any]:
         found = [b for b in self.status()["backends"] if b["id"] == backend_id]
         assert found, f"{backend_id} not in the status"
-        return found[0]
+        backend: dict[str, Any] = found[0]
+        return backend
 
     def admin(self, method: str, path: str, json: Any = None) -> httpx.Response:
-        return httpx.request(
-            method, self.admin_url + path, json=json, headers=self.headers, timeout=5.0
-        )
+        return httpx.request(method, self.admin_url + path, json=json, headers=self.headers, timeout=5.0)
 
     def set_backends(
         self, backends: Iterable[BackendProc | str], weights: dict[str, int] | None = None

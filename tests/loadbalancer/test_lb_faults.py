@@ -66,9 +66,7 @@ def lb(fleet: dict[str, BackendProc]) -> Iterator[LBProc]:
 def use(lb: LBProc, *backends: BackendProc | str, health: dict[str, str] | None = None) -> None:
     """Sets the balancer's backends and waits for the health each one should show."""
     lb.set_backends(backends)
-    expected = {
-        (b if isinstance(b, str) else b.url).removeprefix("http://"): "healthy" for b in backends
-    }
+    expected = {(b if isinstance(b, str) else b.url).removeprefix("http://"): "healthy" for b in backends}
     expected.update(health or {})
     wait_until(
         lambda: {b["id"]: b["health"] for b in lb.status()["backends"]} == expected,
@@ -87,9 +85,7 @@ def metric(lb: LBProc, name: str, **labels: str) -> float:
     )
 
 
-async def test_overloaded_backend_sheds_load_to_the_others(
-    lb: LBProc, fleet: dict[str, BackendProc]
-) -> None:
+async def test_overloaded_backend_sheds_load_to_the_others(lb: LBProc, fleet: dict[str, BackendProc]) -> None:
     over, ok = fleet["over1"], fleet["ok1"]
     use(lb, over, ok, health={over.id: "overloaded"})
     results = await load(lb.url + "/v1/detect", total=300, concurrency=8)
@@ -97,9 +93,7 @@ async def test_overloaded_backend_sheds_load_to_the_others(
     assert {r.upstream for r in results} == {ok.id}
 
 
-def test_every_backend_overloaded_passes_the_503_through(
-    lb: LBProc, fleet: dict[str, BackendProc]
-) -> None:
+def test_every_backend_overloaded_passes_the_503_through(lb: LBProc, fleet: dict[str, BackendProc]) -> None:
     a, b = fleet["over1"], fleet["over2"]
     use(lb, a, b, health={a.id: "overloaded", b.id: "overloaded"})
     response = httpx.post(lb.url + "/v1/detect", content=b"x")
@@ -152,9 +146,7 @@ def test_all_backends_down_gives_a_clear_502_quickly(lb: LBProc) -> None:
 def test_deadline_passing_gives_504(lb: LBProc, fleet: dict[str, BackendProc]) -> None:
     use(lb, fleet["hang"])
     started = time.monotonic()
-    response = httpx.post(
-        lb.url + "/v1/detect", content=b"x", headers={"X-Request-Timeout-Ms": "300"}
-    )
+    response = httpx.post(lb.url + "/v1/detect", content=b"x", headers={"X-Request-Timeout-Ms": "300"})
     elapsed = time.monotonic() - started
     assert response.status_code == 504 and 0.25 < elapsed < 1.5
     assert response.json()["error"]["code"] == "deadline_exceeded"
@@ -174,9 +166,7 @@ async def test_draining_a_backend_finishes_its_requests_and_sends_it_no_more(
 
         early = [asyncio.create_task(post()) for _ in range(8)]
         await await_until(lambda: _inflight(lb, slow.id), 5.0, "requests in flight on slow")
-        response = await asyncio.to_thread(
-            lb.admin, "PATCH", f"/lb/backends/{slow.id}", {"drain": True}
-        )
+        response = await asyncio.to_thread(lb.admin, "PATCH", f"/lb/backends/{slow.id}", {"drain": True})
         assert response.status_code == 200 and response.json()["state"] == "draining"
         later = await load(lb.url + "/v1/detect", total=40, concurrency=4)
         finished = await asyncio.gather(*early)

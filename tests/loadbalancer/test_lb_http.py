@@ -205,12 +205,16 @@ def test_admin_refusals_use_the_error_format(lb: tuple[LBProc, dict[str, str]]) 
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
 
 
-def test_status_and_metrics(lb: tuple[LBProc, dict[str, str]]) -> None:
-    proc, names = lb
-    before = proc.status()
+def _traffic(proc: LBProc, count: int) -> None:
     with httpx.Client() as client:
-        for _ in range(20):
+        for _ in range(count):
             assert client.post(proc.url + "/v1/detect", content=b"m").status_code == 200
+
+
+def test_status_shows_every_backend(lb: tuple[LBProc, dict[str, str]]) -> None:
+    proc, _ = lb
+    before = sum(b["totals"]["requests"] for b in proc.status()["backends"])
+    _traffic(proc, 20)
     status = proc.status()
     assert status["policy"] == "least_request" and status["panic"] is False
     for backend in status["backends"]:
@@ -225,9 +229,13 @@ def test_status_and_metrics(lb: tuple[LBProc, dict[str, str]]) -> None:
             "totals",
         } <= set(backend)
         assert backend["health"] == "healthy" and backend["ejected_until"] is None
-    sent = sum(b["totals"]["requests"] for b in status["backends"])
-    assert sent - sum(b["totals"]["requests"] for b in before["backends"]) >= 20
+    assert sum(b["totals"]["requests"] for b in status["backends"]) - before >= 20
 
+
+def test_metrics_parse_as_prometheus_text(lb: tuple[LBProc, dict[str, str]]) -> None:
+    proc, names = lb
+    _traffic(proc, 20)
+    sent = sum(b["totals"]["requests"] for b in proc.status()["backends"])
     text = proc.admin("GET", "/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = families["yoloserve_lb_requests"]
@@ -236,8 +244,7 @@ def test_status_and_metrics(lb: tuple[LBProc, dict[str, str]]) -> None:
     assert {s.labels["backend"] for s in upstream.samples} == set(names)
     assert sum(s.value for s in upstream.samples if s.name.endswith("_total")) == sent
     latency = families["yoloserve_lb_upstream_latency_seconds"]
-    counts = [s.value for s in latency.samples if s.name.endswith("_count")]
-    assert sum(counts) >= 20
+    assert sum(s.value for s in latency.samples if s.name.endswith("_count")) >= 20
     health = families["yoloserve_lb_backend_health"]
     assert sum(s.value for s in health.samples if s.labels["state"] == "healthy") == 2
     for name in (
@@ -246,5 +253,7 @@ def test_status_and_metrics(lb: tuple[LBProc, dict[str, str]]) -> None:
         "yoloserve_lb_upstream_inflight",
         "yoloserve_lb_request_duration_seconds",
         "yoloserve_lb_upstream_errors",
+        "yoloserve_lb_backend_ejected",
+        "yoloserve_lb_backend_effective_weight",
     ):
         assert name in families

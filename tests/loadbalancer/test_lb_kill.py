@@ -32,10 +32,25 @@ async def _watch_state(lb: LBProc, backend_id: str, until: float) -> list[tuple[
 @pytest.mark.slow
 async def test_sigkill_under_load_loses_no_request_and_the_backend_comes_back() -> None:
     victim, survivor = start_backends([BackendProc("victim"), BackendProc("survivor")])
-    lb = LBProc([victim.url, survivor.url], "--health-interval", str(HEALTH_INTERVAL),
-                "--unhealthy-threshold", "2", "--healthy-threshold", "1",
-                "--outlier-consecutive-failures", "3", "--outlier-base-ejection", "1",
-                "--slow-start-window", str(SLOW_START)).start().wait_ready()  # fmt: skip
+    lb = (
+        LBProc(
+            [victim.url, survivor.url],
+            "--health-interval",
+            str(HEALTH_INTERVAL),
+            "--unhealthy-threshold",
+            "2",
+            "--healthy-threshold",
+            "1",
+            "--outlier-consecutive-failures",
+            "3",
+            "--outlier-base-ejection",
+            "1",
+            "--slow-start-window",
+            str(SLOW_START),
+        )
+        .start()
+        .wait_ready()
+    )
     try:
         started = time.monotonic()
         loader = asyncio.create_task(load(lb.url + "/v1/detect", duration=30.0, concurrency=50))

@@ -75,9 +75,7 @@ def test_config_file_is_below_env_and_flags(
     assert [(b.url, b.weight) for b in settings.backends] == [("http://a:1", 3), ("http://b:2", 2)]
 
 
-def test_config_file_named_by_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_config_file_named_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "lb.yml"
     path.write_text("lb:\n  max_retries: 1\n")
     monkeypatch.setenv("YOLOSERVE_LB_CONFIG", str(path))

@@ -1,5 +1,10 @@
 """Weights through a real balancer: a 3:1 split with the default policy, and a re-weight through
-the admin API that takes effect at once."""
+the admin API that takes effect at once.
+
+The backends answer after a fixed 20 ms (like a model's forward pass), so that they are equally
+fast: least request adapts to speed by design, and two CPU-bound fakes sharing two cores with
+the balancer and the client are not equally fast from one moment to the next.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ from tests.loadbalancer.harness import BackendProc, LBProc, load, shares, start_
 
 @pytest.fixture(scope="module")
 def weighted() -> Iterator[tuple[LBProc, BackendProc, BackendProc]]:
-    heavy, light = start_backends([BackendProc("heavy"), BackendProc("light")])
+    heavy, light = start_backends(
+        [BackendProc("heavy", delay_ms=20), BackendProc("light", delay_ms=20)]
+    )
     proc = LBProc([f"{heavy.url}=3", light.url]).start().wait_ready()
     yield proc, heavy, light
     proc.stop()

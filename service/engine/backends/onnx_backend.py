@@ -70,7 +70,7 @@ class OnnxBackend:
         self.precision = "fp16" if self._dtype == np.float16 else "fp32"
 
     def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
-        x = batch[..., ::-1].transpose(0, 3, 1, 2).astype(self._dtype) / self._dtype(255)
+        x = (batch[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)).astype(self._dtype)
         out = self._session.run(None, {self._input: np.ascontiguousarray(x)})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 

@@ -35,7 +35,9 @@ class TorchBackend:
 
         self._device = torch.device(device)
         try:
-            model, _ = load_checkpoint(str(weights), device=self._device, fuse=True)
+            model, _ = load_checkpoint(  # type: ignore[no-untyped-call]
+                str(weights), device=self._device, fuse=True
+            )
         except Exception as exc:  # ultralytics raises many kinds for bad files
             raise ModelLoadError(f"cannot load PyTorch weights {weights.name}: {exc}") from exc
         self._half = bool(half if half is not None else self._device.type == "cuda")
@@ -57,7 +59,8 @@ class TorchBackend:
             with torch.autocast(self._device.type, enabled=self._half):
                 y = self._model(x)
             y = y[0] if isinstance(y, list | tuple) else y
-            return y.float()
+            out: torch.Tensor = y.float()
+            return out
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
         for n in batch_sizes:

@@ -1,0 +1,31 @@
+"""``python -m bench SCENARIO [args]`` and ``yoloserve bench SCENARIO [args]``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SCENARIOS = {
+    "engine": ("bench.engine_throughput", "forward pass and Engine.infer per batch size"),
+    "batcher": ("bench.batcher_overhead", "batcher overhead with a no-op batch_fn"),
+    "served": ("bench.served", "HTTP throughput and latency with and without batching"),
+    "naive": ("bench.served", "alias of served (it runs the naive baseline too)"),
+    "scaleout": ("bench.scaleout", "two processes behind the balancer vs one"),
+    "lb": ("bench.lb_vs_nginx", "the balancer against nginx"),
+    "soak": ("bench.soak", "20,000 requests through the balancer and two services"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SCENARIOS:
+        for name, (_, what) in SCENARIOS.items():
+            print(f"{name:10s} {what}")
+        return 0 if not argv or argv[0] == "list" else 2
+    module = importlib.import_module(SCENARIOS[argv[0]][0])
+    code: int = module.main(argv[1:])
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Baselines the service is measured against."""

@@ -1,0 +1,379 @@
+"""Served: images/s and latency over HTTP with the dynamic batcher, without it, and a naive server.
+
+    python -m bench served [--quick] [--device cpu|cuda] [--backend auto|torch|onnx]
+                           [--half/--no-half] [--max-batch-size 8] [--windows 2 5 10]
+
+All in one run, so that the ratios hold on a shared, noisy machine:
+
+1. **ceiling** — before any server starts, the forward pass alone of each backend at the batch
+   size the servers use, and ``Engine.infer`` (forward + NMS) of the served backend: a full
+   batch's compute time.
+2. **servers**, one at a time, each a ``yoloserve serve`` subprocess with the result cache off
+   (and distinct images anyway): batched at each ``--windows`` max wait (``--max-batch-size``),
+   unbatched (``--max-batch-size 1``), and the naive tutorial app under uvicorn
+   (``bench/baselines/naive_app.py``). Closed loop at the saturation concurrency (16 by
+   default); for the default window, unbatched and naive also a concurrency sweep and open-loop
+   Poisson arrivals at fractions of their own saturation throughput.
+3. **goals** — printed as met / not met with the figures they come from.
+
+Writes ``bench/results/served.{json,md}`` and ``served_{throughput,latency,batches}.png``
+(``--quick`` writes under ``bench/results/raw/``; other devices or settings get their own name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import plots
+from bench.common import RESULTS, machine, markdown_table, save
+from bench.loadgen import Body, make_bodies, make_images, run_closed, run_open
+from bench.procs import Fleet, Proc, naive, service
+from bench.scrape import batch_stats, scrape
+
+__all__ = ["main"]
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    args: tuple[str, ...] = ()  # `yoloserve serve` flags
+    is_naive: bool = False
+    full: bool = False  # concurrency sweep and open-loop sweep
+    max_batch: int = 1
+    max_wait_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float
+    open_seconds: float  # at 50 % of saturation (the p99 goal)
+    sweep_open_seconds: float  # other open-loop fractions
+    warmup: float
+    sweep: tuple[int, ...]
+    saturation: int
+    fractions: tuple[float, ...]
+
+
+def _floor(x: float, nd: int = 3) -> str:
+    """A ratio shown without ever rounding it up."""
+    q = 10**nd
+    return f"{int(x * q) / q:.{nd}f}"
+
+
+# ceiling -------------------------------------------------------------------------------------
+def _rate(fn: Callable[[], object], n: int, seconds: float) -> float:
+    fn()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        count += n
+    return count / (time.perf_counter() - start)
+
+
+def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, seconds: float,
+                    images: list[bytes]) -> list[dict[str, Any]]:
+    """Forward pass alone and ``Engine.infer`` at ``batch``, for each backend that loads."""
+    import numpy as np
+    import torch
+
+    from service.engine import Engine
+    from service.engine.errors import ModelLoadError
+
+    rows = []
+    for backend in ("torch", "onnx"):
+        try:
+            engine = Engine.load(model, backend=backend, device=device, half=half)
+        except ModelLoadError as exc:
+            print(f"ceiling: {backend} skipped: {exc}")
+            continue
+        engine.warmup(batch)
+        prepared = [engine.prepare(images[i % len(images)]) for i in range(batch)]
+        stacked = np.stack([p.tensor for p in prepared])
+        on_gpu = engine.meta.device.startswith("cuda")
+
+        def forward(e: Engine = engine, x: Any = stacked, gpu: bool = on_gpu) -> None:
+            e.backend.forward(x)
+            if gpu:
+                torch.cuda.synchronize()
+
+        def infer(e: Engine = engine, p: list[Any] = prepared) -> None:
+            e.infer(p)
+
+        fwd = _rate(forward, batch, seconds)
+        inf = _rate(infer, batch, seconds)
+        rows.append({"backend": engine.meta.backend, "precision": engine.meta.precision,
+                     "device": engine.meta.device, "batch": batch, "forward_ips": fwd,
+                     "infer_ips": inf, "batch_compute_ms": 1000 * batch / inf})
+        print(f"ceiling: {rows[-1]}", flush=True)
+        del engine, prepared, stacked
+        gc.collect()
+    return rows
+
+
+# servers -------------------------------------------------------------------------------------
+def _row(target: Target, res: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    return {"config": target.key, "label": target.label, **res.to_dict(), "batch": batch}
+
+
+def run_target(target: Target, proc: Proc, bodies: list[Body], plan: Plan,
+               out: dict[str, list[dict[str, Any]]]) -> None:
+    """Closed-loop points, then open-loop points at fractions of this target's saturation."""
+    url = proc.url + "/v1/detect"
+    pids = {"server": proc.pid}
+    concurrencies = plan.sweep if target.full else (plan.saturation,)
+    if plan.saturation not in concurrencies:
+        concurrencies = (*concurrencies, plan.saturation)
+    saturation_ips = 0.0
+    for i, c in enumerate(concurrencies):
+        before = scrape(proc.url)
+        res = run_closed(url, bodies, c, plan.seconds, warmup=plan.warmup * (3 if i == 0 else 1),
+                         pids=pids)
+        out["closed"].append(_row(target, res, batch_stats(before, scrape(proc.url),
+                                                           target.max_batch)))
+        print(res.summary(), flush=True)
+        if c == plan.saturation:
+            saturation_ips = res.throughput
+    fractions = plan.fractions if target.full else (0.5,)
+    for f in fractions:
+        if saturation_ips <= 0:
+            break
+        before = scrape(proc.url)
+        seconds = plan.open_seconds if f == 0.5 else plan.sweep_open_seconds
+        res = run_open(url, bodies, f * saturation_ips, seconds, warmup=plan.warmup, pids=pids)
+        row = _row(target, res, batch_stats(before, scrape(proc.url), target.max_batch))
+        row["fraction"] = f
+        out["open"].append(row)
+        print(f"  ({f:.0%} of saturation) {res.summary()} max_lag={res.max_lag_ms:.1f} ms",
+              flush=True)
+
+
+def targets(args: argparse.Namespace) -> list[Target]:
+    mb, default_wait = args.max_batch_size, 5.0
+    out = [Target(f"batched_w{w:g}", f"batched (max {mb}, wait {w:g} ms)",
+                  ("--max-batch-size", str(mb), "--max-wait-ms", str(w)),
+                  full=(w == default_wait or len(args.windows) == 1), max_batch=mb,
+                  max_wait_ms=w)
+           for w in args.windows]
+    out.append(Target("unbatched", "unbatched (max batch 1)",
+                      ("--max-batch-size", "1", "--max-wait-ms", "0"), full=True))
+    if not args.no_naive:
+        out.append(Target("naive", "naive tutorial app", is_naive=True, full=True))
+    return out
+
+
+def _server_args(args: argparse.Namespace) -> list[str]:
+    out = ["--model", str(args.model), "--backend", args.backend, "--device", args.device]
+    if args.half is not None:
+        out.append("--half" if args.half else "--no-half")
+    return out
+
+
+# goals and tables ----------------------------------------------------------------------------
+def _find(rows: list[dict[str, Any]], config: str, **match: Any) -> dict[str, Any] | None:
+    for r in rows:
+        if r["config"] == config and all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def goals(data: dict[str, Any], primary: Target, served_backend: str,
+          saturation: int) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    closed, opened, ceiling = data["closed"], data["open"], data["ceiling"]
+    sat = _find(closed, primary.key, concurrency=saturation)
+    naive_sat = _find(closed, "naive", concurrency=saturation)
+    if sat and ceiling:
+        best = max(ceiling, key=lambda r: r["forward_ips"])
+        ratio = sat["throughput"] / best["forward_ips"]
+        out.append({"goal": "served at saturation ≥ 0.8 × forward pass alone (fastest backend, "
+                            "same batch)", "measured": f"{_floor(ratio)} ×",
+                    "figures": f"{primary.label}, c={saturation}: {sat['throughput']:.1f} img/s; "
+                               f"forward alone {best['backend']} {best['precision']} batch "
+                               f"{best['batch']}: {best['forward_ips']:.1f} img/s",
+                    "met": "met" if ratio >= 0.8 else "NOT met"})
+    if sat and naive_sat:
+        ratio = sat["throughput"] / naive_sat["throughput"]
+        lower = sat["p99_ms"] < naive_sat["p99_ms"]
+        out.append({"goal": "batched ≥ 1.8 × naive baseline, with a lower p99",
+                    "measured": f"{_floor(ratio)} ×, p99 {sat['p99_ms']:.1f} vs "
+                                f"{naive_sat['p99_ms']:.1f} ms",
+                    "figures": f"c={saturation}: batched {sat['throughput']:.1f} img/s, naive "
+                               f"{naive_sat['throughput']:.1f} img/s",
+                    "met": "met" if ratio >= 1.8 and lower else "NOT met"})
+    compute = next((r for r in ceiling if r["backend"] == served_backend), None)
+    for target in data["targets"]:
+        half_load = _find(opened, target["key"], fraction=0.5)
+        if target["is_naive"] or target["max_batch"] < 2 or not half_load or not compute:
+            continue
+        bound = target["max_wait_ms"] + 2 * compute["batch_compute_ms"]
+        mean_exec = half_load["batch"].get("mean_exec_ms", float("nan"))
+        out.append({"goal": f"p99 at 50% of saturation ≤ max_wait + 2 × batch compute "
+                            f"({target['label']})",
+                    "measured": f"{half_load['p99_ms']:.1f} ms vs bound {bound:.1f} ms",
+                    "figures": f"offered {half_load['offered_rps']:.1f} req/s (drawn "
+                               f"{half_load['scheduled_rps']:.1f}); max_wait "
+                               f"{target['max_wait_ms']:g} ms; batch compute "
+                               f"{compute['batch_compute_ms']:.1f} ms ({served_backend}, batch "
+                               f"{compute['batch']}, in-process); in-service mean per batch at "
+                               f"this load {mean_exec:.1f} ms",
+                    "met": "met" if half_load["p99_ms"] <= bound else "NOT met"})
+    return out
+
+
+def _num(v: Any, nd: int = 1) -> str:
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def tables(data: dict[str, Any]) -> str:
+    ceil = [{**r, **{k: _num(r[k]) for k in ("forward_ips", "infer_ips", "batch_compute_ms")}}
+            for r in data["ceiling"]]
+    def load_row(r: dict[str, Any]) -> dict[str, Any]:
+        b = r["batch"]
+        return {"config": r["label"], "clients": r["concurrency"],
+                "offered req/s": _num(r["offered_rps"]), "load": _num(r.get("fraction", ""), 2),
+                "drawn req/s": _num(r["scheduled_rps"]),
+                "img/s": _num(r["throughput"]), "p50 ms": _num(r["p50_ms"]),
+                "p95 ms": _num(r["p95_ms"]), "p99 ms": _num(r["p99_ms"]), "n": r["ok"],
+                "errors": r["errors"] or 0, "mean batch": _num(b.get("mean_batch", "-"), 2),
+                "batch exec ms": _num(b.get("mean_exec_ms", "-")),
+                "server cpu %": _num(r["cpu"].get("cpu_server_pct"), 0),
+                "loadgen cpu %": _num(r["cpu"].get("cpu_loadgen_pct"), 0),
+                "max lag ms": _num(r["max_lag_ms"])}
+    cols_c = ["config", "clients", "img/s", "p50 ms", "p95 ms", "p99 ms", "n", "errors",
+              "mean batch", "batch exec ms", "server cpu %", "loadgen cpu %"]
+    cols_o = ["config", "load", "offered req/s", "drawn req/s", "img/s", "p50 ms", "p95 ms", "p99 ms", "n",
+              "errors", "mean batch", "server cpu %", "loadgen cpu %", "max lag ms"]
+    parts = [
+        "## Ceiling: forward pass alone (in-process, before the servers start)",
+        markdown_table(ceil, ["backend", "precision", "device", "batch", "forward_ips",
+                              "infer_ips", "batch_compute_ms"]),
+        "## Closed loop (images/s at a fixed number of clients; latency from the send)",
+        markdown_table([load_row(r) for r in data["closed"]], cols_c),
+        "## Open loop (Poisson arrivals; latency from the scheduled send time)",
+        markdown_table([load_row(r) for r in data["open"]], cols_o),
+        "## Goals",
+        markdown_table(data["goals"], ["goal", "measured", "figures", "met"]),
+    ]
+    return "\n\n".join(parts)
+
+
+def draw(data: dict[str, Any], name: str, where: Path) -> list[Path]:
+    closed, opened = data["closed"], data["open"]
+    labels = {t["key"]: t["label"] for t in data["targets"]}
+    thr = {labels[k]: [(r["concurrency"], r["throughput"]) for r in closed if r["config"] == k]
+           for k in labels}
+    hl = {f"forward alone, {r['backend']} {r['precision']} batch {r['batch']}": r["forward_ips"]
+          for r in data["ceiling"]}
+    lat = {labels[k]: [(r["scheduled_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"])
+                       for r in opened if r["config"] == k] for k in labels}
+    sat = data["plan"]["saturation"]
+    panels = {
+        f"closed loop, {sat} clients": {r["label"]: r["batch"]["hist"] for r in closed
+                                        if r["concurrency"] == sat and r["batch"].get("hist")},
+        "open loop, 50% of saturation": {r["label"]: r["batch"]["hist"] for r in opened
+                                         if r.get("fraction") == 0.5 and r["batch"].get("hist")},
+    }
+    return [
+        plots.throughput_vs_concurrency({k: v for k, v in thr.items() if len(v) > 1},
+                                        where / f"{name}_throughput.png",
+                                        "Throughput against concurrency", hl),
+        plots.latency_vs_load({k: v for k, v in lat.items() if v}, where / f"{name}_latency.png",
+                              "Latency against offered load"),
+        plots.batch_histograms(panels, where / f"{name}_batches.png",
+                               "Batch sizes (inference_batch_size from /metrics)"),
+    ]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench served",
+                                 description="HTTP throughput and latency, batched vs not vs naive")
+    ap.add_argument("--model", type=Path, default=Path("models/demo.pt"))
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
+                    help="FP16 on CUDA (default: the service's choice, FP16 on CUDA)")
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--windows", type=float, nargs="+", default=[2.0, 5.0, 10.0],
+                    help="max wait (ms) of the batched runs; 5 (or a lone value) gets the sweep")
+    ap.add_argument("--saturation", type=int, default=None,
+                    help="clients at saturation [16; 2 x max batch when that is larger]")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=None,
+                    help="sweep [1 4 8 16 32, and 64 128 when max batch > 16]")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per closed-loop point")
+    ap.add_argument("--open-seconds", type=float, default=12.0, help="open loop at 50%%")
+    ap.add_argument("--images", type=int, default=128, help="distinct JPEGs")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--name", default=None, help="results name [served, or one per device]")
+    ap.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per point")
+    return ap.parse_args(argv)
+
+
+def plan_for(args: argparse.Namespace) -> Plan:
+    mb = args.max_batch_size
+    sat = args.saturation or max(16, 2 * mb)
+    sweep = tuple(args.concurrency or ([1, 4, 8, 16, 32] + ([64, 128] if mb > 16 else [])))
+    if args.quick:
+        return Plan(1.5, 3.0, 2.0, 0.5, (1, sat), sat, (0.5,))
+    return Plan(args.seconds, args.open_seconds, args.open_seconds / 2, 1.0, sweep, sat,
+                (0.25, 0.5, 0.75, 0.9))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    from service.engine import choose_backend
+    from service.engine.backends import resolve_device
+
+    device = resolve_device(args.device)
+    served_backend = choose_backend(args.model, args.backend, device)[0]
+    plan = plan_for(args)
+    name = args.name or ("served" if device == "cpu" and args.max_batch_size == 8
+                         and args.backend == "auto" else
+                         f"served_{device.replace(':', '')}_{served_backend}_"
+                         f"{'fp16' if args.half or (args.half is None and device != 'cpu') else 'fp32'}"
+                         f"_b{args.max_batch_size}")
+    if args.quick:
+        name = f"raw/{name}_quick"
+    print(f"served: {machine()}; plan {plan}", flush=True)
+    started = time.monotonic()
+    images = make_images(max(16 if args.quick else args.images, args.max_batch_size))
+    bodies = make_bodies(images)
+    data: dict[str, Any] = {"model": str(args.model), "device": device, "half": args.half,
+                            "served_backend": served_backend, "plan": plan.__dict__,
+                            "closed": [], "open": []}
+    data["ceiling"] = measure_ceiling(args.model, device, args.half, args.max_batch_size,
+                                      1.5 if args.quick else 3.0, images)
+    all_targets = targets(args)
+    data["targets"] = [t.__dict__ for t in all_targets]
+    for target in all_targets:
+        proc = (naive(target.key, args.model, device)
+                if target.is_naive else service(target.key, *_server_args(args), *target.args))
+        with Fleet(proc):
+            if not target.is_naive:
+                import httpx
+
+                data.setdefault("served_model", httpx.get(proc.url + "/v1/model").json())
+            run_target(target, proc, bodies, plan, data)
+    primary = next(t for t in all_targets if t.full and not t.is_naive and t.max_batch > 1)
+    data["goals"] = goals(data, primary, served_backend, plan.saturation)
+    data["wall_s"] = time.monotonic() - started
+    table = tables(data)
+    print(table)
+    md = save(name, data, table, f"Served throughput and latency ({device}, {served_backend})")
+    for p in draw(data, Path(name).name, md.parent):
+        print(f"wrote {p.relative_to(RESULTS.parent.parent)}")
+    print(f"wrote {md.relative_to(RESULTS.parent.parent)} in {data['wall_s']:.0f} s")
+    bad = [r for r in data["closed"] + data["open"] if r["errors"]]
+    if bad:
+        print(f"NOT every answer was 200: {[(r['config'], r['errors']) for r in bad]}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
