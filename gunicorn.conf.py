@@ -18,7 +18,23 @@ _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = "uvicorn.workers.UvicornWorker"
+
+
+
+def _worker_class() -> type:
+    """uvicorn's worker with the service's bounded HTTP protocol (see service/httpproto.py)."""
+    from uvicorn.workers import UvicornWorker
+
+    from service.httpproto import LimitedHttpToolsProtocol
+
+    class Worker(UvicornWorker):
+        CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol,
+                         "h11_max_incomplete_event_size": _settings.max_header_bytes}
+
+    return Worker
+
+
+worker_class = _worker_class()
 preload_app = False
 graceful_timeout = int(_settings.drain_timeout_s) + 5
 timeout = 120  # model loading and warm-up happen in the worker

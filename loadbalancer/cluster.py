@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from loadbalancer.backend import Backend, Health, Tuning
@@ -16,6 +17,8 @@ from loadbalancer.settings import BackendSpec
 __all__ = ["Cluster", "Watcher"]
 
 log = logging.getLogger("loadbalancer.cluster")
+ROUTING_MAX_AGE = 1.0  # seconds a routing snapshot lives at most
+SLOW_START_STEP = 0.1  # effective weights in slow start are refreshed this often
 
 
 class Watcher(Protocol):
@@ -24,6 +27,19 @@ class Watcher(Protocol):
     def added(self, backend: Backend) -> None: ...
 
     def removed(self, backend: Backend) -> None: ...
+
+
+@dataclass(slots=True)
+class _Routing:
+    """Who may get requests, and their effective weights: rebuilt only when something changed
+    (``Cluster.version``) or a time-based change is due (ejection or back-off end, slow start)."""
+
+    fresh: list[Backend]
+    fresh_weights: list[float]
+    backing_off: list[Backend]  # 503 Retry-After: a last resort
+    backing_off_weights: list[float]
+    valid_until: float
+    version: int
 
 
 class Cluster:
@@ -42,30 +58,64 @@ class Cluster:
         self.backends: dict[str, Backend] = {}
         self.watchers: list[Watcher] = []
         self.panic = False
+        self.version = 0  # bumped by every change that can alter routing
+        self._routing: _Routing | None = None
 
     # -- choosing ------------------------------------------------------------------------------
     def candidates(self, now: float) -> list[Backend]:
         """Routable backends; all willing ones in panic (fewer healthy than the threshold)."""
-        pool = [b for b in self.backends.values() if not b.admin_draining]
-        healthy = [b for b in pool if b.routable(now)]
-        self.panic = len(healthy) < self.panic_threshold * len(pool)
-        return [b for b in pool if b.willing()] if self.panic else healthy
+        routing = self._current(now)
+        return routing.fresh + routing.backing_off
 
     def choose(
         self, now: float, exclude: Collection[Backend] = (), *, allow_backoff: bool = True
     ) -> Backend | None:
         """A backend not in ``exclude``; one backing off (503 Retry-After) only as a last
         resort and only when ``allow_backoff``."""
-        candidates = [b for b in self.candidates(now) if b not in exclude]
+        routing = self._current(now)
+        chosen = self._pick(routing.fresh, routing.fresh_weights, exclude, now)
+        if chosen is None and allow_backoff:
+            chosen = self._pick(routing.backing_off, routing.backing_off_weights, exclude, now)
+        return chosen
+
+    def _pick(
+        self, candidates: list[Backend], weights: list[float], exclude: Collection[Backend], now: float
+    ) -> Backend | None:
+        if exclude:
+            keep = [i for i, b in enumerate(candidates) if b not in exclude]
+            candidates, weights = [candidates[i] for i in keep], [weights[i] for i in keep]
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        return self.policy.choose(candidates, weights, now)
+
+    def _current(self, now: float) -> _Routing:
+        routing = self._routing
+        if routing is None or routing.version != self.version or now >= routing.valid_until:
+            routing = self._routing = self._build(now)
+        return routing
+
+    def _build(self, now: float) -> _Routing:
+        pool = [b for b in self.backends.values() if not b.admin_draining]
+        healthy = [b for b in pool if b.routable(now)]
+        self.panic = len(healthy) < self.panic_threshold * len(pool)
+        candidates = [b for b in pool if b.willing()] if self.panic else healthy
         fresh = [b for b in candidates if b.backoff_until <= now]
-        if not fresh:
-            if not allow_backoff or not candidates:
-                return None
-            fresh = candidates
-        if len(fresh) == 1:
-            return fresh[0]
-        weights = [b.effective_weight(now) for b in fresh]
-        return self.policy.choose(fresh, weights, now)
+        off = [b for b in candidates if b.backoff_until > now]
+        until = now + ROUTING_MAX_AGE
+        for b in self.backends.values():
+            for moment in (b.ejected_until, b.backoff_until):
+                if moment > now:
+                    until = min(until, moment)
+            if b.slow_start_factor(now) < 1.0:
+                until = min(until, now + SLOW_START_STEP)
+        return _Routing(
+            fresh,
+            [b.effective_weight(now) for b in fresh],
+            off,
+            [b.effective_weight(now) for b in off],
+            until,
+            self.version,
+        )
 
     # -- passive outlier detection -------------------------------------------------------------
     def report_failure(self, backend: Backend, kind: str, now: float, *, outlier: bool) -> None:
@@ -82,6 +132,7 @@ class Cluster:
             )
             return
         duration = backend.eject(now)
+        self.version += 1
         log.warning(
             "backend ejected",
             extra={"backend": backend.id, "seconds": duration, "reason": kind},
@@ -90,10 +141,16 @@ class Cluster:
     def report_probe(self, backend: Backend, observed: Health, now: float) -> None:
         was_ejected = backend.ejected(now)
         changed = backend.apply_probe(observed, now)
+        self.version += 1
         if changed is not None:
             log.info("backend health changed", extra={"backend": backend.id, "health": changed})
         elif was_ejected and not backend.ejected(now):
             log.info("backend un-ejected by a passing health check", extra={"backend": backend.id})
+
+    def back_off(self, backend: Backend, retry_after: float, now: float) -> None:
+        """A 503 with Retry-After: no new requests there for that long, unless no one else."""
+        backend.back_off(retry_after, now)
+        self.version += 1
 
     # -- changes -------------------------------------------------------------------------------
     def get(self, backend_id: str) -> Backend:
@@ -108,6 +165,7 @@ class Cluster:
             raise BackendExists(f"backend {spec.id!r} already exists")
         backend = Backend(spec, self.tuning, now=now, warm=warm)
         self.backends[backend.id] = backend
+        self.version += 1
         for watcher in self.watchers:
             watcher.added(backend)
         log.info("backend added", extra={"backend": backend.id, "weight": backend.weight})
@@ -117,6 +175,7 @@ class Cluster:
         """Removes at once from routing; its in-flight requests finish."""
         backend = self.backends.pop(self.get(backend_id).id)
         backend.removed = True
+        self.version += 1
         for watcher in self.watchers:
             watcher.removed(backend)
         log.info("backend removed", extra={"backend": backend.id, "inflight": backend.inflight})
@@ -128,6 +187,7 @@ class Cluster:
             backend.weight = weight
         if drain is not None:
             backend.admin_draining = drain
+        self.version += 1
         log.info(
             "backend updated",
             extra={

@@ -20,7 +20,8 @@ from loadbalancer.errors import (
     RequestError,
     RequestTimeout,
 )
-from loadbalancer.proxy import Exchange, Proxy
+from loadbalancer.exchange import Exchange
+from loadbalancer.proxy import Proxy
 from loadbalancer.upstream import UpstreamConnection
 from loadbalancer.wire import REQUEST_DROP, Request, error_response
 

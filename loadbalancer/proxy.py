@@ -1,72 +1,26 @@
-"""Forwarding: one :class:`Exchange` per request, a small state machine driven by the parser
-callbacks of both connections (no task, future or coroutine per request on the fast path).
-
-Retried, on a different backend: failed to connect, reset before the answer started, per-try
-timeout, 503 with Retry-After while another backend can take it. Never retried: anything once
-the answer has started to stream back. Deadlines are ``time.monotonic()`` seconds measured from
-the request's arrival; the remaining budget is forwarded in ``X-Request-Timeout-Ms``.
+"""State shared by every client connection: the cluster, the retry budget, limits, totals, the
+request-id generator, and one ticker that times every exchange (instead of a timer per request).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-from enum import Enum
 from itertools import count
-from math import inf as INF
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from loadbalancer.backend import Backend
 from loadbalancer.budget import RetryBudget
 from loadbalancer.cluster import Cluster
-from loadbalancer.errors import (
-    ConnectFailed,
-    DeadlineExceeded,
-    NoHealthyBackend,
-    Overloaded,
-    RequestError,
-    ResponseAborted,
-    StaleConnection,
-    UpstreamError,
-    UpstreamOverloaded,
-    UpstreamTimeout,
-)
 from loadbalancer.stats import ProxyStats
-from loadbalancer.upstream import Framing, ResponseHead, UpstreamConnection
-from loadbalancer.wire import Request, response_head, upstream_request
 
 if TYPE_CHECKING:
+    from loadbalancer.exchange import Exchange
     from loadbalancer.settings import LBSettings
 
-__all__ = ["ClientSide", "Exchange", "Phase", "Proxy"]
+__all__ = ["TICK", "Proxy"]
 
-log = logging.getLogger("loadbalancer.proxy")
-DEADLINE_SLACK = 0.005  # a try with less time left than this cannot succeed
-TICK = 0.02  # resolution of per-try timeouts and deadlines (one timer for all exchanges)
-
-
-class ClientSide(Protocol):
-    """The client connection, as an exchange needs it."""
-
-    closing: bool
-
-    def start(self, head: bytes, *, chunked: bool, close: bool) -> None: ...
-
-    def body(self, data: bytes) -> None: ...
-
-    def end(self) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def bind_upstream(self, conn: UpstreamConnection | None) -> None: ...
-
-    def answer_error(self, request: Request, error: Exception, status: int, code: str) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def exchange_done(self, exchange: Exchange) -> None: ...
+TICK = 0.02  # resolution of per-try timeouts and deadlines
 
 
 class Proxy:
@@ -104,8 +58,16 @@ class Proxy:
     def _tick(self) -> None:
         now = monotonic()
         for exchange in [e for e in self._timed if e.timer_at <= now]:
-            exchange.on_timer()
+            if exchange.timer_at <= now:  # still due: an earlier one may have ended it
+                exchange.on_timer()
         self._ticker = self.loop.call_later(TICK, self._tick) if self._timed else None
+
+    def close(self) -> None:
+        """Stops the ticker (every exchange has ended or been cut by then)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self._timed.clear()
 
     def new_request_id(self) -> bytes:
         """32 hex characters, unique without a syscall per request."""
@@ -122,324 +84,3 @@ class Proxy:
         except TimeoutError:
             return False
         return True
-
-
-class Phase(Enum):
-    NEW = "new"
-    ATTEMPT = "attempt"  # connecting, or waiting for an answer's head
-    WAIT = "wait"  # waiting for a retry-budget slot
-    STREAM = "stream"  # the answer is streaming back: no retry from here
-    DONE = "done"
-
-
-class Exchange:
-    """One request from arrival to the end of its answer; every path ends in ``_finish``."""
-
-    __slots__ = (
-        "backend",
-        "client",
-        "conn",
-        "deadline",
-        "fresh",
-        "last",
-        "pending",
-        "phase",
-        "proxy",
-        "request",
-        "retrying",
-        "sent_at",
-        "status",
-        "timer_at",
-        "tried",
-        "try_deadline",
-    )
-
-    def __init__(self, proxy: Proxy, request: Request, client: ClientSide) -> None:
-        self.proxy = proxy
-        self.request = request
-        self.client = client
-        self.phase = Phase.NEW
-        self.status = 0
-        self.tried: list[Backend] = []
-        self.last: UpstreamError | None = None
-        self.retrying = False
-        self.fresh = False
-        self.backend: Backend | None = None  # the attempt in flight counts on it
-        self.conn: UpstreamConnection | None = None
-        self.pending: asyncio.Task[UpstreamConnection] | asyncio.Task[bool] | None = None
-        self.timer_at = INF  # when on_timer is due; the proxy's ticker checks
-        self.deadline = self.try_deadline = self.sent_at = 0.0
-
-    # -- start and attempts --------------------------------------------------------------------
-    def start(self) -> None:
-        proxy, request = self.proxy, self.request
-        if proxy.stats.active >= proxy.max_inflight:
-            self.phase = Phase.DONE
-            error = Overloaded("the load balancer has too many requests in flight")
-            self.client.answer_error(request, error, error.status, error.code)
-            self.status = error.status
-            self.client.exchange_done(self)
-            return
-        proxy.stats.active += 1
-        proxy.budget.enter()
-        timeout = proxy.default_timeout
-        if request.timeout_ms is not None:
-            timeout = min(request.timeout_ms / 1000.0, proxy.max_timeout)
-        self.deadline = request.started + timeout
-        self._attempt()
-
-    def _attempt(self) -> None:
-        """Chooses a backend not tried yet and sends the request to it."""
-        proxy = self.proxy
-        now = monotonic()
-        if now + DEADLINE_SLACK >= self.deadline:
-            return self._fail(DeadlineExceeded("the deadline passed before an answer started"))
-        backend = proxy.cluster.choose(now, self.tried)
-        if backend is None or len(self.tried) > proxy.max_retries:
-            return self._fail(_no_backend(self.last, self.tried))
-        if self.tried and not self.retrying:
-            if not proxy.budget.try_acquire():
-                return self._wait_for_budget()
-            self.retrying = True
-        if self.last is not None:
-            proxy.stats.count_retry(self.last.kind)
-        self.phase = Phase.ATTEMPT
-        self.tried.append(backend)
-        self.backend = backend
-        backend.inflight += 1
-        backend.requests += 1
-        self.sent_at = now
-        self.try_deadline = min(self.deadline, now + proxy.per_try)
-        self._arm(self.try_deadline)
-        assert backend.pool is not None
-        conn = backend.pool.take()
-        if conn is None:
-            self._connect(backend, fresh=False)
-        else:
-            self._send(conn)
-
-    def _send(self, conn: UpstreamConnection) -> None:
-        assert self.backend is not None
-        self.conn = conn
-        remaining_ms = max(int((self.deadline - monotonic()) * 1000.0), 1)
-        data = upstream_request(self.request, remaining_ms, self.backend.id_bytes)
-        conn.send(data, self, head_only=self.request.method == b"HEAD")
-
-    def _connect(self, backend: Backend, *, fresh: bool) -> None:
-        """The slow path: a new connection, or a wait for a free one (a task)."""
-        assert backend.pool is not None
-        acquire = backend.pool.acquire(self.try_deadline, fresh=fresh)
-        task = self.proxy.loop.create_task(acquire)
-        self.pending = task
-        task.add_done_callback(self._connected)
-
-    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
-        if task is not self.pending:  # given up on meanwhile: the connection goes to the pool
-            if not task.cancelled() and task.exception() is None:
-                task.result().pool.release(task.result(), reuse=True)
-            return
-        self.pending = None
-        if task.cancelled():
-            return self._attempt_failed(ConnectFailed("connect cancelled"))
-        error = task.exception()
-        if error is None:
-            return self._send(task.result())
-        if not isinstance(error, UpstreamError):
-            error = ConnectFailed(f"cannot connect: {error!r}")
-        self._attempt_failed(error)
-
-    def _wait_for_budget(self) -> None:
-        self.phase = Phase.WAIT
-        task = self.proxy.loop.create_task(self.proxy.budget.acquire(self.deadline))
-        self.pending = task
-        task.add_done_callback(self._budget_answered)
-
-    def _budget_answered(self, task: asyncio.Task[bool]) -> None:
-        granted = not task.cancelled() and task.exception() is None and task.result()
-        if task is not self.pending:
-            if granted:
-                self.proxy.budget.release()
-            return
-        self.pending = None
-        if granted:
-            self.retrying = True
-            return self._attempt()
-        self.proxy.stats.budget_exhausted += 1
-        self._fail(_no_backend(self.last, self.tried, "retry budget exhausted"))
-
-    def _attempt_failed(self, error: UpstreamError) -> None:
-        """The attempt failed before its answer started: same backend once for a stale
-        keep-alive connection, else count it and retry elsewhere (or give up)."""
-        backend = self.backend
-        self._drop_conn()
-        if backend is None:
-            return
-        if isinstance(error, StaleConnection) and not self.fresh:
-            self.fresh = True
-            return self._connect(backend, fresh=True)
-        self._end_attempt()
-        self.proxy.cluster.report_failure(backend, error.kind, monotonic(), outlier=error.outlier)
-        if not error.retryable:
-            return self._fail(error)
-        self.last = error
-        self._attempt()
-
-    # -- Receiver: the upstream connection's events --------------------------------------------
-    def upstream_head(self, head: ResponseHead) -> None:
-        backend = self.backend
-        assert backend is not None and self.conn is not None
-        now = monotonic()
-        backend.observe_latency(now - self.sent_at, now)
-        status = head.status
-        if status == 503 and head.retry_after is not None:
-            backend.back_off(head.retry_after, now)
-            backend.record_error("overloaded")
-            if self._can_retry(now):
-                self._drop_conn()
-                self._end_attempt()
-                self.last = UpstreamOverloaded(f"{backend.id} answered 503", head.retry_after)
-                return self._attempt()
-        elif status >= 500:
-            self.proxy.cluster.report_failure(backend, "5xx", now, outlier=True)
-        else:
-            backend.consecutive_failures = 0
-        self._stream(head, backend)
-
-    def _stream(self, head: ResponseHead, backend: Backend) -> None:
-        self.phase = Phase.STREAM
-        self.status = head.status
-        request, client = self.request, self.client
-        streamed = head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE
-        close = client.closing or not request.keep_alive or (streamed and not request.http11)
-        data = response_head(
-            head, upstream=backend.id_bytes, request_id=request.request_id, http11=request.http11, close=close
-        )
-        client.start(data, chunked=streamed and request.http11, close=close)
-        client.bind_upstream(self.conn)
-
-    def upstream_body(self, data: bytes) -> None:
-        self.client.body(data)
-
-    def upstream_complete(self) -> None:
-        conn, backend = self.conn, self.backend
-        self.conn = None
-        self.client.end()
-        self.client.bind_upstream(None)
-        if conn is not None and backend is not None and backend.pool is not None:
-            backend.pool.release(conn, reuse=True)
-        self._end_attempt()
-        self._finish()
-
-    def upstream_failed(self, error: UpstreamError) -> None:
-        self.conn = None  # the connection is gone already
-        if self.phase is not Phase.STREAM:
-            return self._attempt_failed(error)
-        backend = self.backend
-        self._end_attempt()
-        if backend is not None:
-            self.proxy.cluster.report_failure(backend, error.kind, monotonic(), outlier=True)
-        self._fail(error)
-
-    def flush(self) -> None:
-        self.client.flush()
-
-    # -- time ----------------------------------------------------------------------------------
-    def _arm(self, when: float) -> None:
-        if self.timer_at == INF:
-            self.proxy.watch(self)
-        self.timer_at = when
-
-    def on_timer(self) -> None:
-        """Called by the proxy's ticker once ``timer_at`` has passed."""
-        self.timer_at = INF
-        if self.phase is Phase.STREAM:
-            if monotonic() < self.deadline:
-                return self._arm(self.deadline)  # past the per-try timeout: now the deadline
-            self._drop_conn()
-            self._end_attempt()
-            return self._fail(ResponseAborted("the deadline passed while the answer streamed"))
-        if self.phase is Phase.ATTEMPT:
-            pending, self.pending = self.pending, None
-            if pending is not None:
-                pending.cancel()
-            self._attempt_failed(UpstreamTimeout("no answer within the per-try timeout"))
-
-    # -- endings -------------------------------------------------------------------------------
-    def cancel(self) -> None:
-        """The client went away: stop whatever is in flight."""
-        if self.phase is Phase.DONE:
-            return
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.cancel()
-        self._drop_conn()
-        self._end_attempt()
-        self.status = 499  # nginx's "client closed request"
-        self._finish()
-
-    def _can_retry(self, now: float) -> bool:
-        if len(self.tried) > self.proxy.max_retries or now >= self.deadline:
-            return False
-        return self.proxy.cluster.choose(now, self.tried, allow_backoff=False) is not None
-
-    def _drop_conn(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
-        self.client.bind_upstream(None)
-
-    def _end_attempt(self) -> None:
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            backend.inflight -= 1
-
-    def _fail(self, error: RequestError | UpstreamError) -> None:
-        if self.phase is Phase.STREAM:
-            self.client.abort()  # an answer has begun: all we can do is cut it
-            self.status = self.status or 502
-        else:
-            status = error.status if isinstance(error, RequestError) else 502
-            code = error.code if isinstance(error, RequestError) else "bad_gateway"
-            self.client.answer_error(self.request, error, status, code)
-            self.status = status
-        log.warning(
-            "request failed",
-            extra={
-                "request_id": self.request.request_id.decode("latin-1"),
-                "status": self.status,
-                "attempts": len(self.tried),
-                "error": str(error),
-            },
-        )
-        self._finish()
-
-    def _finish(self) -> None:
-        if self.phase is Phase.DONE:
-            return
-        self.phase = Phase.DONE
-        if self.timer_at != INF:
-            self.timer_at = INF
-            self.proxy.unwatch(self)
-        proxy = self.proxy
-        if self.retrying:
-            proxy.budget.release()
-        proxy.stats.active -= 1
-        proxy.budget.leave()
-        if proxy.idle is not None and proxy.stats.active == 0:
-            proxy.idle.set()
-        self.client.exchange_done(self)
-
-
-def _no_backend(
-    last: UpstreamError | None, tried: list[Backend], why: str = ""
-) -> NoHealthyBackend | Overloaded:
-    """The error once no backend can take the request: 503 + Retry-After when the last one
-    was shedding load, 502 no_healthy_backend otherwise."""
-    reason = f" ({why})" if why else ""
-    if isinstance(last, UpstreamOverloaded):
-        error = Overloaded(f"every backend is overloaded{reason}")
-        error.retry_after = max(1, round(last.retry_after))
-        return error
-    detail = f"; last error: {last}" if last is not None else ""
-    tries = f" after {len(tried)} attempt(s)" if tried else ""
-    return NoHealthyBackend(f"no backend could take the request{tries}{reason}{detail}")

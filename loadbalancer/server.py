@@ -210,6 +210,8 @@ class LoadBalancer:
         # 4. Cut what is left, and stop the background work.
         for conn in list(self._connections):
             conn.abort()
+        if self._proxy is not None:
+            self._proxy.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

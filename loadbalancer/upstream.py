@@ -282,8 +282,8 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection, *, reuse: bool) -> None:
         conn.receiver = None
         if reuse and conn.keep_alive and conn.usable and not self.closed:
-            if conn.transport is not None:
-                conn.transport.resume_reading()  # in case a slow client paused it
+            if conn.transport is not None and not conn.transport.is_reading():
+                conn.transport.resume_reading()  # a slow client had paused it
             conn.idle_since = monotonic()
             self._idle.append(conn)
             if self._waiters:

@@ -53,10 +53,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return _error_response(request, NotFound("no such route"))
-        code = "invalid_request" if exc.status_code == 400 else "http_error"
-        err = ServiceError(str(exc.detail), code=code)
+        codes = {400: "invalid_request", 405: "method_not_allowed"}
+        err = ServiceError(str(exc.detail), code=codes.get(exc.status_code, "http_error"))
         err.status = exc.status_code
-        return _error_response(request, err)
+        response = _error_response(request, err)
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     from batching import BatchingError
     from service.engine.errors import EngineError

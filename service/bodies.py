@@ -16,6 +16,7 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from service.engine.types import DetectParams
@@ -23,6 +24,9 @@ from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from service.settings import Settings
 
 __all__ = ["DetectJSONBody", "Upload", "read_batch", "read_single", "resolve_params"]
+
+
+MAX_NAME = 512  # longest image name (echoed in the answer): JSON ``image_name`` or a file name
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class DetectJSONBody(ParamFields):
     """The JSON form of ``POST /v1/detect``: a base64 image and optional parameters."""
 
     image: str = Field(description="The image file's bytes, base64-encoded")
-    image_name: str | None = Field(None, max_length=512)
+    image_name: str | None = Field(None, max_length=MAX_NAME)
     classes: list[str] | None = None
 
 
@@ -93,11 +97,15 @@ async def _form(request: Request, settings: Settings) -> Any:
         )
     except MultiPartException as exc:
         raise ValidationFailed(f"malformed multipart body: {exc.message}") from None
+    except HTTPException as exc:  # Starlette turns MultiPartException into a 400 inside an app
+        raise ValidationFailed(f"malformed multipart body: {exc.detail}") from None
 
 
 async def _file(value: Any, field: str) -> Upload:
     if not isinstance(value, UploadFile):
         raise ValidationFailed(f"{field}: expected a file part")
+    if value.filename is not None and len(value.filename) > MAX_NAME:
+        raise ValidationFailed(f"{field}: the file name is over {MAX_NAME} characters")
     return Upload(await value.read(), value.filename or "image")
 
 

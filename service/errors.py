@@ -5,6 +5,7 @@
     ├── Unauthorized (401 unauthorized)
     ├── NotFound (404 not_found)
     ├── PayloadTooLarge (413 payload_too_large)
+    ├── HeaderTooLarge (431 header_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── ValidationFailed (422 validation_error)
     ├── RateLimited (429 rate_limited, Retry-After)
@@ -27,6 +28,7 @@ __all__ = [
     "BadRequest",
     "DeadlineExceeded",
     "Draining",
+    "HeaderTooLarge",
     "NotFound",
     "NotReady",
     "Overloaded",
@@ -76,6 +78,10 @@ class NotFound(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
+
+
+class HeaderTooLarge(ServiceError):
+    status, code = 431, "header_too_large"
 
 
 class UnsupportedMediaType(ServiceError):

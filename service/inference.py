@@ -19,7 +19,7 @@ from cachetools import TLRUCache
 
 from batching import DynamicBatcher
 from service.engine.types import Detections, DetectParams, Prepared
-from service.errors import DeadlineExceeded
+from service.errors import DeadlineExceeded, Overloaded
 from service.results import to_result
 from service.schemas import DetectionResult, Timings
 
@@ -77,6 +77,10 @@ class Inferencer:
             if size > 0 else None
         )
         self._inflight: dict[bytes, tuple[asyncio.Task[_Computed], list[int]]] = {}
+        # Admission before any work: what may be decoding or queued, plus what may be running.
+        self._admitted = 0
+        self._max_admitted = (settings.max_queue
+                              + settings.max_batch_size * settings.max_concurrent_batches)
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -148,6 +152,18 @@ class Inferencer:
             self._cache[key] = task.result()
 
     async def _compute(
+        self, data: bytes, name: str, params: DetectParams, deadline: float | None
+    ) -> _Computed:
+        if self._admitted >= self._max_admitted:  # refuse before decoding: overload costs nothing
+            self.metrics.on_dropped("refused", 1)
+            raise Overloaded("the inference queue is full; retry later", retry_after=1.0)
+        self._admitted += 1
+        try:
+            return await self._admitted_compute(data, name, params, deadline)
+        finally:
+            self._admitted -= 1
+
+    async def _admitted_compute(
         self, data: bytes, name: str, params: DetectParams, deadline: float | None
     ) -> _Computed:
         t0 = time.perf_counter()

@@ -28,10 +28,11 @@ class TrainConfig:
     workdir: Path = Path("build/demo")
     train_images: int = 1500
     val_images: int = 300
-    imgsz: int = 320
+    imgsz: int = 256
     epochs: int = 60
     batch: int = 16
-    hours: float = 0.7  # hard cap on training time; Ultralytics fits the epochs into it
+    hours: float = 0.72  # hard cap on training time; Ultralytics fits the epochs into it
+    lr0: float = 0.002
     seed: int = 0
 
 
@@ -44,9 +45,10 @@ def _train(cfg: TrainConfig, data: Path) -> Path:
         workers=2, plots=False, time=cfg.hours, seed=cfg.seed, deterministic=True,
         project=str(cfg.workdir.resolve() / "runs"), name="train", exist_ok=True,
         patience=100, amp=False, verbose=False, cache="ram", warmup_epochs=1,
-        close_mosaic=2,
+        close_mosaic=2, optimizer="AdamW", lr0=cfg.lr0, val=False,
     )
-    return cfg.workdir.resolve() / "runs" / "train" / "weights" / "best.pt"
+    weights = cfg.workdir.resolve() / "runs" / "train" / "weights"
+    return weights / "best.pt" if (weights / "best.pt").exists() else weights / "last.pt"
 
 
 def _evaluate(weights: Path, data: Path, imgsz: int) -> dict[str, float]:
@@ -59,15 +61,10 @@ def _evaluate(weights: Path, data: Path, imgsz: int) -> dict[str, float]:
     return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map)}
 
 
-def _export(weights: Path, out: Path, imgsz: int) -> Path:
-    from ultralytics import YOLO  # type: ignore[attr-defined]
+def _export(weights: Path, out: Path) -> Path:
+    from service.engine.export import export_onnx
 
-    onnx = YOLO(str(weights)).export(
-        format="onnx", imgsz=imgsz, dynamic=True, opset=17, simplify=True, device="cpu"
-    )
-    target = out / "demo.onnx"
-    shutil.copyfile(onnx, target)
-    return target
+    return export_onnx(weights, out / "demo.onnx")
 
 
 def _model_card(cfg: TrainConfig, metrics: dict[str, float], minutes: float) -> str:
@@ -121,7 +118,7 @@ def train_demo(cfg: TrainConfig) -> dict[str, float]:
     minutes = (time.monotonic() - started) / 60
     shutil.copyfile(best, cfg.out / "demo.pt")
     metrics = _evaluate(cfg.out / "demo.pt", data, cfg.imgsz)
-    _export(cfg.out / "demo.pt", cfg.out, cfg.imgsz)
+    _export(cfg.out / "demo.pt", cfg.out)
     (cfg.out / "README.md").write_text(_model_card(cfg, metrics, minutes))
     log.info("demo model written to %s: %s", cfg.out, metrics)
     return metrics

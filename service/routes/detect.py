@@ -9,12 +9,14 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service.annotate import draw
-from service.bodies import read_batch, read_single, resolve_params
-from service.deps import AuthDep, DeadlineDep, InferencerDep, QueryParamsDep, StateDep
+from service.bodies import Upload, read_batch, read_single, resolve_params
+from service.deps import AuthDep, DeadlineDep, InferencerDep, QueryParams, QueryParamsDep, StateDep
 from service.engine.decode import decode_image
 from service.errors import ServiceError, to_service_error
+from service.inference import Inferencer
 from service.routes.docs import BATCH_BODY, DETECT_BODY, errors
 from service.schemas import BatchResponse, DetectionResult, ErrorDetail
+from service.state import AppState
 
 __all__ = ["router"]
 
@@ -32,13 +34,19 @@ def _note(request: Request, **fields: object) -> None:
     request.scope["state"]["log"].update(fields)
 
 
+async def _single(request: Request, inferencer: Inferencer, query: QueryParams, state: AppState,
+                  deadline: float | None) -> tuple[Upload, DetectionResult]:
+    """Read one image and its parameters, and detect: the common part of detect and annotate."""
+    upload, body_params = await read_single(request, state.settings)
+    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
+    return upload, await inferencer.detect(upload.data, upload.name, params, deadline)
+
+
 @router.post("/detect", response_model=DetectionResult, responses=_ERRORS,
              openapi_extra=DETECT_BODY, summary="Detect objects in one image")
 async def detect(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
                  state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
-    upload, body_params = await read_single(request, state.settings)
-    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
-    result = await inferencer.detect(upload.data, upload.name, params, deadline)
+    _, result = await _single(request, inferencer, query, state, deadline)
     _note(request, batch_size=result.processing_metadata.batch_size,
           detections=result.detection_count, cached=result.processing_metadata.cached)
     return _json(result.model_dump(mode="json"))
@@ -77,9 +85,7 @@ async def detect_batch(request: Request, inferencer: InferencerDep, query: Query
              summary="Draw detected boxes and labels on the image")
 async def annotate(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
                    state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
-    upload, body_params = await read_single(request, state.settings)
-    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
-    result = await inferencer.detect(upload.data, upload.name, params, deadline)
+    upload, result = await _single(request, inferencer, query, state, deadline)
     loop = asyncio.get_running_loop()
     limits = inferencer.engine.limits
     jpeg = await loop.run_in_executor(

@@ -98,10 +98,10 @@ def test_non_outlier_failures_do_not_eject() -> None:
 def test_panic_routes_to_all_willing_backends_below_the_threshold() -> None:
     c = cluster(4, panic_threshold=50.0)
     b1, b2, b3, b4 = c.backends.values()
-    b1.apply_probe(Health.UNHEALTHY, 1.0)  # unknown -> unhealthy at the first failure
+    c.report_probe(b1, Health.UNHEALTHY, 1.0)  # unknown -> unhealthy at the first failure
     assert {b.id for b in c.candidates(1.0)} == {b2.id, b3.id, b4.id} and not c.panic
-    b2.apply_probe(Health.UNHEALTHY, 1.0)
-    b3.apply_probe(Health.DRAINING, 1.0)
+    c.report_probe(b2, Health.UNHEALTHY, 1.0)
+    c.report_probe(b3, Health.DRAINING, 1.0)
     # 1 of 4 healthy < 50%: panic, everyone but the one that asked for no traffic.
     assert {b.id for b in c.candidates(1.0)} == {b1.id, b2.id, b4.id} and c.panic
 
@@ -112,7 +112,7 @@ def test_admin_drain_and_backoff_are_respected_by_choose() -> None:
     c.update(b1.id, weight=None, drain=True)
     assert all(c.choose(1.0) is b2 for _ in range(5))
     c.update(b1.id, weight=3, drain=False)
-    b2.back_off(5.0, 1.0)
+    c.back_off(b2, 5.0, 1.0)
     assert all(c.choose(2.0) is b1 for _ in range(5))
     assert c.choose(2.0, [b1]) is b2  # last resort: a backing-off one
     assert c.choose(2.0, [b1], allow_backoff=False) is None

@@ -18,9 +18,7 @@ from tests.loadbalancer.harness import BackendProc, LBProc, load, shares, start_
 
 @pytest.fixture(scope="module")
 def weighted() -> Iterator[tuple[LBProc, BackendProc, BackendProc]]:
-    heavy, light = start_backends(
-        [BackendProc("heavy", delay_ms=20), BackendProc("light", delay_ms=20)]
-    )
+    heavy, light = start_backends([BackendProc("heavy", delay_ms=20), BackendProc("light", delay_ms=20)])
     proc = LBProc([f"{heavy.url}=3", light.url]).start().wait_ready()
     yield proc, heavy, light
     proc.stop()

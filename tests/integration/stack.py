@@ -1,0 +1,255 @@
+"""The parts the acceptance tests put together: small distinct test images, real ``yoloserve serve``
+processes that can be SIGKILLed and started again on their port, the real balancer in front of them,
+a transport that counts the client's tries, and the comparison of a result with its reference.
+
+Everything waits by polling with a deadline; nothing sleeps as synchronisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+
+from service.schemas import Detection, DetectionResult
+from tests.engine.images import shapes_image
+from tests.loadbalancer.harness import LBProc
+from tests.support.procs import ServiceProcess, wait_ready
+
+__all__ = [
+    "START_TIMEOUT",
+    "CountingTransport",
+    "Fleet",
+    "LBProc",
+    "differences",
+    "lb_backend",
+    "small_jpeg",
+    "start_lb",
+    "wait_ready_async",
+    "wait_routed",
+    "write_images",
+]
+
+SERVE_ARGS = ("--max-batch-size", "8", "--max-wait-ms", "5", "--log-format", "text")
+# cache off: every result is computed. One inference thread each: two services share two cores.
+SERVE_ENV = {
+    "YOLOSERVE_CACHE_ENABLED": "false",
+    "YOLOSERVE_ACCESS_LOG": "false",
+    "YOLOSERVE_THREADS": "1",
+}
+START_TIMEOUT = 300.0  # loading and warming the model up is slow on a busy 2-core machine
+CONF_TOLERANCE = 1e-3  # batch composition changes the float sums slightly: as the parity tests
+BOX_TOLERANCE_PX = 1.0
+BORDERLINE = 0.01  # a detection this close to the threshold may appear in one batch and not another
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def small_jpeg(index: int) -> bytes:
+    """A distinct synthetic JPEG of 96-160 px a side (small: thousands of requests stay fast)."""
+    size = (96 + (index * 13) % 65, 96 + (index * 29) % 65)
+    ok, buf = cv2.imencode(".jpg", shapes_image(index, size), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def write_images(folder: Path, count: int, *, distinct: int | None = None) -> list[Path]:
+    """``count`` files ``img_NNNN.jpg`` in ``folder``; file ``i`` holds image ``i % distinct``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    distinct = distinct or count
+    cache = [small_jpeg(i) for i in range(min(distinct, count))]
+    paths = []
+    for i in range(count):
+        path = folder / f"img_{i:04d}.jpg"
+        path.write_bytes(cache[i % distinct])
+        paths.append(path)
+    return paths
+
+
+# -- services ----------------------------------------------------------------------------------
+
+
+async def wait_ready_async(
+    url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None, every: float = 0.02
+) -> float:
+    """Poll ``url``'s ``/health/ready`` until 200; returns the ``time.monotonic()`` it answered."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=1.0) as http:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"{url} exited with {proc.returncode} before it was ready")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/health/ready")).status_code == 200:
+                    return time.monotonic()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} not ready within {timeout:g}s")
+            await asyncio.sleep(every)  # polling another process, with a deadline
+
+
+class Fleet:
+    """Named ``yoloserve serve`` processes (cache off, batches of up to 8) on loopback ports.
+
+    One can be SIGKILLed and started again on the same port; each incarnation logs to its own
+    file in ``logdir``.
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: dict[str, ServiceProcess] = {}
+        self._incarnations: Counter[str] = Counter()
+
+    def url(self, name: str) -> str:
+        return self.procs[name].url
+
+    def popen(self, name: str) -> subprocess.Popen[bytes]:
+        proc = self.procs[name].proc
+        assert proc is not None
+        return proc
+
+    def start(self, *names: str) -> None:
+        """Start them all, then wait for each (they load their models in parallel)."""
+        for name in names:
+            self.procs[name] = self._spawn(name, port=None)
+        for name in names:
+            wait_ready(self.url(name), START_TIMEOUT, self.popen(name))
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no drain, connections reset, the port closed at once."""
+        proc = self.popen(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def restart(self, name: str) -> ServiceProcess:
+        """Kill ``name`` if it runs and start a new process on its port; does not wait."""
+        self.kill(name)
+        self.procs[name] = self._spawn(name, port=self.procs[name].port)
+        return self.procs[name]
+
+    def ensure_ready(self, name: str) -> None:
+        """Leave ``name`` running and ready, whatever a test did to it."""
+        if self.popen(name).poll() is not None:
+            self.restart(name)
+        wait_ready(self.url(name), START_TIMEOUT, self.popen(name))
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGTERM)  # all at once: they drain in parallel
+        for proc in self.procs.values():
+            proc.stop(timeout=30.0)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        log = self.procs[name].log
+        if log is None or not log.exists():
+            return ""
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    def _spawn(self, name: str, port: int | None) -> ServiceProcess:
+        self._incarnations[name] += 1
+        log = self.logdir / f"{name}-{self._incarnations[name]}.log"
+        return ServiceProcess(*SERVE_ARGS, port=port, env=SERVE_ENV, log=log).start(wait=False)
+
+
+def start_lb(*backends: str, timeout: float = 30.0) -> LBProc:
+    """The real balancer (``python -m loadbalancer``, i.e. ``yoloserve lb``) in front of
+    ``backends``, with its default settings, once every backend is healthy."""
+    lb = LBProc(backends, "--log-level", "warning").start()
+    try:
+        return lb.wait_ready(timeout)
+    except BaseException:
+        lb.stop()
+        raise
+
+
+async def lb_backend(lb: LBProc, backend_url: str) -> dict[str, Any]:
+    """One backend's entry in the balancer's ``GET /lb/status`` (without blocking the loop)."""
+    async with httpx.AsyncClient(timeout=2.0, headers=lb.headers) as http:
+        response = await http.get(f"{lb.admin_url}/lb/status")
+    response.raise_for_status()
+    found = [b for b in response.json()["backends"] if b["url"] == backend_url]
+    assert len(found) == 1, f"{backend_url} not in the balancer's status"
+    backend: dict[str, Any] = found[0]
+    return backend
+
+
+async def wait_routed(lb: LBProc, backend_url: str, *, timeout: float) -> float:
+    """Poll the balancer's status until it routes to ``backend_url`` again (its own health checks
+    passed); returns the ``time.monotonic()`` it did."""
+    deadline = time.monotonic() + timeout
+    while (await lb_backend(lb, backend_url))["state"] not in ("active", "slow_start"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the balancer did not take {backend_url} back in {timeout:g}s")
+        await asyncio.sleep(0.05)  # polling another process, with a deadline
+    return time.monotonic()
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """httpx's own transport, counting every request the client sends: one request is one try.
+
+    ``tries`` counts by path; ``retries`` counts the tries whose ``X-Attempt`` is over 1.
+    """
+
+    def __init__(self, max_connections: int = 64) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._inner = httpx.AsyncHTTPTransport(limits=limits)
+        self.tries: Counter[str] = Counter()
+        self.retries = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.tries[request.url.path] += 1
+        if int(request.headers.get("x-attempt", "1")) > 1:
+            self.retries += 1
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _close(a: Detection, b: Detection) -> bool:
+    if a.class_id != b.class_id or abs(a.confidence - b.confidence) > CONF_TOLERANCE:
+        return False
+    pa, pb = a.box_2d, b.box_2d
+    corners = zip((pa.x_min, pa.y_min, pa.x_max, pa.y_max), (pb.x_min, pb.y_min, pb.x_max, pb.y_max))
+    return all(abs(u - v) <= BOX_TOLERANCE_PX for u, v in corners)
+
+
+def differences(got: DetectionResult, want: DetectionResult) -> list[str]:
+    """What differs between a result and the same image's reference, beyond float noise.
+
+    Detections are matched one to one (same class, confidence within 1e-3, corners within 1 px);
+    an unmatched one counts only if its confidence is clearly above the threshold.
+    """
+    problems = []
+    if got.image_dimensions != want.image_dimensions:
+        problems.append(f"dimensions {got.image_dimensions} != {want.image_dimensions}")
+    unmatched = list(want.detections)
+    extra = []
+    for det in got.detections:
+        match = next((ref for ref in unmatched if _close(det, ref)), None)
+        if match is None:
+            extra.append(det)
+        else:
+            unmatched.remove(match)
+    threshold = want.processing_metadata.confidence_threshold + BORDERLINE
+    problems += [f"unexpected {d.class_name} {d.confidence:.3f} at {d.box_2d}" for d in extra
+                 if d.confidence > threshold]
+    problems += [f"missing {d.class_name} {d.confidence:.3f} at {d.box_2d}" for d in unmatched
+                 if d.confidence > threshold]
+    if got.detection_count != len(got.detections):
+        problems.append(f"detection_count {got.detection_count} != {len(got.detections)}")
+    return problems
