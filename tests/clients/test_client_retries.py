@@ -204,7 +204,8 @@ async def test_budget_stops_retries_multiplying_load(
     make_client: MakeClient, fake_time: FakeTime
 ) -> None:
     script = Script([status(503)])
-    client = make_client(script, max_attempts=4)  # default budget: 10 tokens, retry while > 5
+    # the default budget of a client of at most 4 connections: 10 tokens, retry while > 5
+    client = make_client(script, max_attempts=4, max_connections=4)
     errors = []
     for _ in range(20):
         with pytest.raises(Overloaded) as caught:
@@ -240,7 +241,7 @@ async def test_non_retryable_failures_do_not_spend_the_budget(make_client: MakeC
     for _ in range(5):
         with pytest.raises(InvalidRequest):
             await client.detect(IMAGE)
-    assert client.retry_budget.tokens == 10
+    assert client.retry_budget.tokens == client.retry_budget.max_tokens
 
 
 async def test_budget_is_shared_between_clients(make_client: MakeClient) -> None:
@@ -351,3 +352,21 @@ async def test_rate_limited_is_overloaded(make_client: MakeClient) -> None:
     with pytest.raises(Overloaded) as caught:
         await make_client(Script([status(429, "rate_limited")]), max_attempts=1).detect(IMAGE)
     assert isinstance(caught.value, RateLimited)
+
+
+async def test_default_budget_lets_every_call_in_flight_retry_once(
+    make_client: MakeClient, fake_time: FakeTime
+) -> None:
+    # 64 calls in flight on a connection that breaks under all of them at once (a backend killed
+    # behind a balancer): each gets its retry, none fails for want of budget
+    tries: list[str] = []
+
+    async def first_try_fails(request: httpx.Request) -> httpx.Response:
+        tries.append(request.headers["x-attempt"])
+        return status(502) if request.headers["x-attempt"] == "1" else ok()
+
+    client = make_client(first_try_fails, max_connections=64, jitter=lambda: 0.0)
+    assert client.retry_budget.max_tokens == 130
+    results = await asyncio.gather(*(client.detect(IMAGE) for _ in range(64)))
+    assert len(results) == 64
+    assert sorted(tries) == ["1"] * 64 + ["2"] * 64

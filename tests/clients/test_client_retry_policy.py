@@ -81,6 +81,17 @@ def test_budget_drains_and_refills_like_grpc_throttling() -> None:
     assert repr(budget) == "RetryBudget(tokens=10/10)"
 
 
+def test_budget_for_concurrency_has_room_for_one_retry_per_call_in_flight() -> None:
+    assert RetryBudget.for_concurrency(1).max_tokens == 10  # gRPC's usual 10 at least
+    budget = RetryBudget.for_concurrency(64)
+    assert budget.max_tokens == 130 and budget.token_ratio == 0.1
+    for _ in range(64):  # all 64 calls fail at once: each may still retry
+        budget.record_failure()
+    assert budget.allows_retry()
+    budget.record_failure()
+    assert not budget.allows_retry()
+
+
 def test_budget_validates() -> None:
     with pytest.raises(ValueError, match="positive"):
         RetryBudget(max_tokens=0)

@@ -79,10 +79,10 @@ def write_images(folder: Path, count: int, *, distinct: int | None = None) -> li
 
 
 async def wait_ready_async(
-    url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None, every: float = 0.02
+    url: str, *, within: float, proc: subprocess.Popen[bytes] | None = None, every: float = 0.02
 ) -> float:
     """Poll ``url``'s ``/health/ready`` until 200; returns the ``time.monotonic()`` it answered."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient(timeout=1.0) as http:
         while True:
             if proc is not None and proc.poll() is not None:
@@ -91,7 +91,7 @@ async def wait_ready_async(
                 if (await http.get(f"{url}/health/ready")).status_code == 200:
                     return time.monotonic()
             if time.monotonic() > deadline:
-                raise AssertionError(f"{url} not ready within {timeout:g}s")
+                raise AssertionError(f"{url} not ready within {within:g}s")
             await asyncio.sleep(every)  # polling another process, with a deadline
 
 
@@ -182,13 +182,13 @@ async def lb_backend(lb: LBProc, backend_url: str) -> dict[str, Any]:
     return backend
 
 
-async def wait_routed(lb: LBProc, backend_url: str, *, timeout: float) -> float:
+async def wait_routed(lb: LBProc, backend_url: str, *, within: float) -> float:
     """Poll the balancer's status until it routes to ``backend_url`` again (its own health checks
     passed); returns the ``time.monotonic()`` it did."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while (await lb_backend(lb, backend_url))["state"] not in ("active", "slow_start"):
         if time.monotonic() > deadline:
-            raise AssertionError(f"the balancer did not take {backend_url} back in {timeout:g}s")
+            raise AssertionError(f"the balancer did not take {backend_url} back in {within:g}s")
         await asyncio.sleep(0.05)  # polling another process, with a deadline
     return time.monotonic()
 
@@ -224,8 +224,9 @@ def _close(a: Detection, b: Detection) -> bool:
     if a.class_id != b.class_id or abs(a.confidence - b.confidence) > CONF_TOLERANCE:
         return False
     pa, pb = a.box_2d, b.box_2d
-    corners = zip((pa.x_min, pa.y_min, pa.x_max, pa.y_max), (pb.x_min, pb.y_min, pb.x_max, pb.y_max))
-    return all(abs(u - v) <= BOX_TOLERANCE_PX for u, v in corners)
+    corners_a = (pa.x_min, pa.y_min, pa.x_max, pa.y_max)
+    corners_b = (pb.x_min, pb.y_min, pb.x_max, pb.y_max)
+    return all(abs(u - v) <= BOX_TOLERANCE_PX for u, v in zip(corners_a, corners_b, strict=True))
 
 
 def differences(got: DetectionResult, want: DetectionResult) -> list[str]:

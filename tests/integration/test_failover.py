@@ -59,9 +59,9 @@ class Chaos:
         new_b = self.fleet.restart("b")
         assert new_b.proc is not None
         self.times["ready"] = await wait_ready_async(
-            self.b_url, timeout=START_TIMEOUT, proc=new_b.proc
+            self.b_url, within=START_TIMEOUT, proc=new_b.proc
         )
-        self.times["routed"] = await wait_routed(self.lb, self.b_url, timeout=60.0)
+        self.times["routed"] = await wait_routed(self.lb, self.b_url, within=60.0)
         self.b_requests_back = (await lb_backend(self.lb, self.b_url))["totals"]["requests"]
 
 
@@ -100,7 +100,16 @@ async def test_2000_images_survive_a_backend_kill_and_restart(
         chaos_task.cancel()
         fleet.ensure_ready("b")
 
+    tries = transport.tries["/v1/detect"]
     failures = [(o.index, str(o.error)) for o in outcomes if isinstance(o, ItemError)]
+    t = chaos.times
+    print(
+        f"\nfailover: {len(outcomes)} images in {elapsed:.1f}s ({IMAGES / elapsed:.1f}/s), "
+        f"{len(failures)} failed; client tries {tries} ({tries / IMAGES:.3f} per image, "
+        f"{transport.retries} retries); b in flight at the kill: {chaos.b_before_kill['inflight']}; "
+        f"b ready {t['ready'] - t['killed']:.1f}s and routed {t['routed'] - t['killed']:.1f}s "
+        f"after the kill; b's balancer totals after: {b_after['totals']}"
+    )
     assert failures == [], f"{len(failures)} images failed, first: {failures[:5]}"
     assert sorted(o.index for o in outcomes) == list(range(IMAGES))
     for outcome in outcomes:
@@ -109,16 +118,7 @@ async def test_2000_images_survive_a_backend_kill_and_restart(
         problems = differences(outcome.result, expected[outcome.input])
         assert problems == [], f"image {outcome.index} ({outcome.input.name}): {problems}"
 
-    tries = transport.tries["/v1/detect"]
     assert tries < MAX_TRIES_PER_IMAGE * IMAGES, f"{tries} tries for {IMAGES} images"
     # the fault was real: b was taking requests when killed, and took some again once back
     assert chaos.b_before_kill["totals"]["requests"] > 0
     assert b_after["totals"]["requests"] > chaos.b_requests_back, b_after
-    t = chaos.times
-    print(
-        f"\nfailover: {IMAGES} images in {elapsed:.1f}s ({IMAGES / elapsed:.1f}/s); client tries "
-        f"{tries} ({tries / IMAGES:.3f} per image, {transport.retries} retries); b in flight at "
-        f"the kill: {chaos.b_before_kill['inflight']}; b ready {t['ready'] - t['killed']:.1f}s and "
-        f"routed {t['routed'] - t['killed']:.1f}s after the kill; b's totals after: "
-        f"{b_after['totals']}"
-    )

@@ -43,10 +43,12 @@ def map_case(ctx: Any, case: Any) -> Any:
     if not isinstance(body, dict) or not _lucky(body):
         return case
     media = (case.media_type or "").split(";")[0]
-    if "image" in body:
+    # only where the generated value has the documented type: a negative case stays negative
+    if isinstance(body.get("image"), str | bytes):
         body["image"] = base64.b64encode(GOOD).decode() if media == "application/json" else GOOD
     elif isinstance(body.get("images"), list) and body["images"]:
-        body["images"] = [GOOD for _ in body["images"][:4]]
+        if all(isinstance(item, str | bytes) for item in body["images"]):
+            body["images"] = [GOOD for _ in body["images"][:4]]
     return case
 
 

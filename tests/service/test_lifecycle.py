@@ -31,6 +31,7 @@ async def test_sigterm_under_load_answers_every_admitted_request() -> None:
         assert len(answered) == len(results), [r for r in results if not isinstance(r, httpx.Response)]
         assert all(r.status_code == 200 for r in answered), [r.status_code for r in answered]
         assert proc.proc is not None
-        assert proc.proc.wait(30) == 0
+        # uvicorn re-raises the signal once it has shut down cleanly, so -SIGTERM is a clean exit
+        assert proc.proc.wait(30) in (0, -signal.SIGTERM)
     finally:
         proc.stop()
