@@ -10,11 +10,11 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -46,11 +46,20 @@ class ParamFields(BaseModel):
     @field_validator("classes", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        items = v if isinstance(v, list) else [v] if v is not None else None
-        if items is None:
+        if v is None:
             return None
+        items = v if isinstance(v, list) else [v]
+        if not all(isinstance(i, str | int) and not isinstance(i, bool) for i in items):
+            raise ValueError("class ids or names: a list of them, or a comma-separated string")
         out = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
         return out or None
+
+
+_ID_OR_NAME: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+_CLASSES_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "array", "items": _ID_OR_NAME}, *_ID_OR_NAME["anyOf"], {"type": "null"}],
+    "description": "Class ids or names to keep: a list, or a comma-separated string",
+}
 
 
 class DetectJSONBody(ParamFields):
@@ -58,7 +67,8 @@ class DetectJSONBody(ParamFields):
 
     image: str = Field(description="The image file's bytes, base64-encoded")
     image_name: str | None = Field(None, max_length=MAX_NAME)
-    classes: list[str] | None = None
+    # what the validator accepts, documented as such (the field type is the result: names)
+    classes: Annotated[list[str] | None, WithJsonSchema(_CLASSES_SCHEMA)] = None
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -125,7 +135,7 @@ def _form_params(form: Any, skip: str) -> dict[str, Any]:
 
 def _decode_json(body: bytes) -> tuple[Upload, dict[str, Any]]:
     try:
-        payload = DetectJSONBody.model_validate(orjson.loads(body))
+        payload = DetectJSONBody.model_validate(orjson.loads(body), strict=True)  # JSON types as documented
     except orjson.JSONDecodeError:
         raise ValidationFailed("the body is not valid JSON") from None
     except ValidationError as exc:

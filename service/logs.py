@@ -38,6 +38,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines for development: the message, then the record's own fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items()
+                         if k not in _STANDARD and k != "request_id")
+        line = super().format(record)
+        return f"{line} {extra}" if extra else line
+
+
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     """Send every log record, uvicorn's included, through one handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -45,9 +58,7 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -106,6 +106,7 @@ class RequestContextMiddleware:
         access_log.info(
             "request",
             extra={
+                "request_id": scope["state"].get("request_id"),
                 "method": scope.get("method"),
                 "path": scope.get("path"),
                 "route": getattr(route, "path", scope.get("path")),

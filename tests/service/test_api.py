@@ -92,7 +92,7 @@ async def test_annotate_returns_jpeg(client: httpx.AsyncClient, images: list[byt
 async def test_model_classes_health(client: httpx.AsyncClient) -> None:
     model = (await client.get("/v1/model")).json()
     assert model["backend"] == "onnx" and model["device"] == "cpu" and model["precision"] == "fp32"
-    assert model["input_size"] == 320 and model["max_batch_size"] == 8
+    assert model["input_size"] % 32 == 0 and model["max_batch_size"] == 8
     assert model["max_wait_ms"] == 5.0 and len(model["version"]) == 12
     classes = (await client.get("/v1/classes")).json()["classes"]
     assert classes == model["classes"] and {"circle", "square", "triangle"} <= set(classes.values())
@@ -242,3 +242,20 @@ async def test_metrics_after_known_requests() -> None:
         http = [v for (n, lab), v in s.items() if n == "http_requests_total"
                 and dict(lab).get("handler") == "/v1/detect"]
         assert sum(http) == 7
+
+
+async def test_one_json_access_line_per_request(client: httpx.AsyncClient,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    from service.logs import JsonFormatter
+
+    with caplog.at_level(logging.INFO, logger="yoloserve.access"):
+        r = await client.post("/v1/detect", files={"image": jpeg(1)}, headers={"X-Request-ID": "log-1"})
+    records = [rec for rec in caplog.records if rec.name == "yoloserve.access"]
+    assert len(records) == 1
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["request_id"] == "log-1"
+    assert line["route"] == "/v1/detect" and line["status"] == 200 and line["latency_ms"] > 0
+    assert line["batch_size"] >= 1 and line["detections"] == r.json()["detection_count"]
