@@ -158,7 +158,9 @@ class Exchange:
     def _send(self, conn: UpstreamConnection) -> None:
         assert self.backend is not None
         self.conn = conn
-        remaining_ms = max(int((self.deadline - monotonic()) * 1000.0), 1)
+        # the backend gets this try's budget (as Envoy does), so work the balancer will give up
+        # on is dropped by the service instead of computed for nobody
+        remaining_ms = max(int((self.try_deadline - monotonic()) * 1000.0), 1)
         data = upstream_request(self.request, remaining_ms, self.backend.id_bytes)
         conn.send(data, self, head_only=self.request.method == b"HEAD")
 

@@ -7,7 +7,10 @@ loads), warms every batch size up, starts the batcher, and on shutdown drains it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -92,6 +95,14 @@ async def _load(state: AppState) -> None:
                              "device": meta.device, "precision": meta.precision})
 
 
+def _exit_if_load_failed(task: asyncio.Task[None]) -> None:
+    """A service that cannot load its model stops, so that its supervisor sees it fail."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("the model could not be loaded; stopping", exc_info=task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
@@ -101,12 +112,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _load(state)
+        # the model loads in the background when allowed, so that the port is open and
+        # /health/live and /health/ready ("starting") answer while it loads and warms up
+        state.loading = asyncio.create_task(_load(state), name="load-model")
+        state.loading.add_done_callback(_exit_if_load_failed)
+        if not settings.load_in_background:
+            await asyncio.shield(state.loading)
         try:
             yield
         finally:
             # 1. refuse new work; 2. finish what the batcher holds within the timeout; 3. close
             state.lifecycle = Lifecycle.DRAINING
+            if not state.loading.done():
+                state.loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await state.loading
             if state.inferencer is not None:
                 await state.inferencer.close(settings.drain_timeout_s)
             state.lifecycle = Lifecycle.STOPPED

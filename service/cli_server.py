@@ -50,6 +50,8 @@ def _exec_gunicorn(settings: Any) -> None:
     for name, value in settings.model_dump(exclude={"api_keys"}).items():
         if value is not None:
             os.environ[f"YOLOSERVE_{name.upper()}"] = str(value)
+    # the master holds the port, so a worker takes connections only once its model is ready
+    os.environ["YOLOSERVE_LOAD_IN_BACKGROUND"] = "false"
     conf = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
     args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "service.app:create_app()"]
     os.execv(sys.executable, args)

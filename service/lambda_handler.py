@@ -23,7 +23,7 @@ def _adapter() -> Any:
     from service.logs import configure_logging
     from service.settings import Settings
 
-    settings = Settings()
+    settings = Settings(load_in_background=False)  # an invocation needs the model at once
     configure_logging(settings.log_format, settings.log_level)
     return Mangum(create_app(settings), lifespan="auto")
 

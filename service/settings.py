@@ -32,10 +32,12 @@ class Settings(BaseSettings):
     # dynamic batching
     max_batch_size: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0)
-    max_queue: int = Field(256, ge=1)
+    max_queue: int = Field(256, ge=0, description="images waiting for the model; 0: none wait, "
+                           "requests past what the running batches hold are refused (503)")
     max_concurrent_batches: int = Field(1, ge=1, le=8)
     preprocess_threads: int = Field(4, ge=1, le=64)
     warmup: bool = True
+    load_in_background: bool = Field(True, description="open the port before the model is loaded")
 
     # limits
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,3 +31,4 @@ class AppState:
     lifecycle: Lifecycle = Lifecycle.STARTING
     inferencer: Inferencer | None = None
     error: str | None = field(default=None)
+    loading: asyncio.Task[None] | None = None

@@ -37,6 +37,7 @@ async def app_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model=Path("models/demo.onnx"), **overrides)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        await app.state.yoloserve.loading  # the model loads in the background
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             client.app = app  # type: ignore[attr-defined]
