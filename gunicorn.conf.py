@@ -7,6 +7,7 @@ survive a fork. Prometheus multiprocess mode lets one scrape of /metrics cover e
 import os
 import shutil
 import tempfile
+from typing import Any, ClassVar
 
 from service.settings import Settings
 
@@ -28,8 +29,10 @@ def _worker_class() -> type:
     from service.httpproto import LimitedHttpToolsProtocol
 
     class Worker(UvicornWorker):
-        CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol,
-                         "h11_max_incomplete_event_size": _settings.max_header_bytes}
+        CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+            "loop": "auto", "http": LimitedHttpToolsProtocol,
+            "h11_max_incomplete_event_size": _settings.max_header_bytes,
+        }
 
     return Worker
 

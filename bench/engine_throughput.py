@@ -23,7 +23,7 @@ from service.engine import Engine
 from service.engine.backends import resolve_device
 
 
-def _rate(fn: Callable[[], None], n_images: int, seconds: float) -> float:
+def _rate(fn: Callable[[], object], n_images: int, seconds: float) -> float:
     fn()  # warm
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

@@ -49,7 +49,7 @@ def latency_vs_load(series: Mapping[str, Sequence[tuple[float, float, float, flo
 
     Each point is ``(offered_rps, p50, p95, p99)``.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     for i, (label, points) in enumerate(series.items()):
         pts = sorted(points)
         if not pts:
@@ -66,7 +66,7 @@ def latency_vs_load(series: Mapping[str, Sequence[tuple[float, float, float, flo
     ax.set_ylabel("latency from scheduled send (ms)")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _finish(fig, path)
 
 
@@ -101,7 +101,7 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], path: Path, title: s
     names: list[str] = []
     for series in groups.values():
         names += [s for s in series if s not in names]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         xs = [j + i * width for j in range(len(groups))]
@@ -112,5 +112,5 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], path: Path, title: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(names))
     return _finish(fig, path)

@@ -18,6 +18,7 @@ table shows why. Writes ``bench/results/scaleout.{json,md,png}`` (``--quick``: u
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -128,6 +129,14 @@ def report(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
     return text, goals
 
 
+def draw(rows: list[dict[str, Any]], stem: Path) -> Path:
+    concurrencies = sorted({r["concurrency"] for r in rows})
+    groups = {f"{c} clients": {r["config"]: r["throughput"] for r in rows
+                               if r["concurrency"] == c} for c in concurrencies}
+    return plots.grouped_bars(groups, stem.with_suffix(".png"), "Scale-out throughput",
+                              "images/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench scaleout",
                                  description="two processes behind the balancer vs one")
@@ -139,11 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--no-threads-variant", action="store_true")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="a smoke run (results under raw/)")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON")
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.concurrency = 2.0, 0.5, [16]
     name = "raw/scaleout_quick" if args.quick else "scaleout"
+    if args.replot:
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        print(f"wrote {draw(saved['rows'], RESULTS / name)}")
+        return 0
     print(f"scaleout: {machine()}", flush=True)
     started = time.monotonic()
     bodies = make_bodies(make_images(16 if args.quick else args.images))
@@ -153,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"model": str(args.model), "device": args.device, "rows": rows, "goals": goals,
             "wall_s": time.monotonic() - started}
     md = save(name, data, text, "Scale-out: two processes behind the balancer vs one")
-    groups = {f"{c} clients": {r["config"]: r["throughput"] for r in rows
-                               if r["concurrency"] == c} for c in args.concurrency}
-    png = plots.grouped_bars(groups, md.parent / f"{Path(name).name}.png",
-                             "Scale-out throughput", "images/s")
+    png = draw(rows, RESULTS / name)
     print(f"wrote {png.relative_to(RESULTS.parent.parent)}, "
           f"{md.relative_to(RESULTS.parent.parent)} in {data['wall_s']:.0f} s")
     bad = [(r["config"], r["errors"]) for r in rows if r["errors"]]

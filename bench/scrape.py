@@ -21,6 +21,7 @@ class Scrape:
     images: float = 0.0  # sum of batch sizes
     exec_count: float = 0.0
     exec_sum: float = 0.0  # seconds
+    dispatch: dict[str, float] = field(default_factory=dict)  # batches sent, by reason
 
 
 def scrape(base_url: str) -> Scrape | None:
@@ -43,6 +44,10 @@ def scrape(base_url: str) -> Scrape | None:
                     out.batches = s.value
                 elif s.name.endswith("_sum"):
                     out.images = s.value
+        elif fam.name == "batch_dispatch":
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    out.dispatch[s.labels.get("reason", "")] = s.value
         elif fam.name == "model_inference_latency_seconds":
             for s in fam.samples:
                 if s.name.endswith("_count"):
@@ -71,6 +76,7 @@ def batch_stats(before: Scrape | None, after: Scrape | None, max_batch: int) -> 
         if prev_le < max_batch:
             hist[_label(prev_le, le)] = cum - prev_cum
         prev_le, prev_cum = le, cum
+    dispatch = {k: v - before.dispatch.get(k, 0.0) for k, v in after.dispatch.items()}
     with contextlib.suppress(ZeroDivisionError):
         execs = after.exec_count - before.exec_count
         return {
@@ -78,5 +84,6 @@ def batch_stats(before: Scrape | None, after: Scrape | None, max_batch: int) -> 
             "mean_batch": (after.images - before.images) / batches,
             "mean_exec_ms": 1000 * (after.exec_sum - before.exec_sum) / execs,
             "hist": hist,
+            "dispatch": dispatch,
         }
-    return {"batches": batches, "hist": hist}
+    return {"batches": batches, "hist": hist, "dispatch": dispatch}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -312,6 +313,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--name", default=None, help="results name [served, or one per device]")
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per point")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the plots from the saved JSON of this configuration")
     return ap.parse_args(argv)
 
 
@@ -340,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"_b{args.max_batch_size}")
     if args.quick:
         name = f"raw/{name}_quick"
+    if args.replot:
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        for p in draw(saved, Path(name).name, (RESULTS / name).parent):
+            print(f"wrote {p.relative_to(RESULTS.parent.parent)}")
+        return 0
     print(f"served: {machine()}; plan {plan}", flush=True)
     started = time.monotonic()
     images = make_images(max(16 if args.quick else args.images, args.max_batch_size))
@@ -358,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             if not target.is_naive:
                 import httpx
 
-                data.setdefault("served_model", httpx.get(proc.url + "/v1/model").json())
+                data.setdefault("served_models", {})[target.key] = httpx.get(
+                    proc.url + "/v1/model").json()
             run_target(target, proc, bodies, plan, data)
     primary = next(t for t in all_targets if t.full and not t.is_naive and t.max_batch > 1)
     data["goals"] = goals(data, primary, served_backend, plan.saturation)

@@ -5,16 +5,18 @@
 
 Two ``yoloserve serve`` processes (ONNX demo model, result cache off so every request runs the
 model) behind ``yoloserve lb``; a closed loop of ``--concurrency`` clients (aiohttp, no retries, so
-every failure counts) sends distinct small JPEGs. The RSS of the three processes is sampled every
-``--sample-every`` answers. "Flat" means: after the warm-up (the first ``--warmup`` fraction of the
-requests) no process grows by more than ``--max-growth-pct`` (default 5 %) from its RSS at the end
-of the warm-up. The program exits 1 on any error or on growth over the bound.
+every failure counts) sends distinct small JPEGs. Each service gets half the cores for ONNX
+Runtime. The RSS of the three processes is sampled every ``--sample-every`` answers. "Flat"
+means: after the warm-up (the first ``--warmup`` fraction of the requests) no process grows by
+more than ``--max-growth-pct`` (default 5 %) from its RSS at the end of the warm-up. The program
+exits 1 on any error or on growth over the bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -125,7 +127,10 @@ def run_soak(*, requests: int, concurrency: int = 16, images: int = 256, size: i
              sample_every: int = 250, warmup: float = 0.1, name: str = "soak") -> SoakResult:
     """Start two services and the balancer, run the soak, stop everything."""
     model = str(Path(__file__).resolve().parents[1] / "models" / "demo.onnx")
-    env = {"YOLOSERVE_ACCESS_LOG": "false"}
+    # two services share the machine: half the cores each for ONNX Runtime, or they oversubscribe
+    # (measured on 2 cores: 20.9 req/s with one thread each, 11.6 with the default)
+    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    env = {"YOLOSERVE_ACCESS_LOG": "false", "YOLOSERVE_THREADS": threads}
     s1 = service(f"{name}_s1", "--model", model, env=env)
     s2 = service(f"{name}_s2", "--model", model, env=env)
     with Fleet(s1, s2) as fleet:
@@ -165,6 +170,18 @@ def _figure(result: SoakResult, path: Path, max_growth: float) -> Path:
     return path
 
 
+def _table(summary: dict[str, Any], after_warmup: dict[str, float], last: dict[str, float],
+           growth: dict[str, float], figure: str) -> str:
+    rows = [{"process": n, "RSS after warm-up (MiB)": f"{mb:.1f}", "RSS at the end (MiB)":
+             f"{last[n]:.1f}", "growth (%)": f"{growth[n]:.2f}"} for n, mb in after_warmup.items()]
+    return (f"{summary['requests']} requests at concurrency {summary['concurrency']} in "
+            f"{summary['seconds']} s ({summary['throughput_rps']} req/s); errors: "
+            f"{summary['error_count']} {summary['errors']}; latency p50 {summary['p50_ms']} ms, "
+            f"p99 {summary['p99_ms']} ms; answers per backend: {summary['upstreams']}.\n\n"
+            + markdown_table(rows, list(rows[0]))
+            + f"\n\n![RSS over the soak]({figure})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench soak", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
@@ -182,15 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = result.summary()
     growth = result.growth_pct()
     figure = _figure(result, RESULTS / f"{args.name}.png", args.max_growth_pct)
-    rows = [{"process": n, "rss_after_warmup_mb": round(s, 1),
-             "rss_last_mb": round(result.samples[-1][1][n], 1), "growth_pct": round(growth[n], 2)}
-            for n, s in next(s for c, s in result.samples if c >= result.warmup_requests).items()]
-    table = (f"{summary['requests']} requests at concurrency {summary['concurrency']} in "
-             f"{summary['seconds']} s ({summary['throughput_rps']} req/s); errors: "
-             f"{summary['error_count']} {summary['errors']}; latency p50 {summary['p50_ms']} ms, "
-             f"p99 {summary['p99_ms']} ms; answers per backend: {summary['upstreams']}.\n\n"
-             + markdown_table(rows, ["process", "rss_after_warmup_mb", "rss_last_mb", "growth_pct"])
-             + f"\n\n![RSS over the soak]({figure.name})")
+    after_warmup = next(s for c, s in result.samples if c >= result.warmup_requests)
+    table = _table(summary, after_warmup, result.samples[-1][1], growth, figure.name)
     data = {**summary, "max_growth_pct": args.max_growth_pct,
             "samples": [{"answered": c, **s} for c, s in result.samples]}
     print(save(args.name, data, table, "Soak: balancer + two services"))

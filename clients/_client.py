@@ -92,8 +92,9 @@ class AsyncDetectionClient:
     optionally bounds one try. Failures that may pass (connection errors, timeouts, 429, 502,
     503, 504) are retried up to ``max_attempts`` tries with full-jitter backoff (``backoff_base``
     doubling up to ``backoff_max``, at least the server's ``Retry-After``), while the
-    ``retry_budget`` shared by all calls allows. ``transport``, ``sleep``, ``jitter`` and
-    ``clock`` are for tests.
+    ``retry_budget`` shared by all calls allows (by default one sized to ``max_connections``
+    calls in flight: :meth:`RetryBudget.for_concurrency`). ``transport``, ``sleep``, ``jitter``
+    and ``clock`` are for tests.
 
     Every method's ``timeout`` overrides the client's for that call. It is a deadline, not only a
     wrapper: it bounds the retries and is sent to the service as ``X-Request-Timeout-Ms``.
@@ -126,7 +127,11 @@ class AsyncDetectionClient:
         self.policy = RetryPolicy(
             max_attempts=max_attempts,
             backoff=Backoff(backoff_base, backoff_max),
-            budget=retry_budget if retry_budget is not None else RetryBudget(),
+            budget=(
+                retry_budget
+                if retry_budget is not None
+                else RetryBudget.for_concurrency(max_connections)
+            ),
             sleep=sleep,
             jitter=jitter,
             clock=clock,

@@ -38,6 +38,10 @@ class RetryBudget:
     then on each call makes one try, so the clients add no load beyond their own traffic. Successes
     refill it slowly (``max_tokens / 2 / token_ratio`` of them to refill from empty).
 
+    A bucket must hold over two tokens per call that may be in flight at once
+    (:meth:`for_concurrency`), else one short burst of failures (a backend killed under the calls
+    in flight) drains it, and the calls caught in it fail without their one retry.
+
     Not thread-safe: share one budget only between clients on one event loop.
     """
 
@@ -47,6 +51,12 @@ class RetryBudget:
         self.max_tokens = max_tokens
         self.token_ratio = token_ratio
         self._tokens = max_tokens
+
+    @classmethod
+    def for_concurrency(cls, concurrency: int, token_ratio: float = 0.1) -> RetryBudget:
+        """A bucket in which every call in flight can fail at once and still retry: retries stop
+        at half the tokens, so two tokens per call and two more; at least gRPC's usual 10."""
+        return cls(max(10.0, 2.0 * (concurrency + 1)), token_ratio)
 
     @property
     def tokens(self) -> float:

@@ -23,7 +23,6 @@ from clients._client import AsyncDetectionClient, DetectOptions
 from clients._many import Progress
 from clients._paths import count_images, iter_image_paths, missing_paths
 from clients._report import RunStats, json_line, progress_bar
-from clients._retry import RetryBudget
 
 __all__ = ["detect_command"]
 
@@ -154,7 +153,6 @@ async def _detect_all(
         api_key=job.api_key,
         max_connections=job.concurrency,
         max_keepalive_connections=job.concurrency,
-        retry_budget=RetryBudget(max_tokens=_budget_tokens(job.concurrency)),
     )
     async with client:
         outcomes = client.detect_many(
@@ -169,8 +167,3 @@ async def _detect_all(
                 stats.add(outcome)
                 sink.write(json_line(outcome) + "\n")
     sink.flush()
-
-
-def _budget_tokens(concurrency: int) -> float:
-    """Room for one retry per image in flight before throttling (at least gRPC's usual 10)."""
-    return float(max(10, 2 * concurrency))

@@ -169,10 +169,7 @@ def _class_for_status(status: int) -> type[ClientError]:
 
 def error_from_detail(detail: ErrorDetail, *, status: int | None = None) -> ClientError:
     """One item's error in a batch answer (no HTTP status of its own) as a :class:`ClientError`."""
-    if status is not None:
-        cls = _class_for_status(status)
-    else:
-        cls = _BY_CODE.get(detail.code, ServerError)
+    cls = _class_for_status(status) if status is not None else _BY_CODE.get(detail.code, ServerError)
     return cls(detail.message, status=status, code=detail.code, request_id=detail.request_id)
 
 

@@ -77,7 +77,16 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid value')}"
 
 
-def resolve_params(values: Mapping[str, Any], names: Mapping[int, str]) -> DetectParams:
+def resolve_params(query: Mapping[str, Any], body: Mapping[str, Any],
+                   names: Mapping[int, str]) -> DetectParams:
+    """The parameters of a request: the body's win over the query's, but a bad value is refused
+    wherever it was sent (one that the body overrides included)."""
+    if query and body:
+        _resolve(query, names)
+    return _resolve({**query, **body}, names)
+
+
+def _resolve(values: Mapping[str, Any], names: Mapping[int, str]) -> DetectParams:
     try:
         fields = ParamFields.model_validate(dict(values))
     except ValidationError as exc:

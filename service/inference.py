@@ -65,7 +65,7 @@ class Inferencer:
             self._run_batch,
             max_batch_size=settings.max_batch_size,
             max_wait=settings.max_wait_ms / 1000,
-            max_queue=settings.max_queue,
+            max_queue=max(1, settings.max_queue),
             max_concurrent_batches=settings.max_concurrent_batches,
             observer=metrics,
             name="inference",

@@ -38,7 +38,7 @@ async def _single(request: Request, inferencer: Inferencer, query: QueryParams, 
                   deadline: float | None) -> tuple[Upload, DetectionResult]:
     """Read one image and its parameters, and detect: the common part of detect and annotate."""
     upload, body_params = await read_single(request, state.settings)
-    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
+    params = resolve_params(query.values, body_params, inferencer.engine.meta.classes)
     return upload, await inferencer.detect(upload.data, upload.name, params, deadline)
 
 
@@ -57,7 +57,7 @@ async def detect(request: Request, inferencer: InferencerDep, query: QueryParams
 async def detect_batch(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
                        state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
     uploads, body_params = await read_batch(request, state.settings)
-    params = resolve_params({**query.values, **body_params}, inferencer.engine.meta.classes)
+    params = resolve_params(query.values, body_params, inferencer.engine.meta.classes)
     outcomes = await asyncio.gather(
         *(inferencer.detect(u.data, u.name, params, deadline) for u in uploads),
         return_exceptions=True,

@@ -32,7 +32,7 @@ async def ready(state: StateDep, response: Response) -> HealthResponse:
     depth = inf.batcher.queue_depth if inf else 0
     inflight = inf.batcher.inflight_batches if inf else 0
     status = state.lifecycle.value
-    if state.lifecycle is Lifecycle.READY and depth >= state.settings.max_queue:
+    if state.lifecycle is Lifecycle.READY and depth >= max(1, state.settings.max_queue):
         status = "overloaded"
     if status != "ready":
         response.status_code = 503

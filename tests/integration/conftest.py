@@ -1,5 +1,5 @@
-"""Two real services, ``a`` and ``b``, started once for the package, and the reference result of
-every test image from a direct single request to ``a``.
+"""Two real services, ``a`` and ``b``, started once for the package on a copy of the demo model,
+and the reference result of every test image from a direct single request to ``a``.
 
 The tests that kill ``b`` start it again before they end (``fleet.ensure_ready``), so each test
 finds both running whatever ran before it.
@@ -14,14 +14,15 @@ import pytest
 
 from clients import DetectionClient
 from service.schemas import DetectionResult
-from tests.integration.stack import Fleet, LBProc, start_lb, write_images
+from tests.integration.stack import Fleet, LBProc, snapshot_models, start_lb, write_images
 
 DISTINCT_IMAGES = 50
 
 
 @pytest.fixture(scope="package")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path_factory.mktemp("service-logs"))
+def fleet(tmp_path_factory: pytest.TempPathFactory, demo_pt: Path) -> Iterator[Fleet]:
+    model = snapshot_models(demo_pt.parent, tmp_path_factory.mktemp("models"))
+    fleet = Fleet(model, tmp_path_factory.mktemp("service-logs"))
     try:
         fleet.start("a", "b")
         yield fleet

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import cv2
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.schemas import Detection, DetectionResult
 from tests.engine.images import shapes_image
@@ -31,7 +33,9 @@ __all__ = [
     "LBProc",
     "differences",
     "lb_backend",
+    "lb_counters",
     "small_jpeg",
+    "snapshot_models",
     "start_lb",
     "wait_ready_async",
     "wait_routed",
@@ -39,6 +43,7 @@ __all__ = [
 ]
 
 SERVE_ARGS = ("--max-batch-size", "8", "--max-wait-ms", "5", "--log-format", "text")
+MODEL_FILES = ("demo.pt", "demo.onnx")
 # cache off: every result is computed. One inference thread each: two services share two cores.
 SERVE_ENV = {
     "YOLOSERVE_CACHE_ENABLED": "false",
@@ -95,14 +100,29 @@ async def wait_ready_async(
             await asyncio.sleep(every)  # polling another process, with a deadline
 
 
+def snapshot_models(source: Path, into: Path) -> Path:
+    """A copy of the demo model (``.pt`` and its exported ``.onnx``) in ``into``; returns the
+    ``.pt`` path, which ``serve`` resolves as it does the default (ONNX Runtime on a CPU).
+
+    A service started again mid-test must load the same weights as the others, even when
+    ``models/`` is replaced by a retrained model meanwhile.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copy2(source / name, into / name)
+    return into / MODEL_FILES[0]
+
+
 class Fleet:
-    """Named ``yoloserve serve`` processes (cache off, batches of up to 8) on loopback ports.
+    """Named ``yoloserve serve`` processes (cache off, batches of up to 8) on loopback ports, all
+    on the weights in ``model``.
 
     One can be SIGKILLed and started again on the same port; each incarnation logs to its own
     file in ``logdir``.
     """
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, model: Path, logdir: Path) -> None:
+        self.model = model
         self.logdir = logdir
         self.procs: dict[str, ServiceProcess] = {}
         self._incarnations: Counter[str] = Counter()
@@ -157,13 +177,19 @@ class Fleet:
     def _spawn(self, name: str, port: int | None) -> ServiceProcess:
         self._incarnations[name] += 1
         log = self.logdir / f"{name}-{self._incarnations[name]}.log"
-        return ServiceProcess(*SERVE_ARGS, port=port, env=SERVE_ENV, log=log).start(wait=False)
+        args = (*SERVE_ARGS, "--model", str(self.model))
+        return ServiceProcess(*args, port=port, env=SERVE_ENV, log=log).start(wait=False)
 
 
 def start_lb(*backends: str, timeout: float = 30.0) -> LBProc:
     """The real balancer (``python -m loadbalancer``, i.e. ``yoloserve lb``) in front of
-    ``backends``, with its default settings, once every backend is healthy."""
-    lb = LBProc(backends, "--log-level", "warning").start()
+    ``backends``, once every backend is healthy.
+
+    Its settings are the defaults but one: a try may take 30 s, not 10. On a busy 2-core CPU a
+    backend left alone with 64 requests in flight answers each after 10 s or more of queueing;
+    the balancer would give up on those tries and, the other backend being down, answer 502.
+    """
+    lb = LBProc(backends, "--log-level", "warning", "--per-try-timeout", "30").start()
     try:
         return lb.wait_ready(timeout)
     except BaseException:
@@ -191,6 +217,20 @@ async def wait_routed(lb: LBProc, backend_url: str, *, within: float) -> float:
             raise AssertionError(f"the balancer did not take {backend_url} back in {within:g}s")
         await asyncio.sleep(0.05)  # polling another process, with a deadline
     return time.monotonic()
+
+
+async def lb_counters(lb: LBProc) -> dict[str, float]:
+    """The balancer's counters from its Prometheus ``/metrics``: ``name{label="v"}`` -> value."""
+    async with httpx.AsyncClient(timeout=2.0, headers=lb.headers) as http:
+        response = await http.get(f"{lb.admin_url}/metrics")
+    response.raise_for_status()
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -236,6 +276,9 @@ def differences(got: DetectionResult, want: DetectionResult) -> list[str]:
     an unmatched one counts only if its confidence is clearly above the threshold.
     """
     problems = []
+    got_model, want_model = got.processing_metadata.model_version, want.processing_metadata.model_version
+    if got_model != want_model:
+        problems.append(f"model {got_model} answered, the reference is from {want_model}")
     if got.image_dimensions != want.image_dimensions:
         problems.append(f"dimensions {got.image_dimensions} != {want.image_dimensions}")
     unmatched = list(want.detections)

@@ -18,14 +18,14 @@ from service.schemas import DetectionResult
 from tests.integration.stack import LBProc, differences, small_jpeg, write_images
 from tests.support.procs import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 IMAGES = 200
 
 
 def _detect(folder: Path, url: str, out: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "service", "detect", str(folder), "--url", url,
-           "--out", str(out), "--concurrency", "16"]
+           "--out", str(out), "--concurrency", "32"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOSERVE_")}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 

@@ -22,11 +22,12 @@ from tests.integration.stack import (
     LBProc,
     differences,
     lb_backend,
+    lb_counters,
     wait_ready_async,
     wait_routed,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 IMAGES = 2000
 CONCURRENCY = 64
@@ -96,6 +97,7 @@ async def test_2000_images_survive_a_backend_kill_and_restart(
         elapsed = time.monotonic() - started
         await chaos_task
         b_after = await lb_backend(lb_pair, chaos.b_url)
+        lb_after = await lb_counters(lb_pair)
     finally:
         chaos_task.cancel()
         fleet.ensure_ready("b")
@@ -103,12 +105,22 @@ async def test_2000_images_survive_a_backend_kill_and_restart(
     tries = transport.tries["/v1/detect"]
     failures = [(o.index, str(o.error)) for o in outcomes if isinstance(o, ItemError)]
     t = chaos.times
+    latencies = sorted(o.latency_s for o in outcomes)
+    exact = sum(
+        isinstance(o, ItemResult)
+        and isinstance(o.input, Path)
+        and o.result.detections == expected[o.input].detections
+        for o in outcomes
+    )
+    lb_retries = {k: v for k, v in lb_after.items() if "retr" in k and v}
     print(
         f"\nfailover: {len(outcomes)} images in {elapsed:.1f}s ({IMAGES / elapsed:.1f}/s), "
         f"{len(failures)} failed; client tries {tries} ({tries / IMAGES:.3f} per image, "
         f"{transport.retries} retries); b in flight at the kill: {chaos.b_before_kill['inflight']}; "
         f"b ready {t['ready'] - t['killed']:.1f}s and routed {t['routed'] - t['killed']:.1f}s "
-        f"after the kill; b's balancer totals after: {b_after['totals']}"
+        f"after the kill; b's balancer totals after: {b_after['totals']}; balancer retries "
+        f"{lb_retries}; latency p50 {latencies[len(latencies) // 2]:.2f}s max {latencies[-1]:.2f}s;"
+        f" {exact} results exactly equal to the reference"
     )
     assert failures == [], f"{len(failures)} images failed, first: {failures[:5]}"
     assert sorted(o.index for o in outcomes) == list(range(IMAGES))

@@ -22,11 +22,11 @@ from tests.integration.stack import (
     wait_ready_async,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 DOWN_FOR = 10.0
 CALL_TIMEOUT = 10.0
-FAST = 0.5  # seconds: a call that makes one try and no wait; 1/20 of the call's timeout
+FAST = 1.0  # seconds: a call that makes one try and no wait; a tenth of the call's timeout
 RECOVERY = 1.0  # seconds from the backend's readiness to the first success through the balancer
 PAUSE = 0.05  # between one caller's calls (its pace, not a synchronisation)
 
@@ -121,6 +121,6 @@ async def test_outage_fails_fast_once_the_budget_is_spent_and_recovers_within_a_
     assert spent <= 2, [c.tries for c in outage[:5]]  # 5 failed tries spend 10 tokens' budget
     assert len(fast) > 20
     assert all(c.tries == 1 for c in fast), [c.tries for c in fast]
-    assert max(seconds) < FAST, max(seconds)
+    assert max(seconds) < FAST and statistics.median(seconds) < FAST / 10, seconds
     assert back.ended - ready_at < RECOVERY
     assert all(c.error is None for c in after)

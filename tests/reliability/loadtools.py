@@ -84,7 +84,7 @@ async def closed_loop(url: str, bodies: Sequence[Body], *, concurrency: int, tot
 
 
 async def open_loop(url: str, bodies: Sequence[Body], *, rate: float, seconds: float,
-                    headers: dict[str, str] | None = None, timeout: float = 30.0,
+                    headers: dict[str, str] | None = None, request_timeout: float = 30.0,
                     offset: int = 0) -> tuple[list[Shot], float]:
     """Requests at a fixed ``rate`` for ``seconds``; returns the shots and when the last was sent.
 
@@ -93,7 +93,7 @@ async def open_loop(url: str, bodies: Sequence[Body], *, rate: float, seconds: f
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Shot]] = []
     count = int(rate * seconds)
-    async with session(0, timeout) as http:
+    async with session(0, request_timeout) as http:
         t0 = loop.time() + 0.05
         for i in range(count):
             at = t0 + i / rate

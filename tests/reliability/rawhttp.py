@@ -63,13 +63,13 @@ def _head(method: str, target: str, headers: dict[str, str], length: int | None)
 
 
 async def request(port: int, method: str, target: str, headers: dict[str, str] | None = None,
-                  body: bytes = b"", timeout: float = 60.0) -> RawResponse:
+                  body: bytes = b"", within: float = 60.0) -> RawResponse:
     """Send one request and read the answer (``Expect: 100-continue`` waits for the go-ahead)."""
     headers = dict(headers or {})
     expect = headers.get("expect", "").lower() == "100-continue"
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
         try:
             writer.write(_head(method, target, headers, len(body) if body or method != "GET" else None))
@@ -95,7 +95,7 @@ async def trickle(port: int, target: str, headers: dict[str, str], body: bytes, 
 
     Returns how many bytes were sent. The connection is closed on the way out.
     """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     sent = 0
     try:
         writer.write(_head("POST", target, headers, len(body)))

@@ -46,9 +46,9 @@ def map_case(ctx: Any, case: Any) -> Any:
     # only where the generated value has the documented type: a negative case stays negative
     if isinstance(body.get("image"), str | bytes):
         body["image"] = base64.b64encode(GOOD).decode() if media == "application/json" else GOOD
-    elif isinstance(body.get("images"), list) and body["images"]:
-        if all(isinstance(item, str | bytes) for item in body["images"]):
-            body["images"] = [GOOD for _ in body["images"][:4]]
+    elif isinstance(body.get("images"), list) and body["images"] and all(
+            isinstance(item, str | bytes) for item in body["images"]):
+        body["images"] = [GOOD for _ in body["images"][:4]]
     return case
 
 

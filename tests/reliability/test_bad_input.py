@@ -62,7 +62,7 @@ async def replay(port: int, corpus: Path, cases: list[dict[str, Any]],
     problems = []
     for case in cases:
         data = (corpus / case["body_file"]).read_bytes()
-        r = await request(port, case["method"], case["path"], case["headers"], data, timeout=60)
+        r = await request(port, case["method"], case["path"], case["headers"], data, within=60)
         found = problem(case, r)
         if found:
             problems.append(found)
@@ -106,6 +106,8 @@ async def test_corpus_answers_ready_and_flat_memory(served: ServiceProcess, corp
         assert not problems, f"pass {n}:\n" + "\n".join(problems)
         assert (await request(served.port, "GET", "/health/ready")).status == 200, f"pass {n}"
     after_last = rss_mb(pid)
+    print(f"{len(cases)} cases x {PASSES}: RSS {after_first:.1f} MiB after pass 1, "
+          f"{after_last:.1f} MiB after pass {PASSES}")
     assert after_last <= after_first * MAX_RSS_GROWTH, (
         f"RSS grew from {after_first:.1f} MiB after pass 1 to {after_last:.1f} MiB after pass "
         f"{PASSES} (+{(after_last / after_first - 1) * 100:.1f} %)")

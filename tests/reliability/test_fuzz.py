@@ -42,7 +42,6 @@ def test_schemathesis_finds_nothing(served: ServiceProcess, tmp_path: Path, fd_g
         "--exclude-checks", "positive_data_acceptance",
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", seed,
-        "--workers", "2",
         "--request-timeout", "60",
         "--generation-database", "none",
         "--no-color",
