@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from service.engine.types import Detection as EngineDetection
 from service.engine.types import Detections, DetectParams
 from service.schemas import (
     Box2D,
@@ -18,10 +19,7 @@ from service.schemas import (
 __all__ = ["to_result"]
 
 
-def _detection(d: object, width: int, height: int) -> Detection:
-    from service.engine.types import Detection as EngineDetection
-
-    assert isinstance(d, EngineDetection)
+def _detection(d: EngineDetection, width: int, height: int) -> Detection:
     w, h = d.x_max - d.x_min, d.y_max - d.y_min
     return Detection(
         class_name=d.class_name,
