@@ -73,6 +73,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_service_error)
 
 
+def _single_threaded_torch() -> None:
+    """Beside ONNX Runtime, torch only post-processes small tensors (NMS): a pool of OpenMP threads
+    that spin after each operation would take CPU from inference and the event loop."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 async def _load(state: AppState) -> None:
     from service.engine import Engine, ImageLimits
     from service.inference import Inferencer
@@ -83,6 +91,8 @@ async def _load(state: AppState) -> None:
         Engine.load, s.model, backend=s.backend, device=s.device, half=s.half, limits=limits,
         threads=s.threads,
     )
+    if engine.meta.backend == "onnx":
+        _single_threaded_torch()
     if s.warmup:
         await asyncio.to_thread(engine.warmup, s.max_batch_size)
     state.metrics.set_model(engine.meta)

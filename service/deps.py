@@ -1,4 +1,8 @@
-"""FastAPI dependencies, all in one place: state, readiness, API keys, rate limit, parameters."""
+"""FastAPI dependencies, all in one place: state, readiness, API keys, rate limit, parameters.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, and
+five thread hops per request cost more CPU and latency than the work they do (none of them blocks).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ __all__ = [
 ]
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.yoloserve
     return state
 
@@ -31,7 +35,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def _inferencer(state: StateDep) -> Inferencer:
+async def _inferencer(state: StateDep) -> Inferencer:
     if state.lifecycle is Lifecycle.DRAINING or state.lifecycle is Lifecycle.STOPPED:
         raise Draining("the service is shutting down; retry on another instance", retry_after=1)
     if state.lifecycle is not Lifecycle.READY or state.inferencer is None:
@@ -49,7 +53,7 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def _authorize(request: Request, state: StateDep) -> str | None:
+async def _authorize(request: Request, state: StateDep) -> str | None:
     """Check the API key (when keys are configured) and the per-client rate limit."""
     key = _presented_key(request)
     if state.settings.api_keys:
@@ -70,7 +74,7 @@ def _authorize(request: Request, state: StateDep) -> str | None:
 AuthDep = Annotated[str | None, Depends(_authorize)]
 
 
-def _deadline(request: Request, state: StateDep) -> float | None:
+async def _deadline(request: Request, state: StateDep) -> float | None:
     """Absolute monotonic deadline from ``X-Request-Timeout-Ms`` (or the configured default)."""
     raw = request.headers.get("x-request-timeout-ms")
     budget_ms = state.settings.default_timeout_ms
@@ -90,21 +94,21 @@ DeadlineDep = Annotated[float | None, Depends(_deadline)]
 class QueryParams:
     """Detection parameters given in the query string (form or JSON fields override them)."""
 
-    def __init__(
-        self,
-        conf: Annotated[float | None, Query(ge=0, le=1, description="Confidence threshold")] = None,
-        iou: Annotated[float | None, Query(ge=0, le=1, description="NMS IoU threshold")] = None,
-        max_det: Annotated[int | None, Query(ge=1, le=1000, description="Most boxes kept")] = None,
-        classes: Annotated[
-            list[str] | None,
-            Query(description="Class ids or names to keep; repeated or comma-separated"),
-        ] = None,
-    ) -> None:
-        self.values: dict[str, object] = {
-            k: v for k, v in
-            {"conf": conf, "iou": iou, "max_det": max_det, "classes": classes}.items()
-            if v is not None
-        }
+    def __init__(self, values: dict[str, object]) -> None:
+        self.values = values
 
 
-QueryParamsDep = Annotated[QueryParams, Depends()]
+async def _query_params(
+    conf: Annotated[float | None, Query(ge=0, le=1, description="Confidence threshold")] = None,
+    iou: Annotated[float | None, Query(ge=0, le=1, description="NMS IoU threshold")] = None,
+    max_det: Annotated[int | None, Query(ge=1, le=1000, description="Most boxes kept")] = None,
+    classes: Annotated[
+        list[str] | None,
+        Query(description="Class ids or names to keep; repeated or comma-separated"),
+    ] = None,
+) -> QueryParams:
+    given = {"conf": conf, "iou": iou, "max_det": max_det, "classes": classes}
+    return QueryParams({k: v for k, v in given.items() if v is not None})
+
+
+QueryParamsDep = Annotated[QueryParams, Depends(_query_params)]

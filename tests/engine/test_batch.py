@@ -48,3 +48,12 @@ def test_mixed_parameters_in_one_batch(engine: Engine) -> None:
 
 def test_empty_batch(engine: Engine) -> None:
     assert engine.infer([]).detections == []
+
+
+def test_onnx_on_cpu_does_not_spin(demo_onnx: Path) -> None:
+    """Idle ONNX Runtime threads must sleep, not spin, so that the event loop gets the CPU."""
+    from service.engine.backends.onnx_backend import OnnxBackend
+
+    backend = OnnxBackend(demo_onnx, "cpu", threads=2)
+    options = backend._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -57,8 +57,13 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
+        providers = _providers(device)
+        if providers == ["CPUExecutionProvider"]:
+            # Idle intra-op threads sleep instead of spinning: between two batches the CPU goes to
+            # the event loop and the decoders, not to threads waiting for the next batch.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._session = ort.InferenceSession(str(path), opts, providers=_providers(device))
+            self._session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"cannot load ONNX model {path.name}: {exc}") from exc
         on_gpu = self._session.get_providers()[0] == "CUDAExecutionProvider"
