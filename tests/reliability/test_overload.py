@@ -11,15 +11,13 @@ past that before reading the image (``Inferencer`` admission), so the excess cos
 and is answered at once with 503 + ``Retry-After``. The saturation rate is then the throughput of
 one client sending back to back (the service admits one request at a time).
 
-The open loop runs 10 s instead of the issue's 20 s: the queue holds one request, so the service
-is in its steady overloaded state within a fraction of a second, and 10 s is ~10^3 requests, enough
-for a p99; the whole tests/reliability folder must stay under about five minutes in CI.
+The open loop runs 20 s (several thousand requests), long enough for stable p95 and p99 figures.
 
 What is asserted, and why these bounds:
 - every request is answered (no connection errors), with 200, 503 ``overloaded`` + ``Retry-After``
   or 504 ``deadline_exceeded``, and never after its ``X-Request-Timeout-Ms`` deadline;
 - the refusals are fast: 95 % within 50 ms (the goal), p99 under 100 ms. Measured here (2 shared
-  cores): p99 22-45 ms; on a machine this busy the refusal waits for the CPU like everything
+  cores): p95 2-5 ms, p99 3-6 ms; on a busy machine the refusal waits for the CPU like everything
   else, so the p99 bound is looser than the goal (the figures are in the test's output);
 - the admitted requests' p99 is under 3x their unloaded p99;
 - within 1 s of the load stopping, a request is served (200) again.
@@ -50,7 +48,7 @@ from tests.support.procs import ServiceProcess
 pytestmark = pytest.mark.slow
 
 OVERLOAD = 5.0
-SECONDS = 10.0
+SECONDS = 20.0
 DEADLINE_MS = 2000
 REFUSAL_P95_MS = 50.0
 REFUSAL_P99_MS = 100.0
