@@ -89,7 +89,7 @@ async def _load(state: AppState) -> None:
     limits = ImageLimits(max_pixels=s.max_pixels, min_side=s.min_side, max_side=s.max_side)
     engine = await asyncio.to_thread(
         Engine.load, s.model, backend=s.backend, device=s.device, half=s.half, limits=limits,
-        threads=s.threads,
+        threads=s.threads, spin=s.spin,
     )
     if engine.meta.backend == "onnx":
         _single_threaded_torch()

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     half: bool | None = Field(None, description="FP16 on CUDA; None: on when the device is CUDA")
     threads: int | None = Field(None, ge=1, description="CPU threads for ONNX Runtime")
+    spin: bool = Field(True, description="ONNX Runtime's CPU threads spin between the operators "
+                       "of a run (faster); off: they sleep, leaving more CPU to the event loop")
 
     # dynamic batching
     max_batch_size: int = Field(8, ge=1, le=256)

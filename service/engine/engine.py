@@ -84,6 +84,7 @@ class Engine:
     def load(
         cls, model: Path | str, *, backend: BackendName = "auto", device: str = "auto",
         half: bool | None = None, limits: ImageLimits | None = None, threads: int | None = None,
+        spin: bool = True,
     ) -> Engine:
         path = Path(model)
         if not path.is_file():
@@ -94,7 +95,7 @@ class Engine:
         if kind == "onnx":
             from service.engine.backends.onnx_backend import OnnxBackend
 
-            impl = OnnxBackend(path, dev, threads=threads)
+            impl = OnnxBackend(path, dev, threads=threads, spin=spin)
         else:
             from service.engine.backends.torch_backend import TorchBackend
 

@@ -51,9 +51,12 @@ def test_empty_batch(engine: Engine) -> None:
 
 
 def test_onnx_on_cpu_does_not_spin(demo_onnx: Path) -> None:
-    """Idle ONNX Runtime threads must sleep, not spin, so that the event loop gets the CPU."""
+    """ONNX Runtime threads must stop spinning when a run ends, so that the event loop gets the CPU."""
     from service.engine.backends.onnx_backend import OnnxBackend
 
     backend = OnnxBackend(demo_onnx, "cpu", threads=2)
     options = backend._session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert not options.has_session_config_entry("session.intra_op.allow_spinning")  # default: on
+    quiet = OnnxBackend(demo_onnx, "cpu", threads=2, spin=False)._session.get_session_options()
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
