@@ -77,7 +77,8 @@ def export_command(model: Path, fmt: str, half: bool, int8: bool, out: Path | No
         raise SystemExit(1)
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               add_help_option=False)  # --help goes to the scenario's own parser
 @click.argument("scenario", required=False, default="list")
 @click.pass_context
 def bench_command(ctx: click.Context, scenario: str) -> None:
@@ -89,7 +90,7 @@ def bench_command(ctx: click.Context, scenario: str) -> None:
 
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("models"))
-@click.option("--hours", type=float, default=None, help="Training time cap [0.7]")
+@click.option("--hours", type=float, default=None, help="Training time cap [0.72]")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
 def train_demo_command(out: Path, hours: float | None, workdir: Path | None) -> None:
     """Regenerate the synthetic data set and retrain the demo model (CPU)."""
