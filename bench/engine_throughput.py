@@ -39,10 +39,18 @@ def _jpeg() -> bytes:
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
+def _finished(out: Any) -> None:
+    """Wait for a CUDA forward pass to end: kernels are queued asynchronously."""
+    if getattr(out, "is_cuda", False):
+        import torch
+
+        torch.cuda.synchronize(out.device)
+
+
 def measure(engine: Engine, batch: int, seconds: float, data: bytes) -> dict[str, Any]:
     prepared = [engine.prepare(data) for _ in range(batch)]
     stacked = np.stack([p.tensor for p in prepared])
-    forward = _rate(lambda: engine.backend.forward(stacked), batch, seconds)
+    forward = _rate(lambda: _finished(engine.backend.forward(stacked)), batch, seconds)
     infer = _rate(lambda: engine.infer(prepared), batch, seconds)
     e2e = _rate(lambda: engine.infer([engine.prepare(data) for _ in range(batch)]), batch, seconds)
     return {"backend": engine.meta.backend, "precision": engine.meta.precision, "batch": batch,
