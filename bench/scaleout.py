@@ -7,8 +7,8 @@ In one run, with the same load generator and images (result cache off in every s
 1. ``one``: one ``yoloserve serve`` process, the load sent to it directly;
 2. ``one+lb``: the same process behind ``yoloserve lb`` (what the balancer itself costs);
 3. ``two+lb``: two processes behind the balancer (``least_request``);
-4. ``two+lb, N threads``: the same with ``YOLOSERVE_THREADS=cores/2`` in each process, so that two
-   processes do not both size their ONNX Runtime pools for the whole machine.
+4. ``two+lb, N core(s) each``: the same with ``YOLOSERVE_CORES=cores/2`` in each process, so that
+   two processes do not both plan their forward passes for the whole machine.
 
 The CPU use of every process (psutil, percent of one core) is reported next to the throughput:
 on a machine with fewer cores than the processes want, a second process cannot add much and the
@@ -64,7 +64,7 @@ def measure(config: str, entry: Proc, services: list[Proc], balancer: Proc | Non
 def run(args: argparse.Namespace, bodies: list[Body]) -> list[dict[str, Any]]:
     serve = ["--model", str(args.model), "--device", args.device,
              "--max-batch-size", str(args.max_batch_size)]
-    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    cores = str(max(1, (os.cpu_count() or 2) // 2))
     common = (bodies, args.concurrency, args.seconds, args.warmup, args.max_batch_size)
     rows: list[dict[str, Any]] = []
     s1 = service("scaleout_s1", *serve)
@@ -81,12 +81,12 @@ def run(args: argparse.Namespace, bodies: list[Body]) -> list[dict[str, Any]]:
             rows += measure("two+lb", balancer, [s1, s2], balancer, *common)
     if args.no_threads_variant:
         return rows
-    env = {"YOLOSERVE_THREADS": threads}
+    env = {"YOLOSERVE_CORES": cores}
     t1, t2 = (service(f"scaleout_t{i}", *serve, env=env) for i in (1, 2))
     balancer = lb("scaleout_lb3", [t1.url, t2.url])
     with Fleet(t1, t2, balancer):
         wait_all_healthy(balancer)
-        rows += measure(f"two+lb, {threads} thread(s) each", balancer, [t1, t2], balancer,
+        rows += measure(f"two+lb, {cores} core(s) each", balancer, [t1, t2], balancer,
                         *common)
     return rows
 

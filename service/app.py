@@ -82,27 +82,31 @@ def _single_threaded_torch() -> None:
 
 
 async def _load(state: AppState) -> None:
+    from service.compute import plan_compute
     from service.engine import Engine, ImageLimits
     from service.inference import Inferencer
 
     s = state.settings
     limits = ImageLimits(max_pixels=s.max_pixels, min_side=s.min_side, max_side=s.max_side)
+    plan = await asyncio.to_thread(plan_compute, s)  # may import torch to look for CUDA
     engine = await asyncio.to_thread(
-        Engine.load, s.model, backend=s.backend, device=s.device, half=s.half, limits=limits,
-        threads=s.threads, spin=s.spin,
+        Engine.load, s.model, backend=plan.backend, device=plan.device, half=s.half,
+        limits=limits, threads=plan.threads, spin=s.spin,
     )
     if engine.meta.backend == "onnx":
         _single_threaded_torch()
     if s.warmup:
         await asyncio.to_thread(engine.warmup, s.max_batch_size)
     state.metrics.set_model(engine.meta)
-    inferencer = Inferencer(engine, s, state.metrics)
+    inferencer = Inferencer(engine, s, state.metrics, concurrent_batches=plan.concurrent_batches)
     await inferencer.start()
     state.inferencer = inferencer
     state.lifecycle = Lifecycle.READY
     meta = engine.meta
     log.info("ready", extra={"model": meta.name, "version": meta.version, "backend": meta.backend,
-                             "device": meta.device, "precision": meta.precision})
+                             "device": meta.device, "precision": meta.precision,
+                             "concurrent_batches": plan.concurrent_batches,
+                             "threads": plan.threads})
 
 
 def _exit_if_load_failed(task: asyncio.Task[None]) -> None:

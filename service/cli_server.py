@@ -51,8 +51,8 @@ def _exec_gunicorn(settings: Any) -> None:
         if value is not None:
             os.environ[f"YOLOSERVE_{name.upper()}"] = str(value)
     # the master holds the port, so a worker takes connections only once its model is ready
-    if settings.threads is None:  # N workers share the cores instead of each taking them all
-        os.environ["YOLOSERVE_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.workers))
+    if settings.cores is None:  # N workers share the cores instead of each taking them all
+        os.environ["YOLOSERVE_CORES"] = str(max(1, (os.cpu_count() or 1) // settings.workers))
     os.environ["YOLOSERVE_LOAD_IN_BACKGROUND"] = "false"
     conf = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
     args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "service.app:create_app()"]

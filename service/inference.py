@@ -56,7 +56,8 @@ class _Computed:
 
 
 class Inferencer:
-    def __init__(self, engine: Engine, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(self, engine: Engine, settings: Settings, metrics: ServiceMetrics,
+                 concurrent_batches: int = 1) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
@@ -66,7 +67,7 @@ class Inferencer:
             max_batch_size=settings.max_batch_size,
             max_wait=settings.max_wait_ms / 1000,
             max_queue=max(1, settings.max_queue),
-            max_concurrent_batches=settings.max_concurrent_batches,
+            max_concurrent_batches=concurrent_batches,
             observer=metrics,
             name="inference",
         )
@@ -80,7 +81,7 @@ class Inferencer:
         # Admission before any work: what may be decoding or queued, plus what may be running.
         self._admitted = 0
         self._max_admitted = (settings.max_queue
-                              + settings.max_batch_size * settings.max_concurrent_batches)
+                              + settings.max_batch_size * concurrent_batches)
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "onnx"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     half: bool | None = Field(None, description="FP16 on CUDA; None: on when the device is CUDA")
-    threads: int | None = Field(None, ge=1, description="CPU threads for ONNX Runtime")
+    cores: int | None = Field(None, ge=1, description="CPU cores this process may use for "
+                              "forward passes; None: all of them (divided among --workers)")
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime's threads for one forward "
+                                "pass on a CPU; None: cores / concurrent batches")
     spin: bool = Field(True, description="ONNX Runtime's CPU threads spin between the operators "
                        "of a run (faster); off: they sleep, leaving more CPU to the event loop")
 
@@ -36,7 +39,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0)
     max_queue: int = Field(256, ge=0, description="images waiting for the model; 0: none wait, "
                            "requests past what the running batches hold are refused (503)")
-    max_concurrent_batches: int = Field(1, ge=1, le=8)
+    max_concurrent_batches: int | None = Field(
+        None, ge=1, le=256, description="forward passes in flight at once; None: one per core "
+        "for ONNX Runtime on a CPU (single-threaded passes), else 1")
     preprocess_threads: int = Field(4, ge=1, le=64)
     warmup: bool = True
     load_in_background: bool = Field(True, description="open the port before the model is loaded")

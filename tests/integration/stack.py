@@ -44,11 +44,11 @@ __all__ = [
 
 SERVE_ARGS = ("--max-batch-size", "8", "--max-wait-ms", "5", "--log-format", "text")
 MODEL_FILES = ("demo.pt", "demo.onnx")
-# cache off: every result is computed. One inference thread each: two services share two cores.
+# cache off: every result is computed. One core each: two services share two cores.
 SERVE_ENV = {
     "YOLOSERVE_CACHE_ENABLED": "false",
     "YOLOSERVE_ACCESS_LOG": "false",
-    "YOLOSERVE_THREADS": "1",
+    "YOLOSERVE_CORES": "1",
 }
 START_TIMEOUT = 300.0  # loading and warming the model up is slow on a busy 2-core machine
 CONF_TOLERANCE = 1e-3  # batch composition changes the float sums slightly: as the parity tests
