@@ -10,6 +10,8 @@ All in one run, so that the ratios hold on a shared, noisy machine:
    batch's compute time.
 2. **servers**, one at a time, each a ``yoloserve serve`` subprocess with the result cache off
    (and distinct images anyway): batched at each ``--windows`` max wait (``--max-batch-size``),
+   batched with one forward pass at a time (``YOLOSERVE_MAX_CONCURRENT_BATCHES=1``, the
+   alternative to the CPU plan of ``service/compute.py``; saturation and half load only),
    unbatched (``--max-batch-size 1``), and the naive tutorial app under uvicorn
    (``bench/baselines/naive_app.py``). Closed loop at the saturation concurrency (16 by
    default); for the default window, unbatched and naive also a concurrency sweep and open-loop
@@ -49,6 +51,7 @@ class Target:
     full: bool = False  # concurrency sweep and open-loop sweep
     max_batch: int = 1
     max_wait_ms: float = 0.0
+    env: tuple[tuple[str, str], ...] = ()  # YOLOSERVE_* settings that have no flag
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,11 @@ def targets(args: argparse.Namespace) -> list[Target]:
                   full=(w == default_wait or len(args.windows) == 1), max_batch=mb,
                   max_wait_ms=w)
            for w in args.windows]
+    # the CPU plan's alternative: one forward pass at a time on every core (service/compute.py)
+    out.append(Target("one_pass", f"batched, one pass at a time (max {mb}, wait {default_wait:g} ms)",
+                      ("--max-batch-size", str(mb), "--max-wait-ms", str(default_wait)),
+                      max_batch=mb, max_wait_ms=default_wait,
+                      env=(("YOLOSERVE_MAX_CONCURRENT_BATCHES", "1"),)))
     out.append(Target("unbatched", "unbatched (max batch 1)",
                       ("--max-batch-size", "1", "--max-wait-ms", "0"), full=True))
     if not args.no_naive:
@@ -208,6 +216,15 @@ def goals(data: dict[str, Any], primary: Target, served_backend: str,
                     "figures": f"c={saturation}: batched {sat['throughput']:.1f} img/s, naive "
                                f"{naive_sat['throughput']:.1f} img/s",
                     "met": "met" if ratio >= 1.8 and lower else "NOT met"})
+    one_pass = _find(closed, "one_pass", concurrency=saturation)
+    if sat and one_pass:
+        ratio = sat["throughput"] / one_pass["throughput"]
+        out.append({"goal": "the CPU plan: default passes vs one pass at a time (no goal; the "
+                            "default must not lose)",
+                    "measured": f"{_floor(ratio)} ×",
+                    "figures": f"c={saturation}: {sat['throughput']:.1f} vs "
+                               f"{one_pass['throughput']:.1f} img/s",
+                    "met": "met" if ratio >= 1.0 else "NOT met"})
     compute = next((r for r in ceiling if r["backend"] == served_backend), None)
     for target in data["targets"]:
         half_load = _find(opened, target["key"], fraction=0.5)
@@ -361,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     data["targets"] = [t.__dict__ for t in all_targets]
     for target in all_targets:
         proc = (naive(target.key, args.model, device)
-                if target.is_naive else service(target.key, *_server_args(args), *target.args))
+                if target.is_naive else service(target.key, *_server_args(args), *target.args,
+                                                env=dict(target.env)))
         with Fleet(proc):
             if not target.is_naive:
                 import httpx
