@@ -10,12 +10,12 @@ error format as every other error, instead of uvicorn's plain-text line.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import HeaderTooLarge, ServiceError
+from service.logs import new_request_id
 from service.middleware import error_body
 
 __all__ = ["DEFAULT_MAX_HEADER_BYTES", "LimitedHttpToolsProtocol"]
@@ -79,7 +79,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             err = ServiceError("the request is not valid HTTP/1.1", code="invalid_request")
             err.status = 400
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         body = error_body(err, request_id)
         reason = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}[err.status]
         head = [b"HTTP/1.1 %d %s\r\n" % (err.status, reason)]

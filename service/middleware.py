@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge, ServiceError
-from service.logs import request_id_var
+from service.logs import new_request_id, request_id_var
 
 __all__ = ["RequestContextMiddleware", "error_body"]
 
@@ -44,7 +43,7 @@ class RequestContextMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
-        request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _VALID_ID.match(given) else new_request_id()
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})
         scope["state"]["request_id"] = request_id
