@@ -16,10 +16,10 @@ __all__ = ["configure_logging", "new_request_id", "request_id_var"]
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
-
 def new_request_id() -> str:
-    """32 random hex digits. Not ``uuid4``: ``os.urandom`` releases the GIL, and under load the
-    event loop then waits for a compute thread to hand it back (measured 0.54 ms per request)."""
+    """32 random hex digits. Not ``uuid4``: ``os.urandom`` releases the GIL, so the event loop
+    may have to wait for a compute thread to hand it back (under load at 112 req/s cProfile
+    counted 0.54 ms per call in the event loop, against 0.4 µs for the same call alone)."""
     return f"{random.getrandbits(128):032x}"
 
 

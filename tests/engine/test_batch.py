@@ -50,7 +50,7 @@ def test_empty_batch(engine: Engine) -> None:
     assert engine.infer([]).detections == []
 
 
-def test_onnx_on_cpu_does_not_spin(demo_onnx: Path) -> None:
+def test_onnx_on_cpu_stops_spinning_when_a_run_ends(demo_onnx: Path) -> None:
     """ONNX Runtime threads must stop spinning when a run ends, so that the event loop gets the CPU."""
     from service.engine.backends.onnx_backend import OnnxBackend
 
