@@ -32,23 +32,36 @@ R = TypeVar("R")
 
 
 class _Outcome(NamedTuple):
+    live: list[Any]  # the entries batch_fn was called on, in order
     outputs: object
     error: Exception | None
     seconds: float
+    started_at: float  # time.monotonic() when the worker took the batch
 
 
-def _call_blocking(fn: Callable[[list[T]], Sequence[R]], items: list[T]) -> _Outcome:
-    """Runs in the worker thread: call ``fn`` once, time it, and catch what it raises."""
+def _call_blocking(fn: Callable[[list[T]], Sequence[R]], entries: list[Pending[T, R]]) -> _Outcome:
+    """Runs in the worker thread: drop what is dead, call ``fn`` once, time it, catch what it raises.
+
+    A batch may wait in the worker pool's queue (see ``DynamicBatcher``'s staged batch), so
+    entries whose caller left or whose deadline passed meanwhile are left out here, in the
+    worker, just before the call; the event loop settles them afterwards. (Reading a future's
+    state from this thread is safe under the GIL; a caller leaving after this check is the
+    same as one leaving during the call.)
+    """
+    now = time.monotonic()
+    live = [e for e in entries if not e.future.done() and not e.expired(now)]
+    if not live:
+        return _Outcome(live, [], None, 0.0, now)
     start = time.perf_counter()
     try:
-        outputs = fn(items)
+        outputs = fn([e.item for e in live])
     except Exception as exc:
-        return _Outcome(None, exc, time.perf_counter() - start)
+        return _Outcome(live, None, exc, time.perf_counter() - start, now)
     except BaseException as exc:  # SystemExit & co. must not reach the event loop through us
         error = BatchingError(f"batch_fn raised {type(exc).__name__}: {exc}")
         error.__cause__ = exc
-        return _Outcome(None, error, time.perf_counter() - start)
-    return _Outcome(outputs, None, time.perf_counter() - start)
+        return _Outcome(live, None, error, time.perf_counter() - start, now)
+    return _Outcome(live, outputs, None, time.perf_counter() - start, now)
 
 
 def _contract_problem(outputs: object, expected: int) -> str | None:
@@ -66,6 +79,7 @@ class BatchReport:
 
     reason: DispatchReason
     dispatched_at: float
+    started_at: float | None = None  # when a worker took it (later than dispatch when staged)
     exec_seconds: float = 0.0
     failed: bool = False
     finished: bool = False
@@ -82,6 +96,7 @@ class BatchRunner(Generic[T, R]):
         is_oom: Callable[[BaseException], bool],
         on_oom: Callable[[int], None],
         on_finished: Callable[[list[Pending[T, R]], BatchReport], None],
+        on_returned: Callable[[], None],
         spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]],
         observer: BatchObserver,
         name: str,
@@ -91,6 +106,7 @@ class BatchRunner(Generic[T, R]):
         self._is_oom = is_oom
         self._on_oom = on_oom
         self._on_finished = on_finished
+        self._on_returned = on_returned
         self._spawn = spawn
         self._observer = observer
         self._name = name
@@ -99,6 +115,10 @@ class BatchRunner(Generic[T, R]):
         """Run a dispatched batch in a task; ``on_finished`` is called once when it is over."""
         # batch_fn starts now; the task that awaits it only runs on the next loop iteration.
         started = self.call(batch)
+        # The worker is free once this first call returns: say so from the future's own
+        # callback, which runs before the task that delivers the results (and before the
+        # callers it wakes), so the next batch starts without waiting behind that work.
+        started.add_done_callback(lambda _f: self._on_returned())
         task = self._spawn(self._guarded(batch, report, started), f"{self._name}-batch")
         task.add_done_callback(functools.partial(self._safety_net, batch, report))
 
@@ -138,9 +158,8 @@ class BatchRunner(Generic[T, R]):
 
     def call(self, live: list[Pending[T, R]]) -> asyncio.Future[_Outcome]:
         """Start one call of ``batch_fn`` on the items of ``live`` in a worker thread."""
-        items = [entry.item for entry in live]
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, _call_blocking, self._fn, items)
+        return loop.run_in_executor(self._executor, _call_blocking, self._fn, live)
 
     async def run(
         self,
@@ -160,6 +179,13 @@ class BatchRunner(Generic[T, R]):
                 return
             started = self.call(live)
         outcome = await started
+        if report.started_at is None:
+            report.started_at = outcome.started_at
+        if len(outcome.live) < len(live):
+            self._settle_skipped(live, outcome.live)
+            live = outcome.live
+            if not live:
+                return
         report.exec_seconds += outcome.seconds
         if outcome.error is None:
             self._deliver(live, outcome, report)
@@ -185,6 +211,24 @@ class BatchRunner(Generic[T, R]):
             self._observer.on_dropped(DropReason.EXPIRED, expired)
         return live
 
+    def _settle_skipped(
+        self, sent: list[Pending[T, R]], ran: list[Pending[T, R]]
+    ) -> None:
+        """Settle the entries that the worker left out (their caller left, or they expired)."""
+        ran_ids = {id(entry) for entry in ran}
+        cancelled = expired = 0
+        for entry in sent:
+            if id(entry) in ran_ids:
+                continue
+            if settle_exception(entry.future, DeadlineExceeded("deadline passed before it ran")):
+                expired += 1
+            else:
+                cancelled += entry.future.cancelled()
+        if cancelled:
+            self._observer.on_dropped(DropReason.CANCELLED, cancelled)
+        if expired:
+            self._observer.on_dropped(DropReason.EXPIRED, expired)
+
     def _deliver(self, live: list[Pending[T, R]], outcome: _Outcome, report: BatchReport) -> None:
         outputs = outcome.outputs
         problem = _contract_problem(outputs, len(live))
@@ -196,7 +240,7 @@ class BatchRunner(Generic[T, R]):
             return
         size = len(live)
         for entry, value in zip(live, cast("Iterable[R]", outputs), strict=True):
-            wait = report.dispatched_at - entry.enqueued_at
+            wait = outcome.started_at - entry.enqueued_at
             done = Completed(value, size, wait, outcome.seconds, report.reason)
             settle_result(entry.future, done)
 

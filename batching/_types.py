@@ -52,7 +52,7 @@ class Completed(Generic[R]):
 
     ``batch_size`` is the size of the ``batch_fn`` call that produced ``value`` (smaller than
     the dispatched batch when a failure was bisected); ``queue_wait`` is the time from
-    ``submit`` to the dispatch of its batch; ``exec_time`` is the duration of that ``batch_fn``
+    ``submit`` to the start of its batch in a worker; ``exec_time`` is the duration of that ``batch_fn``
     call, in seconds; ``reason`` is why its batch was dispatched.
     """
 

@@ -150,25 +150,26 @@ async def test_queue_compact_and_oldest_skip_dead_entries() -> None:
     assert [e.item for e in queue.take_all()] == [1, 3]
 
 
-async def test_item_expired_at_dispatch_is_dropped_before_its_timer_fires() -> None:
-    """The dispatcher checks deadlines itself: a deadline can pass between the loop's timer
-    check and the dispatch (here an observer holds the loop past it)."""
+async def test_item_that_expires_while_staged_is_dropped_before_it_runs() -> None:
+    """A full batch staged while every worker is busy is checked again in the worker, just
+    before the call: an item whose deadline passed while it waited there never runs."""
     gate = Gate()
-    deadline = time.monotonic() + 0.3
-
-    class SlowObserver(RecordingObserver):
-        def on_batch(self, *args: object) -> None:
-            time.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
-
-    observer = SlowObserver()
-    async with DynamicBatcher(gate, max_wait=30.0, observer=observer, name="race2") as batcher:
+    observer = RecordingObserver()
+    batcher = DynamicBatcher(gate, max_batch_size=1, max_wait=30.0, observer=observer,
+                             name="staged-expiry")
+    async with batcher:
         blocker = asyncio.create_task(batcher.submit(0))
         assert await gate.started() == [0]
+        deadline = time.monotonic() + 0.05
         doomed = asyncio.create_task(batcher.submit(1, deadline=deadline))
         await yield_loop()
+        # Staged: out of the queue, handed to the busy worker pool; its timer can't drop it.
+        assert (batcher.queue_depth, batcher.inflight_batches) == (0, 2)
+        await asyncio.sleep(deadline - time.monotonic() + 0.02)  # let the deadline pass
+        assert not doomed.done()
         gate.open()
-        with pytest.raises(DeadlineExceeded, match="while queued"):
+        with pytest.raises(DeadlineExceeded, match="before it ran"):
             await doomed
-        await blocker
+        assert await blocker == 0
     assert gate.calls == [[0]]
     assert observer.dropped["expired"] == 1

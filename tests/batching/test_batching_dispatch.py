@@ -45,6 +45,34 @@ async def test_full_batch_goes_while_another_runs() -> None:
     assert {(r.reason, r.batch_size) for r in results} == {(DispatchReason.FULL, 4)}
 
 
+async def test_staged_batch_starts_without_the_event_loop() -> None:
+    """A full batch that arrives while every worker is busy is handed to the pool at once, so
+    a worker that finishes starts it in its own thread even while the event loop is held."""
+    gate = Gate()
+    observer = RecordingObserver()
+    batcher = DynamicBatcher(gate, max_batch_size=2, max_wait=30.0, observer=observer,
+                             name="staged")
+    async with batcher:
+        blocker = asyncio.create_task(batcher.submit(0))
+        assert await gate.started() == [0]
+        staged = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        later = asyncio.create_task(batcher.submit(3))
+        await yield_loop()
+        assert (batcher.queue_depth, batcher.inflight_batches) == (1, 2)
+        gate.release(1)
+        # Hold the event loop (no await) and watch the worker take the staged batch by itself.
+        deadline = time.monotonic() + 5.0
+        while len(gate.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)  # noqa: ASYNC251 -- holding the loop is the point
+        assert gate.calls == [[0], [1, 2]]
+        gate.open()
+        assert await asyncio.gather(blocker, *staged, later) == [0, 10, 20, 30]
+    assert [(b.size, b.reason) for b in observer.batches] == [
+        (1, DispatchReason.IDLE), (2, DispatchReason.FULL), (1, DispatchReason.IDLE)
+    ]
+    assert_no_leftovers("staged")
+
+
 async def test_timeout_dispatch_while_another_batch_runs() -> None:
     gate = Gate()
     max_wait = 0.05
@@ -70,7 +98,8 @@ async def test_batches_grow_while_the_device_is_busy() -> None:
         assert await gate.started() == [0]
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(1, 11)]
         await yield_loop()
-        assert batcher.queue_depth == 10
+        # One full batch is staged in the worker pool behind the running one; the rest wait.
+        assert (batcher.queue_depth, batcher.inflight_batches) == (6, 2)
         gate.open()
         assert await asyncio.gather(*tasks) == [i * 10 for i in range(1, 11)]
         await blocker
@@ -83,6 +112,8 @@ async def test_batches_grow_while_the_device_is_busy() -> None:
         (2, DispatchReason.IDLE),
     ]
     assert max(observer.depths) == 10
+    # The staged batch's items waited for the worker, and their wait says so.
+    assert min(observer.batches[1].queue_waits) > 0
 
 
 async def test_completed_reports_how_the_item_was_batched() -> None:
@@ -92,12 +123,13 @@ async def test_completed_reports_how_the_item_was_batched() -> None:
         assert await gate.started() == [0]
         tasks = [asyncio.create_task(batcher.submit_detailed(i)) for i in (1, 2, 3)]
         await yield_loop()
+        await asyncio.sleep(0.05)  # the three wait at least this long for the blocker
         gate.open()
         results = await asyncio.gather(blocker, *tasks)
     assert [r.batch_size for r in results] == [1, 3, 3, 3]
     assert all(r.exec_time >= 0 for r in results)
     # The three waited for the blocker to finish; the blocker itself went at once.
-    assert all(r.queue_wait > results[0].queue_wait for r in results[1:])
+    assert all(r.queue_wait >= 0.05 > results[0].queue_wait for r in results[1:])
 
 
 async def test_many_concurrent_items_each_get_their_own_result() -> None:
