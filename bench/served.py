@@ -81,21 +81,67 @@ def _rate(fn: Callable[[], object], n: int, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _rate_parallel(fn: Callable[[], object], n: int, seconds: float, streams: int) -> float:
+    """Images/s of ``streams`` threads each calling ``fn`` (``n`` images a call) in a loop."""
+    if streams == 1:
+        return _rate(fn, n, seconds)
+    import threading
+
+    fn()
+    counts = [0] * streams
+    start = time.perf_counter()
+
+    def loop(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            fn()
+            counts[i] += n
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def _plan(model: Path, backend: str, device: str) -> tuple[int, int | None]:
+    """(concurrent passes, threads per pass) of the service's compute plan for this model."""
+    from service.compute import plan_compute
+    from service.settings import Settings
+
+    plan = plan_compute(Settings(model=model, backend=backend, device=device))
+    return plan.concurrent_batches, plan.threads if plan.backend == "onnx" else None
+
+
 def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, seconds: float,
-                    images: list[bytes]) -> list[dict[str, Any]]:
-    """Forward pass alone and ``Engine.infer`` at ``batch``, for each backend that loads."""
+                    images: list[bytes], backend: str = "auto") -> list[dict[str, Any]]:
+    """Forward pass alone and ``Engine.infer`` at ``batch``, for each backend that loads: one
+    stream of passes on every core (``mode`` "one stream"), and, where the service's compute
+    plan runs several passes at once, the served backend run that way too ("service plan")."""
     import numpy as np
     import torch
 
     from service.engine import Engine
     from service.engine.errors import ModelLoadError
 
+    streams, plan_threads = _plan(model, backend, device)
+    served = None
+    try:
+        from service.engine import choose_backend
+
+        served = choose_backend(model, backend, device)[0]  # type: ignore[arg-type]
+    except ModelLoadError:
+        pass
+    modes: list[tuple[str, int, int | None]] = [("torch", 1, None), ("onnx", 1, None)]
+    if streams > 1 and served is not None:
+        modes.append((served, streams, plan_threads))
     rows = []
-    for backend in ("torch", "onnx"):
+    for kind, n_streams, threads in modes:
         try:
-            engine = Engine.load(model, backend=backend, device=device, half=half)
+            engine = Engine.load(model, backend=kind, device=device, half=half,  # type: ignore[arg-type]
+                                 threads=threads)
         except ModelLoadError as exc:
-            print(f"ceiling: {backend} skipped: {exc}")
+            print(f"ceiling: {kind} skipped: {exc}")
             continue
         engine.warmup(batch)
         prepared = [engine.prepare(images[i % len(images)]) for i in range(batch)]
@@ -110,11 +156,15 @@ def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, sec
         def infer(e: Engine = engine, p: list[Any] = prepared) -> None:
             e.infer(p)
 
-        fwd = _rate(forward, batch, seconds)
-        inf = _rate(infer, batch, seconds)
+        fwd = _rate_parallel(forward, batch, seconds, n_streams)
+        inf = _rate_parallel(infer, batch, seconds, n_streams)
+        mode = ("one stream" if n_streams == 1 else
+                f"service plan: {n_streams} passes at once, {threads} thread(s) each")
         rows.append({"backend": engine.meta.backend, "precision": engine.meta.precision,
-                     "device": engine.meta.device, "batch": batch, "forward_ips": fwd,
-                     "infer_ips": inf, "batch_compute_ms": 1000 * batch / inf})
+                     "device": engine.meta.device, "batch": batch, "mode": mode,
+                     "streams": n_streams, "forward_ips": fwd, "infer_ips": inf,
+                     # how long one batch takes, forward + NMS, run this way
+                     "batch_compute_ms": 1000 * batch * n_streams / inf})
         print(f"ceiling: {rows[-1]}", flush=True)
         del engine, prepared, stacked
         gc.collect()
@@ -142,8 +192,7 @@ def run_target(target: Target, proc: Proc, bodies: list[Body], plan: Plan,
         out["closed"].append(_row(target, res, batch_stats(before, scrape(proc.url),
                                                            target.max_batch)))
         print(res.summary(), flush=True)
-        if c == plan.saturation:
-            saturation_ips = res.throughput
+        saturation_ips = max(saturation_ips, res.throughput)  # the peak of the sweep
     fractions = plan.fractions if target.full else (0.5,)
     for f in fractions:
         if saturation_ips <= 0:
@@ -192,45 +241,84 @@ def _find(rows: list[dict[str, Any]], config: str, **match: Any) -> dict[str, An
     return None
 
 
+def ceiling_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each mode's ceiling, the higher of its figures before and after the servers ran."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in data["ceiling"] + data.get("ceiling_after", []):
+        r = {"mode": "one stream", "streams": 1, **r}  # results saved before modes existed
+        key = (r["backend"], r["mode"])
+        if key not in best or r["forward_ips"] > best[key]["forward_ips"]:
+            best[key] = r
+    return list(best.values())
+
+
+def _peak(rows: list[dict[str, Any]], config: str) -> dict[str, Any] | None:
+    """The closed-loop point of highest throughput (the saturation point) of ``config``."""
+    mine = [r for r in rows if r["config"] == config]
+    return max(mine, key=lambda r: r["throughput"]) if mine else None
+
+
+def _ratio_goal(goal: str, served: dict[str, Any], label: str, ref: dict[str, Any],
+                also: str = "") -> dict[str, str]:
+    ratio = served["throughput"] / ref["forward_ips"]
+    return {"goal": goal, "measured": f"{_floor(ratio)} ×",
+            "figures": f"{label}, c={served['concurrency']} (the peak of its sweep): "
+                       f"{served['throughput']:.1f} img/s; forward alone {ref['backend']} "
+                       f"{ref['precision']} batch {ref['batch']}, {ref['mode']}: "
+                       f"{ref['forward_ips']:.1f} img/s{also}",
+            "met": "met" if ratio >= 0.8 else "NOT met"}
+
+
 def goals(data: dict[str, Any], primary: Target, served_backend: str,
           saturation: int) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
-    closed, opened, ceiling = data["closed"], data["open"], data["ceiling"]
-    sat = _find(closed, primary.key, concurrency=saturation)
-    naive_sat = _find(closed, "naive", concurrency=saturation)
-    if sat and ceiling:
-        best = max(ceiling, key=lambda r: r["forward_ips"])
-        ratio = sat["throughput"] / best["forward_ips"]
-        out.append({"goal": "served at saturation ≥ 0.8 × forward pass alone (fastest backend, "
-                            "same batch)", "measured": f"{_floor(ratio)} ×",
-                    "figures": f"{primary.label}, c={saturation}: {sat['throughput']:.1f} img/s; "
-                               f"forward alone {best['backend']} {best['precision']} batch "
-                               f"{best['batch']}: {best['forward_ips']:.1f} img/s",
-                    "met": "met" if ratio >= 0.8 else "NOT met"})
-    if sat and naive_sat:
-        ratio = sat["throughput"] / naive_sat["throughput"]
-        lower = sat["p99_ms"] < naive_sat["p99_ms"]
-        out.append({"goal": "batched ≥ 1.8 × naive baseline, with a lower p99",
-                    "measured": f"{_floor(ratio)} ×, p99 {sat['p99_ms']:.1f} vs "
-                                f"{naive_sat['p99_ms']:.1f} ms",
-                    "figures": f"c={saturation}: batched {sat['throughput']:.1f} img/s, naive "
-                               f"{naive_sat['throughput']:.1f} img/s",
+    closed, opened, ceiling = data["closed"], data["open"], ceiling_rows(data)
+    sat = _peak(closed, primary.key)
+    at16 = _find(closed, primary.key, concurrency=saturation)
+    one_stream = [r for r in ceiling if r["streams"] == 1]
+    plan_rows = [r for r in ceiling if r["streams"] > 1]
+    if sat and one_stream:
+        best = max(one_stream, key=lambda r: r["forward_ips"])
+        also = (f"; at c={saturation}: {at16['throughput']:.1f} img/s = "
+                f"{_floor(at16['throughput'] / best['forward_ips'])} ×" if at16 else "")
+        out.append(_ratio_goal("served at saturation ≥ 0.8 × forward pass alone (fastest "
+                               "backend, same batch)", sat, primary.label, best, also))
+    if sat and plan_rows:
+        out.append(_ratio_goal("stricter reading: served at saturation ≥ 0.8 × the forward "
+                               "pass alone run the way the service runs it (what decode, "
+                               "letterbox, NMS, HTTP and the batcher cost together)", sat,
+                               primary.label, plan_rows[0]))
+    for c in sorted({saturation, sat["concurrency"]} if sat else set()):
+        mine, naive_c = _find(closed, primary.key, concurrency=c), _find(closed, "naive", concurrency=c)
+        if not mine or not naive_c:
+            continue
+        ratio = mine["throughput"] / naive_c["throughput"]
+        lower = mine["p99_ms"] < naive_c["p99_ms"]
+        out.append({"goal": f"batched ≥ 1.8 × naive baseline, with a lower p99 ({c} clients)",
+                    "measured": f"{_floor(ratio)} ×, p99 {mine['p99_ms']:.1f} vs "
+                                f"{naive_c['p99_ms']:.1f} ms",
+                    "figures": f"c={c}: batched {mine['throughput']:.1f} img/s, naive "
+                               f"{naive_c['throughput']:.1f} img/s",
                     "met": "met" if ratio >= 1.8 and lower else "NOT met"})
     one_pass = _find(closed, "one_pass", concurrency=saturation)
-    if sat and one_pass:
-        ratio = sat["throughput"] / one_pass["throughput"]
+    if at16 and one_pass:
+        ratio = at16["throughput"] / one_pass["throughput"]
         out.append({"goal": "the CPU plan: default passes vs one pass at a time (no goal; the "
                             "default must not lose)",
                     "measured": f"{_floor(ratio)} ×",
-                    "figures": f"c={saturation}: {sat['throughput']:.1f} vs "
+                    "figures": f"c={saturation}: {at16['throughput']:.1f} vs "
                                f"{one_pass['throughput']:.1f} img/s",
                     "met": "met" if ratio >= 1.0 else "NOT met"})
-    compute = next((r for r in ceiling if r["backend"] == served_backend), None)
+    single = next((r for r in one_stream if r["backend"] == served_backend), None)
     for target in data["targets"]:
         half_load = _find(opened, target["key"], fraction=0.5)
-        if target["is_naive"] or target["max_batch"] < 2 or not half_load or not compute:
+        if target["is_naive"] or target["max_batch"] < 2 or not half_load or not single:
             continue
+        # A full batch's compute time, run the way this server runs its passes.
+        one_at_a_time = dict(target["env"]).get("YOLOSERVE_MAX_CONCURRENT_BATCHES") == "1"
+        compute = single if one_at_a_time or not plan_rows else plan_rows[0]
         bound = target["max_wait_ms"] + 2 * compute["batch_compute_ms"]
+        strict = target["max_wait_ms"] + 2 * single["batch_compute_ms"]
         mean_exec = half_load["batch"].get("mean_exec_ms", float("nan"))
         out.append({"goal": f"p99 at 50% of saturation ≤ max_wait + 2 × batch compute "
                             f"({target['label']})",
@@ -239,8 +327,11 @@ def goals(data: dict[str, Any], primary: Target, served_backend: str,
                                f"{half_load['scheduled_rps']:.1f}); max_wait "
                                f"{target['max_wait_ms']:g} ms; batch compute "
                                f"{compute['batch_compute_ms']:.1f} ms ({served_backend}, batch "
-                               f"{compute['batch']}, in-process); in-service mean per batch at "
-                               f"this load {mean_exec:.1f} ms",
+                               f"{compute['batch']}, {compute['mode']}, in-process)"
+                               + ("" if compute is single else
+                                  f"; with one stream's {single['batch_compute_ms']:.1f} ms the "
+                                  f"bound would be {strict:.1f} ms")
+                               + f"; in-service mean per batch at this load {mean_exec:.1f} ms",
                     "met": "met" if half_load["p99_ms"] <= bound else "NOT met"})
     return out
 
@@ -250,8 +341,10 @@ def _num(v: Any, nd: int = 1) -> str:
 
 
 def tables(data: dict[str, Any]) -> str:
-    ceil = [{**r, **{k: _num(r[k]) for k in ("forward_ips", "infer_ips", "batch_compute_ms")}}
-            for r in data["ceiling"]]
+    ceil = [{**r, "when": when, **{k: _num(r[k]) for k in ("forward_ips", "infer_ips",
+                                                           "batch_compute_ms")}}
+            for when, key in (("before", "ceiling"), ("after", "ceiling_after"))
+            for r in data.get(key, [])]
     def load_row(r: dict[str, Any]) -> dict[str, Any]:
         b = r["batch"]
         return {"config": r["label"], "clients": r["concurrency"],
@@ -269,9 +362,10 @@ def tables(data: dict[str, Any]) -> str:
     cols_o = ["config", "load", "offered req/s", "drawn req/s", "img/s", "p50 ms", "p95 ms", "p99 ms", "n",
               "errors", "mean batch", "server cpu %", "loadgen cpu %", "max lag ms"]
     parts = [
-        "## Ceiling: forward pass alone (in-process, before the servers start)",
-        markdown_table(ceil, ["backend", "precision", "device", "batch", "forward_ips",
-                              "infer_ips", "batch_compute_ms"]),
+        "## Ceiling: forward pass alone (in-process, before the servers start and after they "
+        "stop; the goals use the higher figure of each)",
+        markdown_table(ceil, ["when", "backend", "precision", "device", "batch", "mode",
+                              "forward_ips", "infer_ips", "batch_compute_ms"]),
         "## Closed loop (images/s at a fixed number of clients; latency from the send)",
         markdown_table([load_row(r) for r in data["closed"]], cols_c),
         "## Open loop (Poisson arrivals; latency from the scheduled send time)",
@@ -287,8 +381,9 @@ def draw(data: dict[str, Any], name: str, where: Path) -> list[Path]:
     labels = {t["key"]: t["label"] for t in data["targets"]}
     thr = {labels[k]: [(r["concurrency"], r["throughput"]) for r in closed if r["config"] == k]
            for k in labels}
-    hl = {f"forward alone, {r['backend']} {r['precision']} batch {r['batch']}": r["forward_ips"]
-          for r in data["ceiling"]}
+    hl = {f"forward alone, {r['backend']} {r['precision']} batch {r['batch']}"
+          f"{'' if r.get('streams', 1) == 1 else ', ' + str(r['streams']) + ' passes at once'}":
+          r["forward_ips"] for r in ceiling_rows(data)}
     lat = {labels[k]: [(r["scheduled_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"])
                        for r in opened if r["config"] == k] for k in labels}
     sat = data["plan"]["saturation"]
@@ -325,7 +420,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, nargs="+", default=None,
                     help="sweep [1 4 8 16 32, and 64 128 when max batch > 16]")
     ap.add_argument("--seconds", type=float, default=5.0, help="per closed-loop point")
-    ap.add_argument("--open-seconds", type=float, default=12.0, help="open loop at 50%%")
+    ap.add_argument("--open-seconds", type=float, default=20.0, help="open loop at 50%%")
     ap.add_argument("--images", type=int, default=128, help="distinct JPEGs")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--name", default=None, help="results name [served, or one per device]")
@@ -372,8 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {"model": str(args.model), "device": device, "half": args.half,
                             "served_backend": served_backend, "plan": plan.__dict__,
                             "closed": [], "open": []}
+    ceiling_seconds = 1.5 if args.quick else 3.0
     data["ceiling"] = measure_ceiling(args.model, device, args.half, args.max_batch_size,
-                                      1.5 if args.quick else 3.0, images)
+                                      ceiling_seconds, images, args.backend)
     all_targets = targets(args)
     data["targets"] = [t.__dict__ for t in all_targets]
     for target in all_targets:
@@ -387,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                 data.setdefault("served_models", {})[target.key] = httpx.get(
                     proc.url + "/v1/model").json()
             run_target(target, proc, bodies, plan, data)
+    # the ceiling again, so that a machine that got faster while the servers ran is seen
+    data["ceiling_after"] = measure_ceiling(args.model, device, args.half, args.max_batch_size,
+                                            ceiling_seconds, images, args.backend)
     primary = next(t for t in all_targets if t.full and not t.is_naive and t.max_batch > 1)
     data["goals"] = goals(data, primary, served_backend, plan.saturation)
     data["wall_s"] = time.monotonic() - started
