@@ -378,10 +378,14 @@ class DynamicBatcher(Generic[T, R]):
         self._busy -= 1
         if self._state is BatcherState.CLOSED:
             return
-        step = self._next_step(time.monotonic())
-        if isinstance(step, DispatchReason):
-            self._dispatch(step)
-        self._wake_dispatcher()
+        try:
+            step = self._next_step(time.monotonic())
+            if isinstance(step, DispatchReason):
+                self._dispatch(step)
+        except Exception:  # a loop callback: log it, and let the dispatcher task try again
+            logger.exception("%s: dispatch from a returning worker failed", self._name)
+        finally:
+            self._wake_dispatcher()
 
     def _batch_finished(self, batch: list[Pending[T, R]], report: BatchReport) -> None:
         """Called once per launched batch, whatever happened to it; its items are settled."""
