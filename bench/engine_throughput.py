@@ -18,7 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bench.common import markdown_table, save
+from bench import plots
+from bench.common import RESULTS, markdown_table, save
 from service.engine import Engine
 from service.engine.backends import resolve_device
 
@@ -57,6 +58,20 @@ def measure(engine: Engine, batch: int, seconds: float, data: bytes) -> dict[str
             "forward_ips": forward, "infer_ips": infer, "end_to_end_ips": e2e}
 
 
+def draw(rows: list[dict[str, Any]]) -> Path:
+    """Images/s against batch size: forward alone, + NMS, + decode and letterbox, per backend."""
+    stages = (("forward_ips", "forward"), ("infer_ips", "+ NMS"),
+              ("end_to_end_ips", "+ decode, letterbox"))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        for key, stage in stages:
+            label = f"{r['backend']} {r['precision']}: {stage}"
+            series.setdefault(label, []).append((r["batch"], r[key]))
+    return plots.throughput_vs_concurrency(series, RESULTS / "engine_throughput.png",
+                                           "Engine throughput against batch size", xlabel=
+                                           "batch size (in-process)", ylabel="images/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=Path("models/demo.pt"))
@@ -64,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backends", nargs="+", default=["torch", "onnx"])
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        import json
+
+        print(f"wrote {draw(json.loads((RESULTS / 'engine_throughput.json').read_text())['rows'])}")
+        return 0
     data = _jpeg()
     rows = []
     device = resolve_device(args.device)
@@ -86,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     save("engine_throughput", {"model": str(args.model), "rows": rows}, table,
          "Engine throughput (images/s)")
+    print(f"wrote {draw(rows)}")
     return 0
 
 

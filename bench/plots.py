@@ -25,8 +25,11 @@ def _finish(fig: Figure, path: Path) -> Path:
 
 
 def throughput_vs_concurrency(series: Mapping[str, Sequence[tuple[float, float]]], path: Path,
-                              title: str, hlines: Mapping[str, float] | None = None) -> Path:
-    """One line per configuration: images/s (y) against concurrent clients (x, log2)."""
+                              title: str, hlines: Mapping[str, float] | None = None,
+                              xlabel: str = "concurrent clients (closed loop)",
+                              ylabel: str = "images/s (HTTP 200)") -> Path:
+    """One line per configuration: images/s (y) against concurrent clients (x, log2), or
+    against another power-of-two axis named by ``xlabel`` (batch size)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in series.items():
         xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
@@ -34,8 +37,8 @@ def throughput_vs_concurrency(series: Mapping[str, Sequence[tuple[float, float]]
     for i, (label, y) in enumerate((hlines or {}).items()):
         ax.axhline(y, linestyle=":", color=f"C{len(series) + i}", label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients (closed loop)")
-    ax.set_ylabel("images/s (HTTP 200)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
