@@ -72,7 +72,8 @@ class DynamicBatcher(Generic[T, R]):
         max_wait: seconds the oldest item may wait for a fuller batch while another batch
             runs; never waited while no batch is in flight.
         max_queue: most items waiting; beyond it ``submit`` raises ``QueueFull`` at once.
-        max_concurrent_batches: batches in flight at once (worker threads).
+        max_concurrent_batches: calls of ``batch_fn`` at once (worker threads); one more full
+            batch may be staged for them while they are all busy.
         observer: receives batch, drop and queue-depth events (for metrics).
         is_oom: tells an out-of-memory error, which halves the batch size from then on;
             default :func:`default_is_oom`.
