@@ -182,7 +182,9 @@ class BatchRunner(Generic[T, R]):
         if report.started_at is None:
             report.started_at = outcome.started_at
         if len(outcome.live) < len(live):
-            self._settle_skipped(live, outcome.live)
+            # The worker left these out: what it found dead is still dead, so _prune settles it.
+            ran = {id(entry) for entry in outcome.live}
+            self._prune([entry for entry in live if id(entry) not in ran])
             live = outcome.live
             if not live:
                 return
@@ -210,24 +212,6 @@ class BatchRunner(Generic[T, R]):
         if expired:
             self._observer.on_dropped(DropReason.EXPIRED, expired)
         return live
-
-    def _settle_skipped(
-        self, sent: list[Pending[T, R]], ran: list[Pending[T, R]]
-    ) -> None:
-        """Settle the entries that the worker left out (their caller left, or they expired)."""
-        ran_ids = {id(entry) for entry in ran}
-        cancelled = expired = 0
-        for entry in sent:
-            if id(entry) in ran_ids:
-                continue
-            if settle_exception(entry.future, DeadlineExceeded("deadline passed before it ran")):
-                expired += 1
-            else:
-                cancelled += entry.future.cancelled()
-        if cancelled:
-            self._observer.on_dropped(DropReason.CANCELLED, cancelled)
-        if expired:
-            self._observer.on_dropped(DropReason.EXPIRED, expired)
 
     def _deliver(self, live: list[Pending[T, R]], outcome: _Outcome, report: BatchReport) -> None:
         outputs = outcome.outputs

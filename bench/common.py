@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "machine", "markdown_table", "percentile", "save"]
+__all__ = ["RESULTS", "machine", "markdown_table", "percentile", "rate", "save"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,6 +40,29 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def rate(fn: Callable[[], object], n: int, seconds: float, streams: int = 1) -> float:
+    """Images/s of ``streams`` threads each calling ``fn`` (``n`` images a call) in a loop for
+    ``seconds``, after one warm-up call."""
+    fn()
+    counts = [0] * streams
+    start = time.perf_counter()
+
+    def loop(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            fn()
+            counts[i] += n
+
+    if streams == 1:
+        loop(0)
+    else:
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -10,8 +10,6 @@ reach; ``Engine.infer`` adds our batched NMS; ``end to end`` adds decode + lette
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +17,9 @@ import cv2
 import numpy as np
 
 from bench import plots
-from bench.common import RESULTS, markdown_table, save
+from bench.common import RESULTS, markdown_table, rate, save
 from service.engine import Engine
 from service.engine.backends import resolve_device
-
-
-def _rate(fn: Callable[[], object], n_images: int, seconds: float) -> float:
-    fn()  # warm
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        count += n_images
-    return count / (time.perf_counter() - start)
 
 
 def _jpeg() -> bytes:
@@ -51,9 +40,9 @@ def _finished(out: Any) -> None:
 def measure(engine: Engine, batch: int, seconds: float, data: bytes) -> dict[str, Any]:
     prepared = [engine.prepare(data) for _ in range(batch)]
     stacked = np.stack([p.tensor for p in prepared])
-    forward = _rate(lambda: _finished(engine.backend.forward(stacked)), batch, seconds)
-    infer = _rate(lambda: engine.infer(prepared), batch, seconds)
-    e2e = _rate(lambda: engine.infer([engine.prepare(data) for _ in range(batch)]), batch, seconds)
+    forward = rate(lambda: _finished(engine.backend.forward(stacked)), batch, seconds)
+    infer = rate(lambda: engine.infer(prepared), batch, seconds)
+    e2e = rate(lambda: engine.infer([engine.prepare(data) for _ in range(batch)]), batch, seconds)
     return {"backend": engine.meta.backend, "precision": engine.meta.precision, "batch": batch,
             "forward_ips": forward, "infer_ips": infer, "end_to_end_ips": e2e}
 

@@ -28,13 +28,12 @@ import argparse
 import gc
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import plots
-from bench.common import RESULTS, machine, markdown_table, save
+from bench.common import RESULTS, machine, markdown_table, rate, save
 from bench.loadgen import Body, make_bodies, make_images, run_closed, run_open
 from bench.procs import Fleet, Proc, naive, service
 from bench.scrape import batch_stats, scrape
@@ -72,45 +71,13 @@ def _floor(x: float, nd: int = 3) -> str:
 
 
 # ceiling -------------------------------------------------------------------------------------
-def _rate(fn: Callable[[], object], n: int, seconds: float) -> float:
-    fn()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        count += n
-    return count / (time.perf_counter() - start)
-
-
-def _rate_parallel(fn: Callable[[], object], n: int, seconds: float, streams: int) -> float:
-    """Images/s of ``streams`` threads each calling ``fn`` (``n`` images a call) in a loop."""
-    if streams == 1:
-        return _rate(fn, n, seconds)
-    import threading
-
-    fn()
-    counts = [0] * streams
-    start = time.perf_counter()
-
-    def loop(i: int) -> None:
-        while time.perf_counter() - start < seconds:
-            fn()
-            counts[i] += n
-
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - start)
-
-
-def _plan(model: Path, backend: str, device: str) -> tuple[int, int | None]:
-    """(concurrent passes, threads per pass) of the service's compute plan for this model."""
+def _plan(model: Path, backend: str, device: str) -> tuple[str, int, int | None]:
+    """(backend, concurrent passes, threads per pass) of the service's compute plan."""
     from service.compute import plan_compute
     from service.settings import Settings
 
     plan = plan_compute(Settings(model=model, backend=backend, device=device))
-    return plan.concurrent_batches, plan.threads if plan.backend == "onnx" else None
+    return plan.backend, plan.concurrent_batches, plan.threads if plan.backend == "onnx" else None
 
 
 def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, seconds: float,
@@ -124,16 +91,9 @@ def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, sec
     from service.engine import Engine
     from service.engine.errors import ModelLoadError
 
-    streams, plan_threads = _plan(model, backend, device)
-    served = None
-    try:
-        from service.engine import choose_backend
-
-        served = choose_backend(model, backend, device)[0]  # type: ignore[arg-type]
-    except ModelLoadError:
-        pass
+    served, streams, plan_threads = _plan(model, backend, device)
     modes: list[tuple[str, int, int | None]] = [("torch", 1, None), ("onnx", 1, None)]
-    if streams > 1 and served is not None:
+    if streams > 1:
         modes.append((served, streams, plan_threads))
     rows = []
     for kind, n_streams, threads in modes:
@@ -156,8 +116,8 @@ def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, sec
         def infer(e: Engine = engine, p: list[Any] = prepared) -> None:
             e.infer(p)
 
-        fwd = _rate_parallel(forward, batch, seconds, n_streams)
-        inf = _rate_parallel(infer, batch, seconds, n_streams)
+        fwd = rate(forward, batch, seconds, n_streams)
+        inf = rate(infer, batch, seconds, n_streams)
         mode = ("one stream" if n_streams == 1 else
                 f"service plan: {n_streams} passes at once, {threads} thread(s) each")
         rows.append({"backend": engine.meta.backend, "precision": engine.meta.precision,
