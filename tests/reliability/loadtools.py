@@ -5,6 +5,9 @@ Every request is a pre-encoded multipart body (``bench.loadgen.make_bodies``). E
 ``Shot``: when it was scheduled, sent and answered, its status, error code and ``Retry-After``. The
 open loop fires on a fixed schedule whatever the server does, and latencies can be taken from the
 scheduled time, so a slow server cannot hide behind a slow generator (no coordinated omission).
+Both loops run with the test process's heap frozen (``bench.loadgen.frozen_heap``): after the
+engine tests the process holds torch and Ultralytics, and a full garbage collection of that heap
+would stall the generator for a few hundred milliseconds in the middle of the measured latencies.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import orjson
 import psutil
 
 from bench.common import percentile
-from bench.loadgen import Body
+from bench.loadgen import Body, frozen_heap
 
 __all__ = ["Shot", "closed_loop", "open_loop", "p", "rss_mb", "settle_fds", "wait_for"]
 
@@ -73,13 +76,15 @@ async def closed_loop(url: str, bodies: Sequence[Body], *, concurrency: int, tot
     shots: list[Shot] = []
     counter = iter(range(total))
     loop = asyncio.get_running_loop()
-    async with session(concurrency) as http:
+    with frozen_heap():
+        async with session(concurrency) as http:
 
-        async def worker() -> None:
-            for i in counter:
-                shots.append(await shoot(http, url, bodies[i % len(bodies)], loop.time(), headers))
+            async def worker() -> None:
+                for i in counter:
+                    shots.append(await shoot(http, url, bodies[i % len(bodies)], loop.time(),
+                                             headers))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
     return shots
 
 
@@ -93,17 +98,18 @@ async def open_loop(url: str, bodies: Sequence[Body], *, rate: float, seconds: f
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Shot]] = []
     count = int(rate * seconds)
-    async with session(0, request_timeout) as http:
-        t0 = loop.time() + 0.05
-        for i in range(count):
-            at = t0 + i / rate
-            delay = at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the schedule itself, not a synchronisation
-            tasks.append(asyncio.create_task(
-                shoot(http, url, bodies[(offset + i) % len(bodies)], at, headers)))
-        last_sent = loop.time()
-        shots = list(await asyncio.gather(*tasks))
+    with frozen_heap():
+        async with session(0, request_timeout) as http:
+            t0 = loop.time() + 0.05
+            for i in range(count):
+                at = t0 + i / rate
+                delay = at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the schedule itself, not a synchronisation
+                tasks.append(asyncio.create_task(
+                    shoot(http, url, bodies[(offset + i) % len(bodies)], at, headers)))
+            last_sent = loop.time()
+            shots = list(await asyncio.gather(*tasks))
     return shots, last_sent
 
 
