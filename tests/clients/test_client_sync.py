@@ -157,23 +157,38 @@ def test_ctrl_c_while_waiting_cancels_the_call() -> None:
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach only the main thread")
     loop = _LoopThread()
+    started = threading.Event()
     cancelled = threading.Event()
+    stop_sending = threading.Event()
 
     async def forever() -> None:
+        started.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             cancelled.set()
             raise
 
-    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    def ctrl_c() -> None:
+        # Once the call is waiting, press Ctrl-C; again if no cancellation follows, since an
+        # interrupt that lands while the collector runs a finalizer is swallowed by Python.
+        if not started.wait(10):
+            return
+        for _ in range(5):
+            os.kill(os.getpid(), signal.SIGINT)
+            if cancelled.wait(2) or stop_sending.is_set():
+                return
+
+    presser = threading.Thread(target=ctrl_c, daemon=True)
+    presser.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             loop.run(forever())
+        stop_sending.set()
         assert cancelled.wait(5)
     finally:
-        timer.cancel()
+        stop_sending.set()
+        presser.join(15)
         loop.close()
         loop.close()  # idempotent
     deadline = time.monotonic() + 1
