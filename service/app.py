@@ -21,6 +21,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import NotFound, ServiceError, ValidationFailed, to_service_error
+from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware, error_body
 from service.ratelimit import RateLimiter
@@ -97,6 +98,8 @@ async def _load(state: AppState) -> None:
         _single_threaded_torch()
     if s.warmup:
         await asyncio.to_thread(engine.warmup, s.max_batch_size)
+    state.metrics.gc_frozen.set(freeze_loaded_heap())
+    state.gc_pauses.start()
     state.metrics.set_model(engine.meta)
     inferencer = Inferencer(engine, s, state.metrics, concurrent_batches=plan.concurrent_batches)
     await inferencer.start()
@@ -122,7 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     limiter = (RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
                if settings.rate_limit_rps else None)
-    state = AppState(settings=settings, metrics=metrics, rate_limiter=limiter)
+    state = AppState(settings=settings, metrics=metrics, rate_limiter=limiter,
+                     gc_pauses=GcPauses(metrics))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await state.loading
             if state.inferencer is not None:
                 await state.inferencer.close(settings.drain_timeout_s)
+            state.gc_pauses.stop()
+            thaw_heap()
             state.lifecycle = Lifecycle.STOPPED
             log.info("stopped")
 

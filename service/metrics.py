@@ -24,6 +24,7 @@ from service.engine.types import ModelMeta
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
 
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+_GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -62,6 +63,12 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "model_info", "The served model", ["model", "version", "backend", "device", "precision"],
             registry=r, multiprocess_mode="liveall")
+        self.gc_pause = Histogram(
+            "gc_pause_seconds", "Garbage collections of the serving process (the GIL is held "
+            "throughout), by generation", ["generation"], buckets=_GC_BUCKETS, registry=r)
+        self.gc_frozen = Gauge(
+            "gc_frozen_objects", "Objects frozen out of the collector's reach after the model "
+            "loaded", registry=r, multiprocess_mode="liveall")
         self.model_name = "model"
 
     def set_model(self, meta: ModelMeta) -> None:
@@ -85,6 +92,10 @@ class ServiceMetrics:
 
     def on_queue_depth(self, depth: int) -> None:
         self.queue_depth.set(depth)
+
+    # garbage collector (service.heap) ----------------------------------------------------------
+    def on_gc_pause(self, generation: int, seconds: float) -> None:
+        self.gc_pause.labels(str(generation)).observe(seconds)
 
     # read side --------------------------------------------------------------------------------
     def update_gpu_memory(self, device: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from service.heap import GcPauses
     from service.inference import Inferencer
     from service.metrics import ServiceMetrics
     from service.ratelimit import RateLimiter
@@ -28,6 +29,7 @@ class AppState:
     settings: Settings
     metrics: ServiceMetrics
     rate_limiter: RateLimiter | None
+    gc_pauses: GcPauses
     lifecycle: Lifecycle = Lifecycle.STARTING
     inferencer: Inferencer | None = None
     error: str | None = field(default=None)

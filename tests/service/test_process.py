@@ -51,6 +51,25 @@ async def test_64_concurrent_requests_batch_and_match_single(server: ServiceProc
     assert items == 64 and batches < 64  # the histogram shows batches larger than 1
 
 
+def _bucket(text: str, name: str, le: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and s.labels.get("le") == le)
+
+
+async def test_the_loaded_heap_is_frozen_and_collections_stay_short(server: ServiceProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+        rs = await asyncio.gather(*(c.post("/v1/detect", files={"image": jpeg(i, (320, 240))})
+                                    for i in range(48)))
+        text = (await c.get("/metrics")).text
+    assert all(r.status_code == 200 for r in rs)
+    # torch, ONNX Runtime, Ultralytics and the app: hundreds of thousands of objects, frozen
+    assert _metric(text, "gc_frozen_objects") > 100_000
+    collections = _metric(text, "gc_pause_seconds_count")
+    assert collections > 0  # requests make garbage; every collection is timed
+    # none walked the frozen heap (a full collection of it takes about 200 ms here)
+    assert _bucket(text, "gc_pause_seconds_bucket", "0.1") == collections
+
+
 async def _trickle(total: int) -> AsyncIterator[bytes]:
     yield b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
     chunk = b"\0" * (1 << 20)
