@@ -22,10 +22,11 @@ What is asserted, and why these bounds:
 - every request is answered (no connection errors), with 200, 503 ``overloaded`` + ``Retry-After``
   or 504 ``deadline_exceeded``, and never after its ``X-Request-Timeout-Ms`` deadline;
 - the refusals are fast: 95 % within 50 ms (the goal), p99 under 100 ms. Measured here (2 shared
-  cores): p95 1.7-2.3 ms, p99 2.9-4.0 ms (4.7 and 5.9 with the test pinned to one core); on a
+  cores): p95 3.0-5.2 ms, p99 5.0-7.5 ms; on a
   busy machine the refusal waits for the CPU like everything else, so the p99 bound is looser
   than the goal (the figures are in the test's output);
-- the admitted requests' p99 is under 3x their unloaded p99;
+- the admitted requests' p99 is under 3x their unloaded p99 (of 120 requests one after another;
+  measured 1.2-1.9x here);
 - within 1 s of the load stopping, a request is served (200) again.
 """
 
@@ -60,6 +61,7 @@ REFUSAL_P95_MS = 50.0
 REFUSAL_P99_MS = 100.0
 LATENCY_FACTOR = 3.0
 RECOVERY_S = 1.0
+UNLOADED = 120  # requests one after another: enough for a p99 that is not just the slowest
 
 
 def _summary(unloaded: list[Shot], rate: float, shots: list[Shot], recovery_s: float) -> str:
@@ -101,7 +103,7 @@ async def test_five_times_saturation() -> None:
         await closed_loop(url, bodies, concurrency=1, total=8)  # warm the process up
         fds = psutil.Process(proc.proc.pid).num_fds()
         started = time.monotonic()
-        unloaded = await closed_loop(url, bodies, concurrency=1, total=40)
+        unloaded = await closed_loop(url, bodies, concurrency=1, total=UNLOADED)
         rate = sum(s.status == 200 for s in unloaded) / (time.monotonic() - started)
 
         headers = {"X-Request-Timeout-Ms": str(DEADLINE_MS)}
