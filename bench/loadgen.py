@@ -24,20 +24,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
 import random
 import resource
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
 
 from bench.common import percentile
+from service.heap import frozen_heap
 
 __all__ = [
     "Body",
@@ -290,24 +289,6 @@ async def _open(url: str, bodies: Sequence[Body], rate: float, seconds: float, w
     return rec.finish(res, seconds)
 
 
-@contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Keep the cyclic garbage collector off everything that existed before a run.
-
-    A process that has imported torch and Ultralytics holds about 240,000 objects that the
-    collector tracks; a full collection walks all of them, about 200 ms on 2 cores. During a run
-    the generator allocates enough to trigger such collections, and each would stall every answer
-    in flight: a pause of the generator's, counted as the server's latency. Frozen, the objects
-    are skipped, and a collection walks only what the run itself made.
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 def _run(coro_fn: Callable[[], Awaitable[RunResult]]) -> RunResult:
     try:
         import uvloop
@@ -315,6 +296,7 @@ def _run(coro_fn: Callable[[], Awaitable[RunResult]]) -> RunResult:
         factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:
         factory = None
+    # the generator's own collections would count as the server's latency (service.heap)
     with frozen_heap(), asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro_fn())  # type: ignore[arg-type]
 

@@ -5,7 +5,7 @@ Every request is a pre-encoded multipart body (``bench.loadgen.make_bodies``). E
 ``Shot``: when it was scheduled, sent and answered, its status, error code and ``Retry-After``. The
 open loop fires on a fixed schedule whatever the server does, and latencies can be taken from the
 scheduled time, so a slow server cannot hide behind a slow generator (no coordinated omission).
-Both loops run with the test process's heap frozen (``bench.loadgen.frozen_heap``): after the
+Both loops run with the test process's heap frozen (``service.heap.frozen_heap``): after the
 engine tests the process holds torch and Ultralytics, and a full garbage collection of that heap
 would stall the generator for a few hundred milliseconds in the middle of the measured latencies.
 """
@@ -22,7 +22,8 @@ import orjson
 import psutil
 
 from bench.common import percentile
-from bench.loadgen import Body, frozen_heap
+from bench.loadgen import Body
+from service.heap import frozen_heap
 
 __all__ = ["Shot", "closed_loop", "open_loop", "p", "rss_mb", "settle_fds", "wait_for"]
 
