@@ -22,11 +22,11 @@ What is asserted, and why these bounds:
 - every request is answered (no connection errors), with 200, 503 ``overloaded`` + ``Retry-After``
   or 504 ``deadline_exceeded``, and never after its ``X-Request-Timeout-Ms`` deadline;
 - the refusals are fast: 95 % within 50 ms (the goal), p99 under 100 ms. Measured here (2 shared
-  cores): p95 3.0-5.2 ms, p99 5.0-7.5 ms; on a
+  cores, 5 runs): p95 3.2-4.2 ms, p99 5.1-6.8 ms; on a
   busy machine the refusal waits for the CPU like everything else, so the p99 bound is looser
   than the goal (the figures are in the test's output);
 - the admitted requests' p99 is under 3x their unloaded p99 (of 120 requests one after another;
-  measured 1.2-1.9x here);
+  measured 1.2-1.5x here);
 - within 1 s of the load stopping, a request is served (200) again.
 """
 
