@@ -10,37 +10,33 @@ ARG TORCH_INDEX
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# torch from its own index first (CPU or CUDA build), in a layer that source changes do not rebuild
+RUN pip install --extra-index-url "$TORCH_INDEX" "torch>=2.3,<3" "torchvision>=0.18"
+# then the project itself, a normal (non-editable) install: its packages, the demo model
+# (models/ ships as the package yoloserve.models) and gunicorn's settings (service.gunicorn_conf)
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY batching ./batching
-COPY clients ./clients
-COPY loadbalancer ./loadbalancer
-COPY bench ./bench
-RUN pip install --extra-index-url "$TORCH_INDEX" "torch>=2.3,<3" "torchvision>=0.18" \
- && pip install ".[server]"
+COPY . .
+RUN pip install ".[server]"
 
 # ---- runtime stage -----------------------------------------------------------------------------
 FROM ${BASE} AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /app --shell /usr/sbin/nologin yoloserve
+# the whole install, the demo model included, belongs to root: read-only for the service user
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY gunicorn.conf.py ./
-# the model directory belongs to root and is read-only for the service user
-COPY --chown=root:root --chmod=0444 models/demo.pt models/demo.onnx models/README.md /app/models/
-RUN chmod 0555 /app/models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     YOLO_OFFLINE=1 \
     YOLO_CONFIG_DIR=/tmp/ultralytics \
     YOLOSERVE_HOST=0.0.0.0 \
-    YOLOSERVE_PORT=8000 \
-    YOLOSERVE_MODEL=/app/models/demo.pt
+    YOLOSERVE_PORT=8000
 USER yoloserve
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8000/health/live || exit 1
+# no --model: the demo model shipped in the package; mount weights and pass --model (or set
+# YOLOSERVE_MODEL) to serve others. --workers N finds gunicorn's settings in the package too.
 ENTRYPOINT ["yoloserve"]
 CMD ["serve"]

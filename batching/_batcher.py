@@ -15,7 +15,8 @@ So a lone request never waits for a timer while the device has nothing to do, an
 items gather while a batch runs: batches grow with the load. A *staged* batch is one full batch
 handed to the worker pool while every worker is busy: the first worker to finish starts it at
 once, in its own thread, without waiting for the event loop (which under load is busy with
-the answers of the batch that just finished; on a busy loop that wait was 5-8 ms per batch).
+the answers of the batch that just finished, so a worker waiting for it would sit idle between
+passes; see ``bench/README.md``, "Batch staging").
 Its items are checked for a passed deadline or a departed caller just before the call. Only a
 full batch is staged, so staging never makes batches smaller.
 
@@ -94,7 +95,6 @@ class DynamicBatcher(Generic[T, R]):
     ) -> None:
         check_settings(max_batch_size, max_wait, max_queue, max_concurrent_batches)
         self._fn = batch_fn
-        self._max_batch_size = max_batch_size
         self._max_wait = max_wait
         self._max_queue = max_queue
         self._max_concurrent = max_concurrent_batches
@@ -133,6 +133,11 @@ class DynamicBatcher(Generic[T, R]):
     @property
     def inflight_batches(self) -> int:
         return self._inflight
+
+    def retry_after(self, waiting: int | None = None) -> float:
+        """Seconds a refused caller should wait: the time to run ``waiting`` items (default: the
+        queue) at the throughput of recent batches."""
+        return self._retry.retry_after(len(self._queue) if waiting is None else waiting)
 
     @property
     def effective_max_batch_size(self) -> int:

@@ -26,12 +26,11 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from batching import DynamicBatcher
+from bench.common import RESULTS, percentile
 
-RESULTS = Path(__file__).resolve().parent / "results"
 THROUGHPUT_GOAL = 50_000.0  # items/s on one core
 LATENCY_GOAL_US = 500.0  # added p50, microseconds
 
@@ -72,11 +71,6 @@ class CountingNoop:
     def __call__(self, items: list[int]) -> list[int]:
         self.sizes.append(len(items))  # list.append is atomic under the GIL
         return items
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def one_throughput_run(

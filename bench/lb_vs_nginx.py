@@ -20,24 +20,18 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import markdown_table, save
+from bench.procs import Balancer, FakeBackend, Fleet, Proc, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-BACKEND_APP = "tests.loadbalancer.backend_app:app"
 LUA = """wrk.method = "POST"
 wrk.body = string.rep("x", 2048)
 wrk.headers["Content-Type"] = "application/octet-stream"
@@ -89,75 +83,18 @@ class Run:
     proxy_cpu_us_per_request: float | None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
-@contextmanager
-def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def start_backends(stack: ExitStack, count: int) -> list[int]:
-    ports = [free_port() for _ in range(count)]
-    for i, port in enumerate(ports):
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            BACKEND_APP,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        stack.enter_context(process(cmd, {"BACKEND_NAME": f"b{i}"}))
-    for port in ports:
-        wait_http(f"http://127.0.0.1:{port}/health/live")
-    return ports
+    backends = [FakeBackend(f"b{i}", stop_timeout=10.0) for i in range(count)]
+    stack.enter_context(Fleet(*backends, timeout=30.0))
+    return [b.port for b in backends]
 
 
 def start_ours(stack: ExitStack, backends: list[int]) -> tuple[int, list[int]]:
-    port, admin = free_port(), free_port()
-    cmd = [sys.executable, "-m", "loadbalancer", "--port", str(port), "--admin-port", str(admin)]
-    cmd += [a for b in backends for a in ("--backend", f"http://127.0.0.1:{b}")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOSERVE_LB_")}
-    proc = stack.enter_context(process(cmd, env))
-    wait_http(f"http://127.0.0.1:{admin}/lb/status")
-    return port, [proc.pid]
+    """Our balancer with its default settings (none from this environment)."""
+    urls = [f"http://127.0.0.1:{b}" for b in backends]
+    ours = Balancer("ours", urls, drop_env=("YOLOSERVE_LB_",), ready_timeout=30.0, stop_timeout=10.0)
+    stack.enter_context(ours)
+    return ours.port, [ours.pid]
 
 
 def start_nginx(stack: ExitStack, backends: list[int], tmp: Path) -> tuple[int, list[int]]:
@@ -165,10 +102,11 @@ def start_nginx(stack: ExitStack, backends: list[int], tmp: Path) -> tuple[int, 
     servers = "\n".join(f"    server 127.0.0.1:{b};" for b in backends)
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port))
-    proc = stack.enter_context(process(["nginx", "-c", str(conf), "-p", str(tmp)]))
-    wait_http(f"http://127.0.0.1:{port}/health/live")
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-    return port, [proc.pid, *map(int, children.stdout.split())]
+    nginx = Proc("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port, ready_path="/health/live",
+                 ready_timeout=30.0, poll_max=None, stop_timeout=10.0)
+    stack.enter_context(nginx)
+    children = subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True)
+    return port, [nginx.pid, *map(int, children.stdout.split())]
 
 
 def cpu_seconds(pids: list[int]) -> float:

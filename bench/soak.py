@@ -127,8 +127,8 @@ def run_soak(*, requests: int, concurrency: int = 16, images: int = 256, size: i
              sample_every: int = 250, warmup: float = 0.1, name: str = "soak") -> SoakResult:
     """Start two services and the balancer, run the soak, stop everything."""
     model = str(Path(__file__).resolve().parents[1] / "models" / "demo.onnx")
-    # two services share the machine: half the cores each, or they oversubscribe (measured on
-    # 2 cores: 20.9 req/s with one ONNX Runtime thread each, 11.6 with each taking both cores)
+    # two services share the machine: half the cores each, or they oversubscribe and both slow
+    # down (bench/README.md, "Two services on one machine")
     cores = str(max(1, (os.cpu_count() or 2) // 2))
     env = {"YOLOSERVE_ACCESS_LOG": "false", "YOLOSERVE_CORES": cores}
     s1 = service(f"{name}_s1", "--model", model, env=env)

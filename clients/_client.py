@@ -35,7 +35,7 @@ from clients.errors import (
     error_from_response,
     error_from_transport,
 )
-from service.schemas import (
+from wire.schemas import (
     BatchItemError,
     BatchResponse,
     DetectionResult,

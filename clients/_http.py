@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,12 +16,14 @@ from clients.errors import (
     error_from_response,
     error_from_transport,
 )
+from wire.headers import REQUEST_ID, REQUEST_TIMEOUT_MS, RETRY_AFTER
+from wire.ids import new_request_id
 
 __all__ = ["ATTEMPT_HEADER", "REQUEST_ID_HEADER", "TIMEOUT_HEADER", "RequestSpec", "Sender"]
 
-REQUEST_ID_HEADER = "X-Request-ID"
-ATTEMPT_HEADER = "X-Attempt"
-TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+REQUEST_ID_HEADER = REQUEST_ID
+ATTEMPT_HEADER = "x-attempt"
+TIMEOUT_HEADER = REQUEST_TIMEOUT_MS
 
 FileField = tuple[str, tuple[str, bytes, str]]
 
@@ -61,7 +62,7 @@ class Sender:
 
     async def send(self, spec: RequestSpec, *, deadline_s: float) -> httpx.Response:
         """Send ``spec``, retrying what may be retried, all within ``deadline_s`` seconds."""
-        call = _Call(uuid.uuid4().hex, self._policy.clock() + deadline_s)
+        call = _Call(new_request_id(), self._policy.clock() + deadline_s)
         response: httpx.Response | None = None
         async for attempt in self._policy.retrying(call.deadline):
             with attempt:
@@ -117,5 +118,5 @@ class Sender:
             ) from exc
         if response.is_success:
             return response
-        retry_after = parse_retry_after(response.headers.get("retry-after"), now=time.time())
+        retry_after = parse_retry_after(response.headers.get(RETRY_AFTER), now=time.time())
         raise error_from_response(response, request_id=call.request_id, retry_after=retry_after)

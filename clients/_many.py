@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 
 from clients._images import ImageInput
 from clients.errors import ClientError
-from service.schemas import DetectionResult
+from wire.schemas import DetectionResult
 
 __all__ = ["ItemError", "ItemResult", "Progress", "bounded_map"]
 

@@ -1,18 +1,19 @@
-"""The synchronous client: the async one, run on a private event loop in a thread of its own.
+"""The synchronous client: the async one, run on an event loop in a thread of its own through
+anyio's blocking portal.
 
 Each public method is the async method wrapped once by :func:`_blocking` (or :func:`_blocking_iter`
 for ``detect_many``), so the two clients cannot drift apart. It works from plain scripts and from
-code that already runs an event loop (a notebook), since its loop never is the caller's.
+code that already runs an event loop (a notebook), since the portal's loop never is the caller's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
-from concurrent.futures import Future
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar, Unpack
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from clients._client import AsyncDetectionClient, ClientOptions
 
@@ -21,34 +22,24 @@ __all__ = ["DetectionClient"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_JOIN_TIMEOUT_S = 10.0
 
-
-class _LoopThread:
-    """An event loop running forever on a daemon thread until :meth:`close`."""
+class _Portal:
+    """A blocking portal (an event loop on a thread of its own) until :meth:`close`."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._main, name="yoloserve-client", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
+        self._manager: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
+        self._portal: BlockingPortal | None = self._manager.__enter__()
 
     @property
     def closed(self) -> bool:
-        return self._loop.is_closed()
+        return self._portal is None
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for it; an interrupt here cancels it there."""
-        if self.closed:
-            coro.close()
+    def run(self, fn: Callable[..., Awaitable[T]], *args: object) -> T:
+        """Run ``fn(*args)`` on the portal's loop and wait for it; an interrupt here cancels it
+        there."""
+        if self._portal is None:
             raise RuntimeError("the client is closed")
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("the synchronous client cannot be called from its own callbacks")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future = self._portal.start_task_soon(fn, *args)
         try:
             return future.result()
         except BaseException:
@@ -56,12 +47,11 @@ class _LoopThread:
             raise
 
     def close(self) -> None:
-        """Stop the loop, join its thread, close it; idempotent."""
-        if self.closed:
+        """Stop the loop and join its thread; idempotent."""
+        if self._portal is None:
             return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(_JOIN_TIMEOUT_S)
-        self._loop.close()
+        self._portal = None
+        self._manager.__exit__(None, None, None)
 
 
 def _blocking(
@@ -70,7 +60,7 @@ def _blocking(
     """The blocking twin of one ``AsyncDetectionClient`` coroutine method."""
 
     def call(self: DetectionClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._loop.run(method(self._client, *args, **kwargs))
+        return self._loop.run(lambda: method(self._client, *args, **kwargs))
 
     call.__name__ = method.__name__
     call.__doc__ = method.__doc__
@@ -109,9 +99,9 @@ class DetectionClient:
     """
 
     def __init__(self, base_url: str, **options: Unpack[ClientOptions]) -> None:
-        self._loop = _LoopThread()
+        self._loop = _Portal()
         try:
-            self._client = self._loop.run(_open(base_url, options))
+            self._client = self._loop.run(_open, base_url, options)
         except BaseException:
             self._loop.close()
             raise
@@ -130,7 +120,7 @@ class DetectionClient:
         if self._loop.closed:
             return
         try:
-            self._loop.run(self._client.aclose())
+            self._loop.run(self._client.aclose)
         finally:
             self._loop.close()
 
@@ -147,11 +137,11 @@ class DetectionClient:
 
     def _iterate(self, agen: AsyncGenerator[T, None]) -> Generator[T, None, None]:
         try:
-            while not isinstance(item := self._loop.run(_next(agen)), _End):
+            while not isinstance(item := self._loop.run(_next, agen), _End):
                 yield item
         finally:
             if not self._loop.closed:
-                self._loop.run(agen.aclose())
+                self._loop.run(agen.aclose)
 
     detect = _blocking(AsyncDetectionClient.detect)
     annotate = _blocking(AsyncDetectionClient.annotate)

@@ -26,7 +26,9 @@ from typing import Final
 import httpx
 from pydantic import ValidationError
 
-from service.schemas import ErrorBody, ErrorDetail
+from wire.errors import status_of
+from wire.headers import REQUEST_ID
+from wire.schemas import ErrorBody, ErrorDetail
 
 __all__ = [
     "ClientError",
@@ -136,21 +138,6 @@ class ProtocolError(ClientError):
     default_code = "protocol_error"
 
 
-_BY_CODE: Final[dict[str, type[ClientError]]] = {
-    "invalid_image": InvalidRequest,
-    "image_dimensions": InvalidRequest,
-    "payload_too_large": InvalidRequest,
-    "unsupported_media_type": InvalidRequest,
-    "validation_error": InvalidRequest,
-    "unauthorized": Unauthorized,
-    "rate_limited": RateLimited,
-    "overloaded": Overloaded,
-    "not_ready": Overloaded,
-    "draining": Overloaded,
-    "deadline_exceeded": DeadlineExceeded,
-}
-
-
 def _class_for_status(status: int) -> type[ClientError]:
     if status in (401, 403):
         return Unauthorized
@@ -169,7 +156,8 @@ def _class_for_status(status: int) -> type[ClientError]:
 
 def error_from_detail(detail: ErrorDetail, *, status: int | None = None) -> ClientError:
     """One item's error in a batch answer (no HTTP status of its own) as a :class:`ClientError`."""
-    cls = _class_for_status(status) if status is not None else _BY_CODE.get(detail.code, ServerError)
+    known = status if status is not None else status_of(detail.code)
+    cls = _class_for_status(known) if known is not None else ServerError
     return cls(detail.message, status=status, code=detail.code, request_id=detail.request_id)
 
 
@@ -179,7 +167,7 @@ def error_from_response(
     """A non-2xx answer as a :class:`ClientError`, from its error body when it has one."""
     status = response.status_code
     cls = _class_for_status(status)
-    header_id = response.headers.get("x-request-id") or request_id
+    header_id = response.headers.get(REQUEST_ID) or request_id
     try:
         detail = ErrorBody.model_validate_json(response.content).error
     except ValidationError:

@@ -6,7 +6,6 @@ A bearer token is required when one is configured, compared in constant time.
 from __future__ import annotations
 
 import hmac
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +20,10 @@ from loadbalancer.errors import AdminError
 from loadbalancer.metrics import CONTENT_TYPE, render
 from loadbalancer.settings import BackendSpec
 from loadbalancer.stats import ProxyStats
+from wire import errors as codes
+from wire.errors import ErrorCode
+from wire.headers import REQUEST_ID
+from wire.ids import new_request_id, valid_request_id
 
 __all__ = ["create_admin_app"]
 
@@ -55,10 +58,15 @@ def create_admin_app(
     return app
 
 
-def _error(status: int, code: str, message: str, request: web.Request) -> web.Response:
-    rid = request.headers.get("X-Request-ID") or os.urandom(16).hex()
-    body = {"error": {"code": code, "message": message, "request_id": rid}}
-    return web.json_response(body, status=status, headers={"X-Request-ID": rid})
+_HTTP_ROWS = {404: codes.NOT_FOUND, 405: codes.METHOD_NOT_ALLOWED, 413: codes.PAYLOAD_TOO_LARGE,
+              415: codes.UNSUPPORTED_MEDIA_TYPE}
+
+
+def _error(row: ErrorCode, message: str, request: web.Request) -> web.Response:
+    given = request.headers.get(REQUEST_ID)
+    rid = given if valid_request_id(given) and given is not None else new_request_id()
+    return web.Response(body=row.body(message, rid), status=row.status,
+                        content_type="application/json", headers={REQUEST_ID: rid})
 
 
 @web.middleware
@@ -67,15 +75,15 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except AdminError as exc:
-        return _error(exc.status, exc.code, str(exc), request)
+        return _error(exc.row, str(exc), request)
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return _error(422, "validation_error", detail, request)
+        return _error(codes.VALIDATION_ERROR, detail, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = exc.reason.lower().replace(" ", "_")
-        return _error(exc.status, code, exc.text or exc.reason, request)
+        fallback = codes.INVALID_REQUEST if exc.status < 500 else codes.INTERNAL_ERROR
+        return _error(_HTTP_ROWS.get(exc.status, fallback), exc.text or exc.reason, request)
 
 
 def _auth_middleware(token: str | None) -> Middleware:
@@ -86,7 +94,7 @@ def _auth_middleware(token: str | None) -> Middleware:
         if expected is not None:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                response = _error(401, "unauthorized", "a valid bearer token is required", request)
+                response = _error(codes.UNAUTHORIZED, "a valid bearer token is required", request)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="yoloserve-lb"'
                 return response
         return await handler(request)

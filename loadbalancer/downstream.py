@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
 from time import monotonic
 from typing import cast
@@ -21,17 +20,20 @@ from loadbalancer.errors import (
     RequestTimeout,
 )
 from loadbalancer.exchange import Exchange
+from loadbalancer.messages import REQUEST_DROP, Request, error_response
 from loadbalancer.proxy import Proxy
 from loadbalancer.upstream import UpstreamConnection
-from loadbalancer.wire import REQUEST_DROP, Request, error_response
+from wire.headers import REQUEST_ID, REQUEST_TIMEOUT_MS
+from wire.ids import new_request_id_bytes, valid_request_id
 
 __all__ = ["ClientConnection"]
 
 log = logging.getLogger("loadbalancer.access")
 MAX_QUEUED = 4  # pipelined requests read ahead before reading pauses
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
-SPECIAL = REQUEST_DROP | {b"x-request-id", b"x-request-timeout-ms", b"x-forwarded-for", b"host"}
+_REQUEST_ID = REQUEST_ID.encode()
+_REQUEST_TIMEOUT_MS = REQUEST_TIMEOUT_MS.encode()
+SPECIAL = REQUEST_DROP | {_REQUEST_ID, _REQUEST_TIMEOUT_MS, b"x-forwarded-for", b"host"}
 
 
 class ClientConnection(asyncio.Protocol):
@@ -147,10 +149,10 @@ class ClientConnection(asyncio.Protocol):
             self._length = int(value) if value.isdigit() else -1
         elif lname == b"expect":
             self._expect = value.lower() == b"100-continue"
-        elif lname == b"x-request-id":
-            if REQUEST_ID.fullmatch(value):
+        elif lname == _REQUEST_ID:
+            if valid_request_id(value):
                 req.request_id = value
-        elif lname == b"x-request-timeout-ms":
+        elif lname == _REQUEST_TIMEOUT_MS:
             req.timeout_ms = _parse_timeout(value)
         elif lname == b"x-forwarded-for":
             req.forwarded_for = value
@@ -166,7 +168,7 @@ class ClientConnection(asyncio.Protocol):
         req.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
         if not req.request_id:
-            req.request_id = self.proxy.new_request_id()
+            req.request_id = new_request_id_bytes()
         if len(req.headers) > self.settings.max_headers:
             raise HeadersTooLarge(f"more than {self.settings.max_headers} request headers")
         if self._length > self.settings.max_body_bytes:
@@ -280,7 +282,7 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, error: RequestError) -> None:
         """Answers a request that could not be read, then closes."""
         req, self._req = self._req, None
-        rid = req.request_id if req is not None and req.request_id else self.proxy.new_request_id()
+        rid = req.request_id if req is not None and req.request_id else new_request_id_bytes()
         transport = self.transport
         if transport is None or transport.is_closing():
             return

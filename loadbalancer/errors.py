@@ -8,8 +8,8 @@
     │   ├── BackendNotFound         404: no backend with that id
     │   └── BackendExists           409: a backend with that URL is already registered
     ├── RequestError                the client's request gets an answer from the balancer itself
-    │   ├── BadRequest              400: not HTTP/1.x, or malformed
-    │   ├── HeadersTooLarge         431: request line and headers over the limit
+    │   ├── BadRequest              400 invalid_request: not HTTP/1.x, or malformed
+    │   ├── HeadersTooLarge         431 headers_too_large: request line and headers over the limit
     │   ├── PayloadTooLarge         413: body over the replay-buffer limit
     │   ├── RequestTimeout          408: the request was not received in time
     │   ├── Overloaded              503: the balancer's own in-flight limit, or shutting down
@@ -28,9 +28,15 @@
 
 Foreign errors (``OSError``, ``httptools`` parser errors, ``aiohttp`` errors, pydantic validation
 errors) are mapped to these at the boundary where they happen, raised ``from`` the original.
+Statuses and codes of the answers come from the shared table in :mod:`wire.errors`.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from wire import errors as codes
+from wire.errors import ErrorCode
 
 __all__ = [
     "AdminError",
@@ -66,65 +72,66 @@ class ConfigError(LoadBalancerError):
     """Invalid configuration: a backend spec, a policy name, a settings file."""
 
 
-class AdminError(LoadBalancerError):
-    """An admin API call that is refused; ``status`` and ``code`` form the JSON error."""
+class _Answered(LoadBalancerError):
+    """An error the balancer answers itself: ``row`` (from the shared table) gives its status and
+    code."""
 
-    status = 400
-    code = "bad_request"
+    row: ClassVar[ErrorCode] = codes.INTERNAL_ERROR
+    status: ClassVar[int] = row.status
+    code: ClassVar[str] = row.code
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.code = cls.row.status, cls.row.code
+
+
+class AdminError(_Answered):
+    """An admin API call that is refused."""
+
+    row = codes.INVALID_REQUEST
 
 
 class BackendNotFound(AdminError):
-    status = 404
-    code = "backend_not_found"
+    row = codes.BACKEND_NOT_FOUND
 
 
 class BackendExists(AdminError):
-    status = 409
-    code = "backend_exists"
+    row = codes.BACKEND_EXISTS
 
 
-class RequestError(LoadBalancerError):
-    """A proxied request answered by the balancer itself, with ``status`` and ``code``."""
+class RequestError(_Answered):
+    """A proxied request answered by the balancer itself."""
 
-    status = 500
-    code = "internal_error"
     retry_after: int | None = None
 
 
 class BadRequest(RequestError):
-    status = 400
-    code = "bad_request"
+    row = codes.INVALID_REQUEST
 
 
 class HeadersTooLarge(RequestError):
-    status = 431
-    code = "headers_too_large"
+    row = codes.HEADERS_TOO_LARGE
 
 
 class PayloadTooLarge(RequestError):
-    status = 413
-    code = "payload_too_large"
+    row = codes.PAYLOAD_TOO_LARGE
 
 
 class RequestTimeout(RequestError):
-    status = 408
-    code = "request_timeout"
+    row = codes.REQUEST_TIMEOUT
 
 
 class Overloaded(RequestError):
-    status = 503
-    code = "overloaded"
+    row = codes.OVERLOADED
     retry_after = 1
 
 
 class NoHealthyBackend(RequestError):
-    status = 502
-    code = "no_healthy_backend"
+    row = codes.NO_HEALTHY_BACKEND
 
 
 class DeadlineExceeded(RequestError):
-    status = 504
-    code = "deadline_exceeded"
+    row = codes.DEADLINE_EXCEEDED
 
 
 class UpstreamError(LoadBalancerError):

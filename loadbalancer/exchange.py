@@ -29,9 +29,10 @@ from loadbalancer.errors import (
     UpstreamOverloaded,
     UpstreamTimeout,
 )
+from loadbalancer.messages import Request, response_head, upstream_request
 from loadbalancer.proxy import Proxy
 from loadbalancer.upstream import Framing, ResponseHead, UpstreamConnection
-from loadbalancer.wire import Request, response_head, upstream_request
+from wire import errors as codes
 
 __all__ = ["ClientSide", "Exchange", "Phase"]
 
@@ -241,7 +242,7 @@ class Exchange:
         elif status >= 500:
             self.proxy.cluster.report_failure(backend, "5xx", now, outlier=True)
         else:
-            backend.consecutive_failures = 0
+            backend.record_success()
         self._stream(head, backend)
 
     def _stream(self, head: ResponseHead, backend: Backend) -> None:
@@ -339,7 +340,7 @@ class Exchange:
             self.status = self.status or 502
         else:
             status = error.status if isinstance(error, RequestError) else 502
-            code = error.code if isinstance(error, RequestError) else "bad_gateway"
+            code = error.code if isinstance(error, RequestError) else codes.BAD_GATEWAY.code
             self.client.answer_error(self.request, error, status, code)
             self.status = status
         log.warning(

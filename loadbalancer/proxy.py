@@ -1,12 +1,10 @@
-"""State shared by every client connection: the cluster, the retry budget, limits, totals, the
-request-id generator, and one ticker that times every exchange (instead of a timer per request).
+"""State shared by every client connection: the cluster, the retry budget, limits, totals, and
+one ticker that times every exchange (instead of a timer per request).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from itertools import count
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -40,8 +38,6 @@ class Proxy:
         self.max_inflight = settings.max_inflight
         self.max_retries = settings.max_retries
         self.idle: asyncio.Event | None = None
-        self._id_prefix = os.urandom(10).hex().encode()  # random per process, then a counter
-        self._ids = count()
         self._timed: set[Exchange] = set()  # bounded by max_inflight
         self._ticker: asyncio.TimerHandle | None = None
 
@@ -68,10 +64,6 @@ class Proxy:
             self._ticker.cancel()
             self._ticker = None
         self._timed.clear()
-
-    def new_request_id(self) -> bytes:
-        """32 hex characters, unique without a syscall per request."""
-        return b"%s%012x" % (self._id_prefix, next(self._ids))
 
     async def wait_idle(self, within: float) -> bool:
         """Waits until no request is in flight (graceful shutdown); False on timeout."""

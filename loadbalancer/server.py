@@ -23,13 +23,13 @@ from loadbalancer.cluster import Cluster
 from loadbalancer.downstream import ClientConnection
 from loadbalancer.errors import ConfigError, LoadBalancerError
 from loadbalancer.health import HealthChecker
-from loadbalancer.logs import configure_logging
 from loadbalancer.metrics import make_registry
 from loadbalancer.policies import make_policy
 from loadbalancer.proxy import Proxy
 from loadbalancer.settings import LBSettings, load_config_file, parse_backends
 from loadbalancer.stats import ProxyStats
 from loadbalancer.upstream import UpstreamPool
+from wire.logs import configure_logging
 
 __all__ = ["LoadBalancer", "State", "run", "serve_until_signalled"]
 
@@ -260,7 +260,7 @@ async def _main(settings: LBSettings) -> None:
 
 def run(settings: LBSettings) -> None:
     """Runs the load balancer on uvloop (asyncio where uvloop is missing) until signalled."""
-    configure_logging(settings.log_level)
+    configure_logging("json", settings.log_level, quiet=("aiohttp",))
     try:
         import uvloop
 

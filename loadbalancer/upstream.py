@@ -25,22 +25,13 @@ from loadbalancer.errors import (
     UpstreamProtocolError,
     UpstreamReset,
 )
+from wire.headers import HOP_BY_HOP_BYTES, REQUEST_ID, RETRY_AFTER
 
 __all__ = ["Framing", "Receiver", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"transfer-encoding",
-        b"content-length",
-    }
-)
-SPECIAL = HOP_BY_HOP | {b"retry-after", b"x-request-id"}
+# framing and hop-by-hop headers: the balancer writes its own
+DROPPED = HOP_BY_HOP_BYTES | {b"content-length"}
+SPECIAL = DROPPED | {RETRY_AFTER.encode(), REQUEST_ID.encode()}
 
 
 class Framing(IntEnum):

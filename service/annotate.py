@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from service.schemas import DetectionResult
+from wire.schemas import DetectionResult
 
 __all__ = ["draw"]
 

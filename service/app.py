@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -17,17 +18,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import NotFound, ServiceError, ValidationFailed, to_service_error
+from service.errors import ServiceError, ValidationFailed, to_service_error
 from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
-from service.middleware import RequestContextMiddleware, error_body
+from service.middleware import RequestContextMiddleware
 from service.ratelimit import RateLimiter
 from service.routes import detect, health, model
 from service.settings import Settings
 from service.state import AppState, Lifecycle
+from wire import errors as codes
 
 __all__ = ["create_app"]
 
@@ -36,8 +39,11 @@ log = logging.getLogger("yoloserve")
 
 def _error_response(request: Request, err: ServiceError) -> Response:
     request_id = request.scope.get("state", {}).get("request_id")
-    return Response(error_body(err, request_id), status_code=err.status,
+    return Response(err.body(request_id), status_code=err.status,
                     media_type="application/json", headers=err.headers())
+
+
+_HTTP_ROWS = {400: codes.INVALID_REQUEST, 404: codes.NOT_FOUND, 405: codes.METHOD_NOT_ALLOWED}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -55,12 +61,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return _error_response(request, NotFound("no such route"))
-        codes = {400: "invalid_request", 405: "method_not_allowed"}
-        err = ServiceError(str(exc.detail), code=codes.get(exc.status_code, "http_error"))
-        err.status = exc.status_code
-        response = _error_response(request, err)
+        fallback = codes.INVALID_REQUEST if exc.status_code < 500 else codes.INTERNAL_ERROR
+        row = _HTTP_ROWS.get(exc.status_code, fallback)
+        message = "no such route" if row is codes.NOT_FOUND else str(exc.detail)
+        response = _error_response(request, ServiceError(message, row=row))
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
 
@@ -120,6 +124,13 @@ def _exit_if_load_failed(task: asyncio.Task[None]) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("yoloserve")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "0+unknown"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
@@ -152,8 +163,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.lifecycle = Lifecycle.STOPPED
             log.info("stopped")
 
-    app = FastAPI(
-        title="yoloserve", version="0.1.0", lifespan=lifespan,
+    # Swagger UI and ReDoc from files inside the package: the pages render with no network
+    app = FastAPIOffline(
+        title="yoloserve", version=_version(), lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
         description="YOLO object detection with dynamic batching. Errors are "
                     '`{"error": {"code", "message", "request_id"}}`.',
     )

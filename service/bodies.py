@@ -22,6 +22,7 @@ from starlette.formparsers import MultiPartException
 from service.engine.types import DetectParams
 from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from service.settings import Settings
+from wire.params import CONF, IOU, MAX_DET
 
 __all__ = ["DetectJSONBody", "Upload", "read_batch", "read_single", "resolve_params"]
 
@@ -38,9 +39,9 @@ class Upload:
 class ParamFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    conf: float = Field(0.25, ge=0, le=1, allow_inf_nan=False)
-    iou: float = Field(0.7, ge=0, le=1, allow_inf_nan=False)
-    max_det: int = Field(300, ge=1, le=1000)
+    conf: float = CONF.field()
+    iou: float = IOU.field()
+    max_det: int = MAX_DET.field()
     classes: list[str] | None = None
 
     @field_validator("classes", mode="before")
@@ -152,7 +153,7 @@ def _decode_json(body: bytes) -> tuple[Upload, dict[str, Any]]:
     try:
         data = base64.b64decode(payload.image, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest("image: not valid base64", code="invalid_image") from None
+        raise BadRequest("image: not valid base64") from None
     params = payload.model_dump(exclude={"image", "image_name"}, exclude_unset=True)
     return Upload(data, payload.image_name or "image"), params
 

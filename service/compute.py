@@ -3,10 +3,8 @@
 ONNX Runtime on a CPU runs fastest, per core, as several single-threaded forward passes at once
 rather than one pass spread over every core: a pass split across threads waits at every
 operator for its slowest thread, and on a machine that also decodes images and serves HTTP some
-thread is always being preempted. Measured on 2 cores (demo model, batch 8): one thread per pass
-and two passes at once, 179.7-190.6 images/s for the forward pass alone, against 169.5-179.2 for
-one pass on two threads; served (640x480 JPEGs, 16 clients), 1.128x in one ``bench served`` run,
-1.239x in a later one, and 1.18-1.22x in alternated quick runs (``bench/README.md``). So by default
+thread is always being preempted. Both the forward pass alone and the served throughput
+measured higher that way; see ``bench/README.md`` ("CPU compute plan"). So by default
 a CPU process with ONNX Runtime runs one single-threaded pass per core (like OpenVINO's streams
 or Triton's CPU model instances, sharing one session), and everything else one pass at a time.
 """

@@ -15,6 +15,7 @@ from fastapi import Depends, Query, Request
 from service.errors import Draining, NotReady, RateLimited, Unauthorized, ValidationFailed
 from service.inference import Inferencer
 from service.state import AppState, Lifecycle
+from wire.params import CONF, IOU, MAX_DET
 
 __all__ = [
     "AuthDep",
@@ -99,9 +100,12 @@ class QueryParams:
 
 
 async def _query_params(
-    conf: Annotated[float | None, Query(ge=0, le=1, description="Confidence threshold")] = None,
-    iou: Annotated[float | None, Query(ge=0, le=1, description="NMS IoU threshold")] = None,
-    max_det: Annotated[int | None, Query(ge=1, le=1000, description="Most boxes kept")] = None,
+    conf: Annotated[float | None, Query(ge=CONF.minimum, le=CONF.maximum,
+                                        description=CONF.description)] = None,
+    iou: Annotated[float | None, Query(ge=IOU.minimum, le=IOU.maximum,
+                                       description=IOU.description)] = None,
+    max_det: Annotated[int | None, Query(ge=MAX_DET.minimum, le=MAX_DET.maximum,
+                                         description=MAX_DET.description)] = None,
     classes: Annotated[
         list[str] | None,
         Query(description="Class ids or names to keep; repeated or comma-separated"),

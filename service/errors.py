@@ -1,11 +1,11 @@
 """The service's errors and the one place where foreign errors become HTTP answers.
 
     ServiceError (500 internal_error)
-    ├── BadRequest (400 invalid_image, image_dimensions)
+    ├── BadRequest (400 invalid_image, image_dimensions, invalid_request)
     ├── Unauthorized (401 unauthorized)
     ├── NotFound (404 not_found)
     ├── PayloadTooLarge (413 payload_too_large)
-    ├── HeaderTooLarge (431 header_too_large)
+    ├── HeadersTooLarge (431 headers_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── ValidationFailed (422 validation_error)
     ├── RateLimited (429 rate_limited, Retry-After)
@@ -13,22 +13,24 @@
     │                                   Draining (draining)
     └── DeadlineExceeded (504 deadline_exceeded)
 
-Engine errors (``service.engine.errors``) and batching errors (``batching``) are mapped by
-``to_service_error``; anything else is an internal error whose details stay in the log.
+Statuses and codes come from the shared table in :mod:`wire.errors`. Engine errors
+(``service.engine.errors``) and batching errors (``batching``) are mapped by ``to_service_error``;
+anything else is an internal error whose details stay in the log.
 """
 
 from __future__ import annotations
 
-import math
-
 from batching import BatchingError, QueueFull, ShuttingDown
 from batching import DeadlineExceeded as BatchDeadlineExceeded
+from wire import errors as codes
+from wire.errors import ErrorCode, retry_after_header
+from wire.headers import RETRY_AFTER
 
 __all__ = [
     "BadRequest",
     "DeadlineExceeded",
     "Draining",
-    "HeaderTooLarge",
+    "HeadersTooLarge",
     "NotFound",
     "NotReady",
     "Overloaded",
@@ -44,79 +46,91 @@ __all__ = [
 
 
 class ServiceError(Exception):
-    status = 500
-    code = "internal_error"
+    row: ErrorCode = codes.INTERNAL_ERROR
 
-    def __init__(self, message: str = "internal error", *, code: str | None = None,
+    def __init__(self, message: str = "internal error", *, row: ErrorCode | None = None,
                  retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
+        if row is not None:
+            self.row = row
         self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return self.row.status
+
+    @property
+    def code(self) -> str:
+        return self.row.code
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        return {RETRY_AFTER: retry_after_header(self.retry_after)}
+
+    def body(self, request_id: str | None) -> bytes:
+        return self.row.body(self.message, request_id)
 
 
 class BadRequest(ServiceError):
-    status, code = 400, "invalid_image"
+    row = codes.INVALID_IMAGE
 
 
 class Unauthorized(ServiceError):
-    status, code = 401, "unauthorized"
+    row = codes.UNAUTHORIZED
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(ServiceError):
-    status, code = 404, "not_found"
+    row = codes.NOT_FOUND
 
 
 class PayloadTooLarge(ServiceError):
-    status, code = 413, "payload_too_large"
+    row = codes.PAYLOAD_TOO_LARGE
 
 
-class HeaderTooLarge(ServiceError):
-    status, code = 431, "header_too_large"
+class HeadersTooLarge(ServiceError):
+    row = codes.HEADERS_TOO_LARGE
 
 
 class UnsupportedMediaType(ServiceError):
-    status, code = 415, "unsupported_media_type"
+    row = codes.UNSUPPORTED_MEDIA_TYPE
 
 
 class ValidationFailed(ServiceError):
-    status, code = 422, "validation_error"
+    row = codes.VALIDATION_ERROR
 
 
 class RateLimited(ServiceError):
-    status, code = 429, "rate_limited"
+    row = codes.RATE_LIMITED
 
 
 class Unavailable(ServiceError):
-    status, code = 503, "overloaded"
+    """A 503: always with Retry-After."""
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None) -> None:
-        super().__init__(message, retry_after=retry_after, code=code)
+    row = codes.OVERLOADED
+
+    def __init__(self, message: str, *, retry_after: float, row: ErrorCode | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, row=row)
 
 
 class Overloaded(Unavailable):
-    code = "overloaded"
+    row = codes.OVERLOADED
 
 
 class NotReady(Unavailable):
-    code = "not_ready"
+    row = codes.NOT_READY
 
 
 class Draining(Unavailable):
-    code = "draining"
+    row = codes.DRAINING
 
 
 class DeadlineExceeded(ServiceError):
-    status, code = 504, "deadline_exceeded"
+    row = codes.DEADLINE_EXCEEDED
 
 
 def to_service_error(exc: BaseException) -> ServiceError:
@@ -128,7 +142,7 @@ def to_service_error(exc: BaseException) -> ServiceError:
     if isinstance(exc, ImageTooLarge):
         return PayloadTooLarge(str(exc))
     if isinstance(exc, ImageError):
-        return BadRequest(str(exc), code=exc.code)
+        return BadRequest(str(exc), row=codes.ERRORS.get(exc.code, codes.INVALID_IMAGE))
     if isinstance(exc, QueueFull):
         return Overloaded("the inference queue is full; retry later", retry_after=exc.retry_after)
     if isinstance(exc, ShuttingDown):

@@ -1,12 +1,11 @@
 """The garbage collector in a serving process: what is loaded once is frozen, pauses are measured.
 
 Once the model is loaded the process holds torch, ONNX Runtime's bindings, Ultralytics and the
-app: about 380,000 objects the cyclic collector tracks. A full collection walks all of them, about
-200 ms on 2 cores with the GIL held, so every request in flight stalls for that long (one came
-during a 30 s run at saturation with the demo model). ``gc.freeze()`` after loading
-moves them to a permanent generation the collector skips, so later collections walk only what
-requests made (measured in-process after loading the demo model: a full collection took 212-217 ms
-before freezing, under 0.1 ms after). It also keeps pages shared after a fork. ``frozen_heap`` does
+app: a large heap of objects the cyclic collector tracks. A full collection walks all of them with
+the GIL held, long enough to stall every request in flight, and such collections do come at
+saturation. ``gc.freeze()`` after loading moves them to a permanent generation the collector
+skips, so later collections walk only what requests made; see ``bench/README.md`` ("Heap
+freezing") for the figures. It also keeps pages shared after a fork. ``frozen_heap`` does
 the same for a bounded run, such as a load generator's in a process that has loaded torch, whose
 own collections would otherwise be counted as the server's latency.
 

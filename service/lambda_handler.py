@@ -20,8 +20,8 @@ def _adapter() -> Any:
     from mangum import Mangum
 
     from service.app import create_app
-    from service.logs import configure_logging
     from service.settings import Settings
+    from wire.logs import configure_logging
 
     settings = Settings(load_in_background=False)  # an invocation needs the model at once
     configure_logging(settings.log_format, settings.log_level)

@@ -7,24 +7,19 @@ limit is refused before anything is read, and a chunked body is cut off as soon 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, ServiceError
-from service.logs import new_request_id, request_id_var
+from service.errors import PayloadTooLarge
+from wire.headers import REQUEST_ID
+from wire.ids import new_request_id, valid_request_id
+from wire.logs import request_id_var
 
-__all__ = ["RequestContextMiddleware", "error_body"]
+__all__ = ["RequestContextMiddleware"]
 
 access_log = logging.getLogger("yoloserve.access")
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def error_body(err: ServiceError, request_id: str | None) -> bytes:
-    return orjson.dumps({"error": {"code": err.code, "message": err.message, "request_id": request_id}})
 
 
 class _BodyTooLarge(PayloadTooLarge):
@@ -42,8 +37,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("x-request-id", "")
-        request_id = given if _VALID_ID.match(given) else new_request_id()
+        given = headers.get(REQUEST_ID)
+        request_id = given if given is not None and valid_request_id(given) else new_request_id()
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})
         scope["state"]["request_id"] = request_id
@@ -68,7 +63,7 @@ class RequestContextMiddleware:
                 started_response = True
                 status[0] = message["status"]
                 message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", request_id.encode())]
+                                      (REQUEST_ID.encode(), request_id.encode())]
             await send(message)
 
         declared = headers.get("content-length", "")
@@ -94,7 +89,7 @@ class RequestContextMiddleware:
 
     async def _refuse(self, send: Send, request_id: str) -> None:
         err = PayloadTooLarge(f"the body is over the limit of {self.max_body_bytes} bytes")
-        body = error_body(err, request_id)
+        body = err.body(request_id)
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close")]})

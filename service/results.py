@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from service.engine.types import Detection as EngineDetection
 from service.engine.types import Detections, DetectParams
-from service.schemas import (
+from wire.schemas import (
     Box2D,
     Detection,
     DetectionResult,

@@ -12,10 +12,10 @@ from types import FrameType
 import uvicorn
 
 from service.app import create_app
-from service.httpproto import LimitedHttpToolsProtocol
-from service.logs import configure_logging
+from service.httpguard import GuardedHttpProtocol
 from service.settings import Settings
 from service.state import AppState, Lifecycle
+from wire.logs import configure_logging
 
 __all__ = ["run"]
 
@@ -35,7 +35,7 @@ def run(settings: Settings) -> None:
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http=LimitedHttpToolsProtocol,
+        app, host=settings.host, port=settings.port, loop="uvloop", http=GuardedHttpProtocol,
         log_config=None, access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout_s),
         h11_max_incomplete_event_size=settings.max_header_bytes, timeout_keep_alive=30,
         backlog=2048,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,5 +32,4 @@ class AppState:
     gc_pauses: GcPauses
     lifecycle: Lifecycle = Lifecycle.STARTING
     inferencer: Inferencer | None = None
-    error: str | None = field(default=None)
     loading: asyncio.Task[None] | None = None

@@ -15,8 +15,8 @@ from service.engine.decode import decode_image
 from service.errors import ServiceError, to_service_error
 from service.inference import Inferencer
 from service.routes.docs import BATCH_BODY, DETECT_BODY, errors
-from service.schemas import BatchResponse, DetectionResult, ErrorDetail
 from service.state import AppState
+from wire.schemas import BatchResponse, DetectionResult, ErrorDetail
 
 __all__ = ["router"]
 
@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["detection"])
 
 _ERRORS = errors(400, 401, 413, 415, 422, 429, 503, 504)
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _jpeg_media_type(accept: str) -> str:
+    """``image/jpeg``, unless the caller asks for raw bytes only (as generated clients do)."""
+    wanted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if "application/octet-stream" in wanted and not wanted & {"image/jpeg", "image/*", "*/*"}:
+        return "application/octet-stream"
+    return "image/jpeg"
 
 
 def _json(payload: object) -> Response:
@@ -80,7 +91,9 @@ async def detect_batch(request: Request, inferencer: InferencerDep, query: Query
 
 
 @router.post("/annotate", response_class=Response, openapi_extra=DETECT_BODY,
-             responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG with boxes"},
+             responses={200: {"content": {"image/jpeg": _BINARY, "application/octet-stream": _BINARY},
+                             "description": "JPEG with boxes (as application/octet-stream when "
+                                            "the request's Accept prefers it)"},
                         **_ERRORS},
              summary="Draw detected boxes and labels on the image")
 async def annotate(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
@@ -91,4 +104,4 @@ async def annotate(request: Request, inferencer: InferencerDep, query: QueryPara
     jpeg = await loop.run_in_executor(
         None, lambda: draw(decode_image(upload.data, limits), result))
     _note(request, detections=result.detection_count)
-    return Response(jpeg, media_type="image/jpeg")
+    return Response(jpeg, media_type=_jpeg_media_type(request.headers.get("accept", "")))

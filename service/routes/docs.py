@@ -5,39 +5,41 @@ from __future__ import annotations
 from typing import Any
 
 from service.bodies import DetectJSONBody
-from service.schemas import ErrorBody
+from wire import errors as codes
+from wire.params import PARAMS
+from wire.schemas import ErrorBody
 
 __all__ = ["BATCH_BODY", "DETECT_BODY", "errors"]
 
-_DESCRIPTIONS = {
-    400: "Not an image, corrupt or truncated, unsupported pixel format, bad base64, or a side "
-         "outside the allowed range (`invalid_image`, `image_dimensions`)",
-    401: "A valid API key is required (`unauthorized`), when API keys are configured",
-    413: "Body or image over the size limit, or too many pixels (`payload_too_large`)",
-    415: "Content type neither multipart nor JSON (`unsupported_media_type`)",
-    422: "A parameter out of range or of the wrong type, or a missing field (`validation_error`)",
-    429: "Per-client rate limit exceeded (`rate_limited`); see Retry-After",
-    503: "Queue full, not ready, or draining (`overloaded`, `not_ready`, `draining`); see Retry-After",
-    504: "The request's deadline passed before inference (`deadline_exceeded`)",
-}
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
                                 "schema": {"type": "integer"}}}
+# the service's own codes, by status (the balancer's and the admin API's are not answered here)
+_SERVICE_CODES = (
+    codes.INVALID_IMAGE, codes.IMAGE_DIMENSIONS, codes.INVALID_REQUEST, codes.UNAUTHORIZED,
+    codes.NOT_FOUND, codes.PAYLOAD_TOO_LARGE, codes.UNSUPPORTED_MEDIA_TYPE, codes.VALIDATION_ERROR,
+    codes.RATE_LIMITED, codes.HEADERS_TOO_LARGE, codes.INTERNAL_ERROR, codes.OVERLOADED,
+    codes.NOT_READY, codes.DRAINING, codes.DEADLINE_EXCEEDED,
+)
+
+
+def _describe(status: int) -> str:
+    return "; ".join(f"`{row.code}`: {row.when}" for row in _SERVICE_CODES if row.status == status)
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses: the error body, what each code means, and
+    Retry-After where the answer carries it."""
     out: dict[int | str, dict[str, Any]] = {}
     for s in statuses:
-        entry: dict[str, Any] = {"model": ErrorBody, "description": _DESCRIPTIONS[s]}
-        if s in (429, 503):
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _describe(s)}
+        if any(row.retry_after for row in _SERVICE_CODES if row.status == s):
             entry["headers"] = _RETRY_AFTER
         out[s] = entry
     return out
 
 
 _PARAM_PROPS: dict[str, Any] = {
-    "conf": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.25},
-    "iou": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.7},
-    "max_det": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 300},
+    **{bound.name: bound.json_schema() for bound in PARAMS},
     "classes": {"type": "string", "description": "Comma-separated class ids or names"},
 }
 

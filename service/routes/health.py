@@ -8,8 +8,10 @@ from fastapi import APIRouter, Response
 
 from service.deps import StateDep
 from service.metrics import CONTENT_TYPE_LATEST
-from service.schemas import HealthResponse
 from service.state import Lifecycle
+from wire.errors import retry_after_header
+from wire.headers import RETRY_AFTER
+from wire.schemas import HealthResponse
 
 __all__ = ["router"]
 
@@ -32,11 +34,13 @@ async def ready(state: StateDep, response: Response) -> HealthResponse:
     depth = inf.batcher.queue_depth if inf else 0
     inflight = inf.batcher.inflight_batches if inf else 0
     status = state.lifecycle.value
-    if state.lifecycle is Lifecycle.READY and depth >= max(1, state.settings.max_queue):
+    retry_after = 1.0
+    if state.lifecycle is Lifecycle.READY and inf is not None and inf.admission.overloaded:
         status = "overloaded"
+        retry_after = inf.admission.retry_after()
     if status != "ready":
         response.status_code = 503
-        response.headers["Retry-After"] = "1"
+        response.headers[RETRY_AFTER] = retry_after_header(retry_after)
     extra = {"max_queue": state.settings.max_queue}
     if inf is not None:
         extra["max_batch_size"] = inf.batcher.effective_max_batch_size
@@ -44,7 +48,8 @@ async def ready(state: StateDep, response: Response) -> HealthResponse:
 
 
 @router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text"}})
 async def metrics(state: StateDep) -> Response:
     if state.inferencer is not None:
         state.metrics.update_gpu_memory(state.inferencer.engine.meta.device)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.deps import InferencerDep
 from service.routes.docs import errors
-from service.schemas import ClassesResponse, ModelInfo
+from wire.schemas import ClassesResponse, ModelInfo
 
 __all__ = ["router"]
 

@@ -20,7 +20,7 @@ from clients import (
     ProtocolError,
     Unauthorized,
 )
-from service.schemas import DetectionResult
+from wire.schemas import DetectionResult
 
 MakeClient = Callable[..., AsyncDetectionClient]
 PNG = b"\x89PNG\r\n\x1a\nfake"

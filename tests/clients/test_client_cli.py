@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from click.testing import CliRunner, Result
 from fake_detect_service import serve
 from PIL import Image
 
+from bench.procs import free_port
 from clients.cli import detect_command
 
 
@@ -114,9 +114,7 @@ def test_progress_bar_can_be_forced(url: str, tmp_path: Path) -> None:
 
 def test_an_unreachable_service_fails_every_image(tmp_path: Path) -> None:
     make_images(tmp_path, 2)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # nothing listens there
     result = run(
         str(tmp_path), "--url", f"http://127.0.0.1:{port}", "--retries", "0", "--timeout", "5"
     )

@@ -12,7 +12,7 @@ from conftest import result_payload
 from clients import InvalidRequest, ItemError, ItemResult
 from clients._paths import count_images, iter_image_paths, missing_paths
 from clients._report import RunStats, json_line, percentile
-from service.schemas import DetectionResult
+from wire.schemas import DetectionResult
 
 
 def touch(*paths: Path) -> None:

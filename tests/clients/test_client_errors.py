@@ -18,7 +18,7 @@ from clients import (
     Unauthorized,
 )
 from clients.errors import error_from_detail, error_from_response, error_from_transport
-from service.schemas import ErrorDetail
+from wire.schemas import ErrorDetail
 
 REQUEST = httpx.Request("POST", "http://x/v1/detect")
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import Script, ok, result_payload, status
 
 from clients import DetectionClient, InvalidRequest, ItemResult, Overloaded, Progress
-from clients._sync import _LoopThread
-from service.schemas import DetectionResult
+from clients._sync import _Portal
+from wire.schemas import DetectionResult
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
@@ -31,7 +31,7 @@ def make(script: Script, **options: Any) -> DetectionClient:
 
 
 def client_threads() -> int:
-    return sum(t.name == "yoloserve-client" for t in threading.enumerate())
+    return threading.active_count()
 
 
 def test_the_same_api_blocking() -> None:
@@ -117,7 +117,7 @@ def test_callbacks_must_not_reenter_the_client() -> None:
         def reenter(_: Progress) -> None:
             client.health()
 
-        with pytest.raises(RuntimeError, match="own callbacks"):
+        with pytest.raises(RuntimeError, match="event loop thread"):
             list(client.detect_many([PNG], on_progress=reenter))
 
 
@@ -159,7 +159,8 @@ def test_ctrl_c_while_waiting_cancels_the_call() -> None:
     # A process started in the background by a non-interactive shell inherits SIGINT ignored,
     # and Python then raises no KeyboardInterrupt: press Ctrl-C with Python's own handler.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    loop = _LoopThread()
+    before = client_threads()
+    loop = _Portal()
     started = threading.Event()
     cancelled = threading.Event()
 
@@ -179,7 +180,7 @@ def test_ctrl_c_while_waiting_cancels_the_call() -> None:
     presser.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            loop.run(forever())
+            loop.run(forever)
         assert cancelled.wait(5)
     finally:
         presser.join(15)
@@ -187,6 +188,6 @@ def test_ctrl_c_while_waiting_cancels_the_call() -> None:
         loop.close()
         loop.close()  # idempotent
     deadline = time.monotonic() + 1
-    while time.monotonic() < deadline and loop._thread.is_alive():
+    while time.monotonic() < deadline and client_threads() > before:
         time.sleep(0.01)
-    assert not loop._thread.is_alive()
+    assert client_threads() == before

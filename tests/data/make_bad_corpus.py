@@ -296,7 +296,7 @@ def _shape_cases(good: bytes) -> list[Case]:
     cases.append(Case("body_over_10mib", b"\0" * (MAX_BODY + 4096), 413, "payload_too_large",
                       headers={"content-type": MULTIPART, "expect": "100-continue"},
                       why="refused from Content-Length before the body is sent"))
-    cases.append(Case("header_over_limit", _file(good), 431, "header_too_large",
+    cases.append(Case("header_over_limit", _file(good), 431, "headers_too_large",
                       headers={"content-type": MULTIPART, "x-padding": "p" * 40_000},
                       why="request head over max_header_bytes (16 KiB)"))
     cases.append(Case("get_on_detect", b"", 405, "method_not_allowed", method="GET",

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from service.cli import main
+from yoloserve.cli import main
 
 pytestmark = pytest.mark.slow
 

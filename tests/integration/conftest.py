@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from clients import DetectionClient
-from service.schemas import DetectionResult
 from tests.integration.stack import Fleet, LBProc, snapshot_models, start_lb, write_images
+from wire.schemas import DetectionResult
 
 DISTINCT_IMAGES = 50
 

@@ -7,12 +7,7 @@ Everything waits by polling with a deadline; nothing sleeps as synchronisation.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
-import signal
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,10 +16,10 @@ import cv2
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.schemas import Detection, DetectionResult
+from bench.procs import Service, await_until, start_all, stop_all
 from tests.engine.images import shapes_image
 from tests.loadbalancer.harness import LBProc
-from tests.support.procs import ServiceProcess, wait_ready
+from wire.schemas import Detection, DetectionResult
 
 __all__ = [
     "START_TIMEOUT",
@@ -37,7 +32,6 @@ __all__ = [
     "small_jpeg",
     "snapshot_models",
     "start_lb",
-    "wait_ready_async",
     "wait_routed",
     "write_images",
 ]
@@ -83,23 +77,6 @@ def write_images(folder: Path, count: int, *, distinct: int | None = None) -> li
 # -- services ----------------------------------------------------------------------------------
 
 
-async def wait_ready_async(
-    url: str, *, within: float, proc: subprocess.Popen[bytes] | None = None, every: float = 0.02
-) -> float:
-    """Poll ``url``'s ``/health/ready`` until 200; returns the ``time.monotonic()`` it answered."""
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient(timeout=1.0) as http:
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"{url} exited with {proc.returncode} before it was ready")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{url}/health/ready")).status_code == 200:
-                    return time.monotonic()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} not ready within {within:g}s")
-            await asyncio.sleep(every)  # polling another process, with a deadline
-
-
 def snapshot_models(source: Path, into: Path) -> Path:
     """A copy of the demo model (``.pt`` and its exported ``.onnx``) in ``into``; returns the
     ``.pt`` path, which ``serve`` resolves as it does the default (ONNX Runtime on a CPU).
@@ -117,68 +94,47 @@ class Fleet:
     """Named ``yoloserve serve`` processes (cache off, batches of up to 8) on loopback ports, all
     on the weights in ``model``.
 
-    One can be SIGKILLed and started again on the same port; each incarnation logs to its own
-    file in ``logdir``.
+    One can be SIGKILLed (``kill``) and started again on the same port (``restart``); each
+    incarnation logs to its own file in ``logdir``, and waits up to ``START_TIMEOUT`` to be ready.
     """
 
     def __init__(self, model: Path, logdir: Path) -> None:
         self.model = model
         self.logdir = logdir
-        self.procs: dict[str, ServiceProcess] = {}
+        self.procs: dict[str, Service] = {}
         self._incarnations: Counter[str] = Counter()
 
     def url(self, name: str) -> str:
         return self.procs[name].url
 
-    def popen(self, name: str) -> subprocess.Popen[bytes]:
-        proc = self.procs[name].proc
-        assert proc is not None
-        return proc
-
     def start(self, *names: str) -> None:
         """Start them all, then wait for each (they load their models in parallel)."""
-        for name in names:
-            self.procs[name] = self._spawn(name, port=None)
-        for name in names:
-            wait_ready(self.url(name), START_TIMEOUT, self.popen(name))
+        start_all(self._spawn(name, port=None) for name in names)
 
     def kill(self, name: str) -> None:
-        """SIGKILL: no drain, connections reset, the port closed at once."""
-        proc = self.popen(name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        self.procs[name].kill()
 
-    def restart(self, name: str) -> ServiceProcess:
+    def restart(self, name: str) -> Service:
         """Kill ``name`` if it runs and start a new process on its port; does not wait."""
         self.kill(name)
-        self.procs[name] = self._spawn(name, port=self.procs[name].port)
-        return self.procs[name]
+        return self._spawn(name, port=self.procs[name].port).start()
 
     def ensure_ready(self, name: str) -> None:
         """Leave ``name`` running and ready, whatever a test did to it."""
-        if self.popen(name).poll() is not None:
+        if not self.procs[name].running():
             self.restart(name)
-        wait_ready(self.url(name), START_TIMEOUT, self.popen(name))
+        self.procs[name].wait_ready()
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.proc is not None and proc.proc.poll() is None:
-                proc.proc.send_signal(signal.SIGTERM)  # all at once: they drain in parallel
-        for proc in self.procs.values():
-            proc.stop(timeout=30.0)
+        stop_all(self.procs.values())
 
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        log = self.procs[name].log
-        if log is None or not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-    def _spawn(self, name: str, port: int | None) -> ServiceProcess:
+    def _spawn(self, name: str, port: int | None) -> Service:
         self._incarnations[name] += 1
         log = self.logdir / f"{name}-{self._incarnations[name]}.log"
         args = (*SERVE_ARGS, "--model", str(self.model))
-        return ServiceProcess(*args, port=port, env=SERVE_ENV, log=log).start(wait=False)
+        self.procs[name] = Service(name, *args, port=port, env=SERVE_ENV, stdout=log,
+                                   ready_timeout=START_TIMEOUT)
+        return self.procs[name]
 
 
 def start_lb(*backends: str, timeout: float = 30.0) -> LBProc:
@@ -189,12 +145,7 @@ def start_lb(*backends: str, timeout: float = 30.0) -> LBProc:
     backend left alone with 64 requests in flight answers each after 10 s or more of queueing;
     the balancer would give up on those tries and, the other backend being down, answer 502.
     """
-    lb = LBProc(backends, "--log-level", "warning", "--per-try-timeout", "30").start()
-    try:
-        return lb.wait_ready(timeout)
-    except BaseException:
-        lb.stop()
-        raise
+    return start_all([LBProc(backends, "--log-level", "warning", "--per-try-timeout", "30")], timeout)[0]
 
 
 async def lb_backend(lb: LBProc, backend_url: str) -> dict[str, Any]:
@@ -211,12 +162,11 @@ async def lb_backend(lb: LBProc, backend_url: str) -> dict[str, Any]:
 async def wait_routed(lb: LBProc, backend_url: str, *, within: float) -> float:
     """Poll the balancer's status until it routes to ``backend_url`` again (its own health checks
     passed); returns the ``time.monotonic()`` it did."""
-    deadline = time.monotonic() + within
-    while (await lb_backend(lb, backend_url))["state"] not in ("active", "slow_start"):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the balancer did not take {backend_url} back in {within:g}s")
-        await asyncio.sleep(0.05)  # polling another process, with a deadline
-    return time.monotonic()
+
+    async def routed() -> bool:
+        return (await lb_backend(lb, backend_url))["state"] in ("active", "slow_start")
+
+    return await await_until(routed, within, f"the balancer to take {backend_url} back")
 
 
 async def lb_counters(lb: LBProc) -> dict[str, float]:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from service.schemas import DetectionResult
 from tests.integration.stack import LBProc, differences, small_jpeg, write_images
 from tests.support.procs import ROOT
+from wire.schemas import DetectionResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -24,7 +24,7 @@ IMAGES = 200
 
 
 def _detect(folder: Path, url: str, out: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "service", "detect", str(folder), "--url", url,
+    cmd = [sys.executable, "-m", "yoloserve", "detect", str(folder), "--url", url,
            "--out", str(out), "--concurrency", "32"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOSERVE_")}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)

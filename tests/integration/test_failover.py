@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from clients import AsyncDetectionClient, ItemError, ItemResult, Progress
-from service.schemas import DetectionResult
 from tests.integration.stack import (
     START_TIMEOUT,
     CountingTransport,
@@ -23,9 +22,9 @@ from tests.integration.stack import (
     differences,
     lb_backend,
     lb_counters,
-    wait_ready_async,
     wait_routed,
 )
+from wire.schemas import DetectionResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -59,9 +58,7 @@ class Chaos:
         self.times["killed"] = time.monotonic()
         new_b = self.fleet.restart("b")
         assert new_b.proc is not None
-        self.times["ready"] = await wait_ready_async(
-            self.b_url, within=START_TIMEOUT, proc=new_b.proc
-        )
+        self.times["ready"] = await new_b.wait_ready_async(START_TIMEOUT)
         self.times["routed"] = await wait_routed(self.lb, self.b_url, within=60.0)
         self.b_requests_back = (await lb_backend(self.lb, self.b_url))["totals"]["requests"]
 

@@ -13,14 +13,7 @@ from pathlib import Path
 import pytest
 
 from clients import AsyncDetectionClient, ClientError, RetryBudget
-from tests.integration.stack import (
-    START_TIMEOUT,
-    CountingTransport,
-    Fleet,
-    LBProc,
-    start_lb,
-    wait_ready_async,
-)
+from tests.integration.stack import START_TIMEOUT, CountingTransport, Fleet, LBProc, start_lb
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -88,9 +81,7 @@ async def test_outage_fails_fast_once_the_budget_is_spent_and_recovers_within_a_
                 await asyncio.sleep(PAUSE)
             new_b = fleet.restart("b")
             assert new_b.proc is not None
-            ready = asyncio.create_task(
-                wait_ready_async(new_b.url, within=START_TIMEOUT, proc=new_b.proc)
-            )
+            ready = asyncio.create_task(new_b.wait_ready_async(START_TIMEOUT))
             while (call := await _call(client, image, transport)).error is not None:
                 outage.append(call)
                 if ready.done():

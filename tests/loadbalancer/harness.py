@@ -1,140 +1,45 @@
 """Real processes on loopback for the load balancer's tests: fake backends (uvicorn running
 ``backend_app``) and the balancer itself (``python -m loadbalancer``), plus a load generator.
-Everything waits by polling with a deadline; nothing sleeps as synchronisation."""
+The processes and the waits (polls with a deadline; nothing sleeps as synchronisation) are
+``bench.procs``'s."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.loadbalancer.backend_app:app"
+from bench.procs import Balancer, FakeBackend, start_all
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class BackendProc(FakeBackend):
+    """A fake backend whose errors go to the test's output; stopping it kills it (a fake: no need
+    to wait for its graceful shutdown)."""
 
+    def __init__(self, name: str, *, mode: str = "ok", delay_ms: float = 0.0) -> None:
+        super().__init__(name, mode=mode, delay_ms=delay_ms, stderr=None)
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def await_until(predicate: Callable[[], Any], within: float, what: str, every: float = 0.05) -> None:
-    """Polls an async predicate with a deadline."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {within}s waiting for {what}")
-
-
-def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLOSERVE_", "BACKEND_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-def _get(url: str, timeout: float = 1.0, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.get(url, timeout=timeout, headers=headers)
-
-
-@dataclass
-class BackendProc:
-    name: str
-    port: int = field(default_factory=free_port)
-    mode: str = "ok"
-    delay_ms: float = 0.0
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def id(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> BackendProc:
-        env = _clean_env(
-            {
-                "BACKEND_NAME": self.name,
-                "BACKEND_MODE": self.mode,
-                "BACKEND_DELAY_MS": str(self.delay_ms),
-            }
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            APP,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--timeout-graceful-shutdown",
-            "1",
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-        return self
-
-    def wait_ready(self, timeout: float = 20.0) -> BackendProc:
-        def alive() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"backend {self.name} exited with {self.proc.returncode}")
-            try:
-                return _get(self.url + "/health/live", 0.5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(alive, timeout, f"backend {self.name} to start")
-        return self
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGKILL)  # a fake: no need to wait for its graceful shutdown
+    def stop(self, timeout: float | None = None) -> int | None:
+        self.kill()
+        return self.proc.returncode if self.proc is not None else None
 
 
 def start_backends(backends: Iterable[BackendProc]) -> list[BackendProc]:
-    started = [b.start() for b in backends]  # start all, then wait: they boot in parallel
-    return [b.wait_ready() for b in started]
+    """Start them all, then wait for each: they boot in parallel."""
+    return start_all(backends)
 
 
-class LBProc:
-    """``python -m loadbalancer`` on free ports; logs go to a temp file."""
+class LBProc(Balancer):
+    """``python -m loadbalancer`` on free ports, without this environment's ``YOLOSERVE_`` and
+    ``BACKEND_`` variables; its log goes to a temp file (``logs()``), removed by ``stop``."""
 
     def __init__(
         self,
@@ -143,56 +48,19 @@ class LBProc:
         env: dict[str, str] | None = None,
         token: str | None = None,
     ) -> None:
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.args = [a for b in backends for a in ("--backend", b)] + list(args)
-        self.env = dict(env or {})
-        self.token = token
-        if token:
-            self.env["YOLOSERVE_LB_ADMIN_TOKEN"] = token
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix="lb-", suffix=".log", delete=False)  # noqa: SIM115
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
-    def start(self, *, port_flags: bool = True) -> LBProc:
-        flags = ["--port", str(self.port), "--admin-port", str(self.admin_port)]
-        cmd = [sys.executable, "-m", "loadbalancer", *(flags if port_flags else []), *self.args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=_clean_env(self.env), stdout=subprocess.DEVNULL, stderr=self.log
+        fd, log = tempfile.mkstemp(prefix="lb-", suffix=".log")
+        os.close(fd)
+        self.log_file = Path(log)
+        super().__init__(
+            "lb",
+            backends,
+            *args,
+            token=token,
+            env={"PYTHONUNBUFFERED": "1", **(env or {})},
+            drop_env=("YOLOSERVE_", "BACKEND_"),
+            stderr=self.log_file,
+            stop_timeout=15.0,
         )
-        return self
-
-    def wait_ready(self, timeout: float = 20.0, healthy: int | None = None) -> LBProc:
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"lb exited {self.proc.returncode}: {self.logs()[-2000:]}")
-            try:
-                status = self.status()
-            except httpx.HTTPError:
-                return False
-            wanted = len(status["backends"]) if healthy is None else healthy
-            return bool(sum(b["health"] == "healthy" for b in status["backends"]) >= wanted)
-
-        wait_until(ready, timeout, "the load balancer to be ready")
-        return self
-
-    def status(self) -> dict[str, Any]:
-        response = _get(self.admin_url + "/lb/status", 1.0, self.headers)
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
 
     def backend(self, backend_id: str) -> dict[str, Any]:
         found = [b for b in self.status()["backends"] if b["id"] == backend_id]
@@ -216,23 +84,12 @@ class LBProc:
             assert response.status_code == 201, response.text
 
     def logs(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return self.log_file.read_text(errors="replace")
 
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-        return self.proc.returncode if self.proc is not None else None
+    def stop(self, timeout: float | None = None) -> int | None:
+        code = super().stop(timeout)
+        self.log_file.unlink(missing_ok=True)
+        return code
 
 
 @dataclass

@@ -12,15 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.loadbalancer.harness import (
-    BackendProc,
-    LBProc,
-    await_until,
-    free_port,
-    load,
-    start_backends,
-    wait_until,
-)
+from bench.procs import await_until, free_port, wait_until
+from tests.loadbalancer.harness import BackendProc, LBProc, load, start_backends
 
 PER_TRY = 1.0
 

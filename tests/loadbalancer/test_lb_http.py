@@ -148,8 +148,8 @@ def test_head_request(lb: tuple[LBProc, dict[str, str]]) -> None:
             413,
             "payload_too_large",
         ),
-        (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, "bad_request"),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "invalid_request"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, "invalid_request"),
     ],
 )
 def test_requests_refused_by_the_balancer(
@@ -202,7 +202,7 @@ def test_admin_refusals_use_the_error_format(lb: tuple[LBProc, dict[str, str]]) 
         assert response.status_code == status, (method, path, response.text)
         assert response.json()["error"]["code"] == code
     bad = httpx.post(proc.admin_url + "/lb/backends", content=b"{nope", headers=proc.headers)
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
 
 
 def _traffic(proc: LBProc, count: int) -> None:

@@ -12,14 +12,8 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.loadbalancer.harness import (
-    BackendProc,
-    LBProc,
-    await_until,
-    free_port,
-    start_backends,
-    wait_until,
-)
+from bench.procs import await_until, free_port, wait_until
+from tests.loadbalancer.harness import BackendProc, LBProc, start_backends
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +108,7 @@ async def test_sigterm_drains_in_flight_requests_then_exits(trio: list[BackendPr
         assert lb.proc is not None
         assert await asyncio.to_thread(lb.proc.wait, 10) == 0
         logs = lb.logs()
-        assert '"message": "drained"' in logs and '"message": "load balancer stopped"' in logs
+        assert '"message":"drained"' in logs and '"message":"load balancer stopped"' in logs
     finally:
         lb.stop()
 

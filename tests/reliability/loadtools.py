@@ -13,19 +13,18 @@ would stall the generator for a few hundred milliseconds in the middle of the me
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 import psutil
 
-from bench.common import percentile
 from bench.loadgen import Body
+from bench.procs import wait_until
 from service.heap import frozen_heap
 
-__all__ = ["Shot", "closed_loop", "open_loop", "p", "rss_mb", "settle_fds", "wait_for"]
+__all__ = ["Shot", "closed_loop", "open_loop", "rss_mb", "settle_fds"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +43,6 @@ class Shot:
     @property
     def from_schedule_ms(self) -> float:
         return (self.done - self.scheduled) * 1000
-
-
-def p(values: Sequence[float], q: float) -> float:
-    return percentile(values, q)
 
 
 def session(limit: int = 0, timeout: float = 30.0) -> aiohttp.ClientSession:
@@ -114,16 +109,6 @@ async def open_loop(url: str, bodies: Sequence[Body], *, rate: float, seconds: f
     return shots, last_sent
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)  # polling another process's state, with a deadline
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
@@ -131,6 +116,6 @@ def rss_mb(pid: int) -> float:
 def settle_fds(pid: int, baseline: int, timeout: float = 15.0) -> int:
     """Wait until the process's open file descriptors are back to ``baseline`` (or fewer)."""
     proc = psutil.Process(pid)
-    wait_for(lambda: proc.num_fds() <= baseline, timeout,
-             f"pid {pid} to close its file descriptors (baseline {baseline})")
+    wait_until(lambda: proc.num_fds() <= baseline, timeout,
+               f"pid {pid} to close its file descriptors (baseline {baseline})")
     return int(proc.num_fds())

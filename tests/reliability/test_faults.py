@@ -28,14 +28,16 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
+from bench.common import percentile as p
+from bench.procs import await_until, start_all
 from clients import AsyncDetectionClient, ItemResult
 from service.app import create_app
 from service.settings import Settings
-from tests.loadbalancer.harness import LBProc, await_until
-from tests.reliability.loadtools import p, settle_fds
+from tests.loadbalancer.harness import LBProc
+from tests.reliability.loadtools import settle_fds
 from tests.reliability.rawhttp import open_idle, trickle
 from tests.service.conftest import jpeg
-from tests.support.procs import ServiceProcess, wait_ready
+from tests.support.procs import ServiceProcess
 
 POISON_BGR = (3, 141, 59)
 
@@ -206,10 +208,7 @@ async def test_sigkill_behind_the_balancer_loses_no_request() -> None:
     logging.getLogger("clients").addHandler(retries)
     logging.getLogger("clients").setLevel(logging.INFO)
     try:
-        for s in (victim, survivor):
-            s.start(wait=False)
-        for s in (victim, survivor):
-            wait_ready(s.url, proc=s.proc)
+        start_all([victim, survivor])
         lb = LBProc([victim.url, survivor.url], "--health-interval", "0.25",
                     "--slow-start-window", "0", "--outlier-consecutive-failures", "2")
         lb.start().wait_ready(timeout=60)

@@ -40,16 +40,9 @@ from collections import Counter
 import psutil
 import pytest
 
+from bench.common import percentile as p
 from bench.loadgen import Body, make_bodies, make_images
-from tests.reliability.loadtools import (
-    Shot,
-    closed_loop,
-    open_loop,
-    p,
-    session,
-    settle_fds,
-    shoot,
-)
+from tests.reliability.loadtools import Shot, closed_loop, open_loop, session, settle_fds, shoot
 from tests.support.procs import ServiceProcess
 
 pytestmark = pytest.mark.slow

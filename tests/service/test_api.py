@@ -249,7 +249,7 @@ async def test_one_json_access_line_per_request(client: httpx.AsyncClient,
     import json
     import logging
 
-    from service.logs import JsonFormatter
+    from wire.logs import JsonFormatter
 
     with caplog.at_level(logging.INFO, logger="yoloserve.access"):
         r = await client.post("/v1/detect", files={"image": jpeg(1)}, headers={"X-Request-ID": "log-1"})

@@ -61,11 +61,11 @@ class OnnxBackend:
         opts.inter_op_num_threads = 1
         providers = _providers(device)
         if providers == ["CPUExecutionProvider"]:
-            # Intra-op threads spin between the operators of a run (measured 11-24 % faster than
-            # sleeping) and stop when the run ends: between two batches the CPU goes to the event
-            # loop and the decoders, not to threads waiting for the next batch. ``spin=False``
-            # makes them sleep during a run too, which leaves more CPU to the event loop when
-            # the machine is saturated, at the cost of that speed.
+            # Intra-op threads spin between the operators of a run (measured faster than sleeping:
+            # bench/README.md, "ONNX Runtime thread spinning") and stop when the run ends: between
+            # two batches the CPU goes to the event loop and the decoders, not to threads waiting
+            # for the next batch. ``spin=False`` makes them sleep during a run too, which leaves
+            # more CPU to the event loop when the machine is saturated, at the cost of that speed.
             opts.add_session_config_entry("session.force_spinning_stop", "1")
             if not spin:
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

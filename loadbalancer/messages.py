@@ -3,11 +3,12 @@ JSON error answers (``{"error": {"code", "message", "request_id"}}``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from loadbalancer.upstream import Framing, ResponseHead
+from wire.errors import error_body, retry_after_header
+from wire.headers import HOP_BY_HOP_BYTES, REQUEST_ID, REQUEST_TIMEOUT_MS, UPSTREAM
 
 __all__ = [
     "REQUEST_DROP",
@@ -17,21 +18,11 @@ __all__ = [
     "upstream_request",
 ]
 
-# Hop-by-hop headers, and the ones the balancer rewrites itself.
-REQUEST_DROP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"transfer-encoding",
-        b"content-length",
-        b"expect",
-        b"proxy-authorization",
-    }
-)
+# Hop-by-hop headers, and the ones the balancer writes itself.
+REQUEST_DROP = HOP_BY_HOP_BYTES | {b"content-length", b"expect"}
+_REQUEST_ID = REQUEST_ID.encode()
+_REQUEST_TIMEOUT_MS = REQUEST_TIMEOUT_MS.encode()
+_UPSTREAM = UPSTREAM.encode()
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -59,7 +50,7 @@ class Request:
         for name, value in self.headers:
             parts += (name, b": ", value, b"\r\n")
         xff = self.forwarded_for + b", " + self.client if self.forwarded_for else self.client
-        parts += (b"x-request-id: ", self.request_id, b"\r\nx-forwarded-for: ", xff, b"\r\n")
+        parts += (_REQUEST_ID, b": ", self.request_id, b"\r\nx-forwarded-for: ", xff, b"\r\n")
         if self.body or self.method in BODY_METHODS:
             parts.append(b"content-length: %d\r\n" % len(self.body))
         self.prefix = b"".join(parts)
@@ -68,7 +59,8 @@ class Request:
 def upstream_request(request: Request, remaining_ms: int, backend_address: bytes) -> bytes:
     """The bytes of one attempt: head with the remaining deadline, then the body."""
     host = b"" if request.has_host else b"host: " + backend_address + b"\r\n"
-    return b"".join((request.prefix, host, b"x-request-timeout-ms: %d\r\n\r\n" % remaining_ms, request.body))
+    timeout = _REQUEST_TIMEOUT_MS + b": %d\r\n\r\n" % remaining_ms
+    return b"".join((request.prefix, host, timeout, request.body))
 
 
 def response_head(
@@ -83,9 +75,9 @@ def response_head(
     parts = [b"HTTP/1.1 %d " % head.status, head.reason or _REASONS.get(head.status, b""), b"\r\n"]
     for name, value in head.headers:
         parts += (name, b": ", value, b"\r\n")
-    parts += (b"x-upstream: ", upstream, b"\r\n")
+    parts += (_UPSTREAM, b": ", upstream, b"\r\n")
     if not head.has_request_id:
-        parts += (b"x-request-id: ", request_id, b"\r\n")
+        parts += (_REQUEST_ID, b": ", request_id, b"\r\n")
     if head.framing in (Framing.CHUNKED, Framing.CLOSE):
         if http11:
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -109,15 +101,14 @@ def error_response(
     close: bool = False,
 ) -> bytes:
     """A whole answer from the balancer itself, in the project's error format."""
-    rid = request_id.decode("latin-1")
-    body = json.dumps({"error": {"code": code, "message": message, "request_id": rid}}).encode()
+    body = error_body(code, message, request_id.decode("latin-1"))
     lines = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
         b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-        b"x-request-id: " + request_id + b"\r\n",
+        _REQUEST_ID + b": " + request_id + b"\r\n",
     ]
     if retry_after is not None:
-        lines.append(b"retry-after: %d\r\n" % retry_after)
+        lines.append(b"retry-after: %s\r\n" % retry_after_header(retry_after).encode())
     if close:
         lines.append(b"connection: close\r\n")
     lines += (b"\r\n", body)

@@ -1,7 +1,7 @@
-"""The service's response schema, shared with ``clients/``: pure pydantic, nothing heavy imported.
+"""The response bodies: the contract's ``DetectionResult``, the error envelope and the rest.
 
-These models are the contract's ``DetectionResult`` and error body; the OpenAPI schema is generated
-from them, and the client parses answers into them.
+Pure pydantic. The service's OpenAPI schema is generated from them, and the client parses answers
+into them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,0 @@
-"""``python -m service`` is ``yoloserve``."""
-
-from service.cli import main
-
-main()

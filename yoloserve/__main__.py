@@ -1,0 +1,5 @@
+"""``python -m yoloserve`` is ``yoloserve``."""
+
+from yoloserve.cli import main
+
+main()
