@@ -24,7 +24,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /app --shell /usr/sbin/nologin yoloserve
 # the whole install, the demo model included, belongs to root: read-only for the service user
-COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=root:root /opt/venv /opt/venv
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

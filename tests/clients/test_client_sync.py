@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import closing
@@ -173,8 +174,17 @@ def test_ctrl_c_while_waiting_cancels_the_call() -> None:
             raise
 
     def ctrl_c() -> None:
-        if started.wait(10):  # once the call is waiting
-            os.kill(os.getpid(), signal.SIGINT)
+        if not started.wait(10):
+            return
+        # press once the caller waits for the answer (not while it is still handing the call over)
+        main = threading.main_thread().ident
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(main or 0)
+            if frame is not None and frame.f_code.co_name == "wait":
+                break
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
 
     presser = threading.Thread(target=ctrl_c, daemon=True)
     presser.start()
