@@ -2,7 +2,8 @@
 
 Weighted least request (power of two choices), round robin, random and peak EWMA; active health
 checks on ``/health/ready``; outlier ejection; panic threshold; slow start; retries elsewhere
-under a retry budget and the caller's deadline; an admin API and Prometheus metrics.
+under a retry budget and the caller's deadline; backends found by DNS (``--discover``); an
+admin API and Prometheus metrics.
 
 Imports nothing heavy: no torch, OpenCV or numpy.
 """
@@ -11,13 +12,14 @@ from loadbalancer.backend import Backend, Health
 from loadbalancer.errors import ConfigError, LoadBalancerError
 from loadbalancer.policies import POLICIES, Policy
 from loadbalancer.server import LoadBalancer, run
-from loadbalancer.settings import BackendSpec, LBSettings, load_settings
+from loadbalancer.settings import BackendSpec, DiscoverSpec, LBSettings, load_settings
 
 __all__ = [
     "POLICIES",
     "Backend",
     "BackendSpec",
     "ConfigError",
+    "DiscoverSpec",
     "Health",
     "LBSettings",
     "LoadBalancer",

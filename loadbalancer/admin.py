@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loadbalancer.cluster import Cluster
+from loadbalancer.discovery import Discovery
 from loadbalancer.errors import AdminError
 from loadbalancer.metrics import CONTENT_TYPE, render
 from loadbalancer.settings import BackendSpec
@@ -32,6 +33,7 @@ MAX_ADMIN_BODY = 65_536
 CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster", Cluster)
 STATS: web.AppKey[ProxyStats] = web.AppKey("stats", ProxyStats)
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+DISCOVERY: web.AppKey[Discovery | None] = web.AppKey("discovery")
 
 
 class PatchBackend(BaseModel):
@@ -42,7 +44,11 @@ class PatchBackend(BaseModel):
 
 
 def create_admin_app(
-    cluster: Cluster, stats: ProxyStats, registry: CollectorRegistry, token: str | None
+    cluster: Cluster,
+    stats: ProxyStats,
+    registry: CollectorRegistry,
+    token: str | None,
+    discovery: Discovery | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[_errors_middleware, _auth_middleware(token)], client_max_size=MAX_ADMIN_BODY
@@ -50,6 +56,7 @@ def create_admin_app(
     app[CLUSTER] = cluster
     app[STATS] = stats
     app[REGISTRY] = registry
+    app[DISCOVERY] = discovery
     app.router.add_get("/lb/status", status)
     app.router.add_post("/lb/backends", add_backend)
     app.router.add_patch("/lb/backends/{id}", patch_backend)
@@ -114,13 +121,16 @@ async def status(request: web.Request) -> web.Response:
     now, wall = time.monotonic(), time.time()
     backends = [b.snapshot(now, wall) for b in cluster.backends.values()]
     cluster.candidates(now)  # refreshes the panic flag
-    body = {
+    body: dict[str, Any] = {
         "policy": cluster.policy.name,
         "panic": cluster.panic,
         "inflight": stats.active,
         "client_connections": stats.client_connections,
         "backends": backends,
     }
+    discovery = request.app[DISCOVERY]
+    if discovery is not None:
+        body["discovery"] = discovery.snapshot()
     return web.json_response(body)
 
 

@@ -27,6 +27,7 @@ class Health(StrEnum):
     """What active health checks last concluded."""
 
     UNKNOWN = "unknown"  # not probed yet: routable
+    PENDING = "pending"  # not probed yet, and not routable until a probe passes (found by DNS)
     HEALTHY = "healthy"
     OVERLOADED = "overloaded"  # answering 503 overloaded: routable at reduced weight
     STARTING = "starting"  # answering 503 starting: no new requests
@@ -79,6 +80,7 @@ class Backend:
         "admin_draining",
         "backoff_until",
         "consecutive_failures",
+        "discovered_from",
         "ejected_until",
         "ejection_count",
         "ejections_total",
@@ -95,12 +97,22 @@ class Backend:
         "port",
         "removed",
         "requests",
+        "retiring",
         "tuning",
         "url",
         "weight",
     )
 
-    def __init__(self, spec: BackendSpec, tuning: Tuning, *, now: float, warm: bool) -> None:
+    def __init__(
+        self,
+        spec: BackendSpec,
+        tuning: Tuning,
+        *,
+        now: float,
+        warm: bool,
+        probe_first: bool = False,
+        discovered_from: str | None = None,
+    ) -> None:
         self.id = spec.id
         self.id_bytes = spec.id.encode()
         self.url = spec.url
@@ -108,11 +120,13 @@ class Backend:
         self.port = spec.port
         self.weight = spec.weight
         self.tuning = tuning
-        self.health = Health.UNKNOWN
+        self.health = Health.PENDING if probe_first else Health.UNKNOWN
         self._successes = 0
         self._failures = 0
         self.admin_draining = False
         self.removed = False
+        self.retiring = False  # draining, and removed once its last request ends
+        self.discovered_from = discovered_from  # the dns://NAME:PORT it was found by, if any
         self.inflight = 0
         self.consecutive_failures = 0
         self.ejected_until = 0.0
@@ -220,7 +234,8 @@ class Backend:
         old = self.health
         if observed is Health.UNHEALTHY:
             self._successes, self._failures = 0, self._failures + 1
-            if old is Health.UNKNOWN or self._failures >= self.tuning.unhealthy_threshold:
+            first = old is Health.UNKNOWN or old is Health.PENDING
+            if first or self._failures >= self.tuning.unhealthy_threshold:
                 self.health = Health.UNHEALTHY
         else:
             self._successes, self._failures = self._successes + 1, 0
@@ -247,6 +262,8 @@ class Backend:
             "health": self.health.value,
             "state": self.state(now),
             "draining": self.admin_draining,
+            "retiring": self.retiring,
+            "discovered_from": self.discovered_from,
             "inflight": self.inflight,
             "ejected": ejected,
             "ejected_until": wall_now + (self.ejected_until - now) if ejected else None,

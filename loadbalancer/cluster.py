@@ -1,5 +1,5 @@
 """The set of backends: choosing one (panic threshold, exclusions, back-off), outlier ejection,
-and the changes the admin API and SIGHUP make."""
+and the changes the admin API, SIGHUP and DNS discovery make."""
 
 from __future__ import annotations
 
@@ -95,7 +95,11 @@ class Cluster:
         return routing
 
     def _build(self, now: float) -> _Routing:
-        pool = [b for b in self.backends.values() if not b.admin_draining]
+        # Draining ones and new ones not probed yet (Envoy's ignore_new_hosts_until_first_hc) do
+        # not count towards the panic threshold.
+        pool = [
+            b for b in self.backends.values() if not b.admin_draining and b.health is not Health.PENDING
+        ]
         healthy = [b for b in pool if b.routable(now)]
         self.panic = len(healthy) < self.panic_threshold * len(pool)
         candidates = [b for b in pool if b.willing()] if self.panic else healthy
@@ -159,11 +163,22 @@ class Cluster:
         except KeyError:
             raise BackendNotFound(f"no backend {backend_id!r}") from None
 
-    def add(self, spec: BackendSpec, now: float, *, warm: bool = False) -> Backend:
-        """Adds a backend; ``warm`` skips slow start (the ones configured at start-up)."""
+    def add(
+        self,
+        spec: BackendSpec,
+        now: float,
+        *,
+        warm: bool = False,
+        probe_first: bool = False,
+        discovered_from: str | None = None,
+    ) -> Backend:
+        """Adds a backend; ``warm`` skips slow start (the ones configured at start-up);
+        ``probe_first`` keeps it out of routing until a health check passes."""
         if spec.id in self.backends:
             raise BackendExists(f"backend {spec.id!r} already exists")
-        backend = Backend(spec, self.tuning, now=now, warm=warm)
+        backend = Backend(
+            spec, self.tuning, now=now, warm=warm, probe_first=probe_first, discovered_from=discovered_from
+        )
         self.backends[backend.id] = backend
         self.version += 1
         for watcher in self.watchers:
@@ -181,12 +196,29 @@ class Cluster:
         log.info("backend removed", extra={"backend": backend.id, "inflight": backend.inflight})
         return backend
 
+    def retire(self, backend_id: str) -> Backend:
+        """Drains a backend, then removes it once idle: no new requests; those in flight finish
+        (:meth:`idle` removes it when the last one ends)."""
+        backend = self.get(backend_id)
+        if backend.inflight == 0:
+            return self.remove(backend.id)
+        self.update(backend.id, weight=None, drain=True)
+        backend.retiring = True
+        return backend
+
+    def idle(self, backend: Backend) -> None:
+        """Removes a retiring backend once its last request in flight has ended."""
+        if backend.retiring and backend.inflight == 0 and self.backends.get(backend.id) is backend:
+            self.remove(backend.id)
+
     def update(self, backend_id: str, *, weight: int | None, drain: bool | None) -> Backend:
         backend = self.get(backend_id)
         if weight is not None:
             backend.weight = weight
         if drain is not None:
             backend.admin_draining = drain
+        if drain is False:
+            backend.retiring = False
         self.version += 1
         log.info(
             "backend updated",
@@ -199,9 +231,13 @@ class Cluster:
         return backend
 
     def reconcile(self, specs: Iterable[BackendSpec], now: float) -> tuple[int, int, int]:
-        """Makes the set equal to ``specs`` (SIGHUP); returns (added, removed, updated)."""
+        """Makes the configured set equal to ``specs`` (SIGHUP), leaving the backends found by
+        DNS to their discovery (one listed in ``specs`` becomes configured); returns (added,
+        removed, updated)."""
         wanted = {spec.id: spec for spec in specs}
-        removed = [bid for bid in self.backends if bid not in wanted]
+        removed = [
+            bid for bid, b in self.backends.items() if bid not in wanted and b.discovered_from is None
+        ]
         for bid in removed:
             self.remove(bid)
         added = updated = 0
@@ -210,7 +246,9 @@ class Cluster:
             if current is None:
                 self.add(spec, now)
                 added += 1
-            elif current.weight != spec.weight or current.admin_draining:
+                continue
+            current.discovered_from = None
+            if current.weight != spec.weight or current.admin_draining:
                 self.update(bid, weight=spec.weight, drain=False)
                 updated += 1
         return added, len(removed), updated

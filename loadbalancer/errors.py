@@ -7,6 +7,9 @@
     ├── AdminError                  an admin API call refused (carries status and code)
     │   ├── BackendNotFound         404: no backend with that id
     │   └── BackendExists           409: a backend with that URL is already registered
+    ├── DiscoveryError              resolving a ``--discover`` name failed: the last good set is kept
+    │   ├── NameNotFound            NXDOMAIN, or neither A nor AAAA records
+    │   └── ResolverUnavailable     no nameserver answered in time (timeout, SERVFAIL, REFUSED, down)
     ├── RequestError                the client's request gets an answer from the balancer itself
     │   ├── BadRequest              400 invalid_request: not HTTP/1.x, or malformed
     │   ├── HeadersTooLarge         431 headers_too_large: request line and headers over the limit
@@ -26,8 +29,9 @@
         ├── UpstreamProtocolError   not retryable: the backend did not speak HTTP/1.1
         └── ResponseAborted         not retryable: the answer broke after it started streaming
 
-Foreign errors (``OSError``, ``httptools`` parser errors, ``aiohttp`` errors, pydantic validation
-errors) are mapped to these at the boundary where they happen, raised ``from`` the original.
+Foreign errors (``OSError``, ``httptools`` parser errors, ``aiohttp``, ``dnspython`` and pydantic
+validation errors) are mapped to these at the boundary where they happen, raised ``from`` the
+original.
 Statuses and codes of the answers come from the shared table in :mod:`wire.errors`.
 """
 
@@ -46,14 +50,17 @@ __all__ = [
     "ConfigError",
     "ConnectFailed",
     "DeadlineExceeded",
+    "DiscoveryError",
     "HeadersTooLarge",
     "LoadBalancerError",
+    "NameNotFound",
     "NoHealthyBackend",
     "Overloaded",
     "PayloadTooLarge",
     "PoolExhausted",
     "RequestError",
     "RequestTimeout",
+    "ResolverUnavailable",
     "ResponseAborted",
     "StaleConnection",
     "UpstreamError",
@@ -97,6 +104,20 @@ class BackendNotFound(AdminError):
 
 class BackendExists(AdminError):
     row = codes.BACKEND_EXISTS
+
+
+class DiscoveryError(LoadBalancerError):
+    """One resolution of a discovered name failed; ``kind`` labels the failure in the metrics."""
+
+    kind = "error"
+
+
+class NameNotFound(DiscoveryError):
+    kind = "not_found"
+
+
+class ResolverUnavailable(DiscoveryError):
+    kind = "unavailable"
 
 
 class RequestError(_Answered):

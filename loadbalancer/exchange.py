@@ -230,6 +230,7 @@ class Exchange:
         assert backend is not None and self.conn is not None
         now = monotonic()
         backend.observe_latency(now - self.sent_at, now)
+        self.proxy.head_latency.record(now - self.sent_at)
         status = head.status
         if status == 503 and head.retry_after is not None:
             self.proxy.cluster.back_off(backend, head.retry_after, now)
@@ -333,6 +334,8 @@ class Exchange:
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.inflight -= 1
+            if backend.retiring and backend.inflight == 0:
+                self.proxy.cluster.idle(backend)  # drained: removed now
 
     def _fail(self, error: RequestError | UpstreamError) -> None:
         if self.phase is Phase.STREAM:

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from loadbalancer.backend import Health
 from loadbalancer.cluster import Cluster
+from loadbalancer.discovery import Discovery
 from loadbalancer.stats import Histogram, ProxyStats
 
 __all__ = ["CONTENT_TYPE", "LBCollector", "make_registry", "render"]
@@ -26,13 +27,16 @@ PREFIX = "yoloserve_lb_"
 
 
 class LBCollector(Collector):
-    def __init__(self, cluster: Cluster, stats: ProxyStats) -> None:
+    def __init__(self, cluster: Cluster, stats: ProxyStats, discovery: Discovery | None = None) -> None:
         self.cluster = cluster
         self.stats = stats
+        self.discovery = discovery
 
     def collect(self) -> Iterator[Metric]:
         yield from self._proxy()
         yield from self._backends()
+        if self.discovery is not None:
+            yield from self._discovery(self.discovery)
 
     def _proxy(self) -> Iterator[Metric]:
         stats = self.stats
@@ -102,6 +106,32 @@ class LBCollector(Collector):
         yield from (sent, errors, ejections, inflight, weight, ejected, health, latency)
 
 
+    def _discovery(self, discovery: Discovery) -> Iterator[Metric]:
+        lab = ["name"]
+        resolutions = CounterMetricFamily(
+            PREFIX + "dns_resolutions", "DNS resolutions of a discovered name.", labels=lab
+        )
+        failures = CounterMetricFamily(
+            PREFIX + "dns_resolution_failures",
+            "Failed DNS resolutions (the last good set was kept), by reason.",
+            labels=["name", "reason"],
+        )
+        found = GaugeMetricFamily(
+            PREFIX + "dns_discovered_backends", "Addresses in the name's last good answer.", labels=lab
+        )
+        failing = GaugeMetricFamily(
+            PREFIX + "dns_failing", "1 while the name's last resolution failed.", labels=lab
+        )
+        for name in discovery.names:
+            url = [name.spec.url]
+            resolutions.add_metric(url, name.resolutions)
+            for reason, count in name.failures.items():
+                failures.add_metric([name.spec.url, reason], count)
+            found.add_metric(url, len(name.addresses))
+            failing.add_metric(url, float(name.failing > 0))
+        yield from (resolutions, failures, found, failing)
+
+
 def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=[])
     _add_histogram(family, [], histogram)
@@ -112,9 +142,11 @@ def _add_histogram(family: HistogramMetricFamily, values: list[str], h: Histogra
     family.add_metric(values, buckets=[(le, float(c)) for le, c in h.cumulative()], sum_value=h.sum)
 
 
-def make_registry(cluster: Cluster, stats: ProxyStats) -> CollectorRegistry:
+def make_registry(
+    cluster: Cluster, stats: ProxyStats, discovery: Discovery | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LBCollector(cluster, stats))
+    registry.register(LBCollector(cluster, stats, discovery))
     return registry
 
 

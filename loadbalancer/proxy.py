@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from loadbalancer.budget import RetryBudget
 from loadbalancer.cluster import Cluster
+from loadbalancer.latency import HeadLatency
 from loadbalancer.stats import ProxyStats
 
 if TYPE_CHECKING:
@@ -32,7 +33,10 @@ class Proxy:
         self.budget = RetryBudget(
             settings.retry_budget_percent, settings.retry_budget_min, settings.retry_budget_wait
         )
-        self.per_try = settings.per_try_timeout
+        self.per_try_max = settings.per_try_timeout
+        self.per_try_min = min(settings.per_try_timeout_min, settings.per_try_timeout)
+        self.per_try_factor = settings.per_try_factor
+        self.head_latency = HeadLatency()
         self.default_timeout = settings.request_timeout
         self.max_timeout = settings.max_request_timeout
         self.max_inflight = settings.max_inflight
@@ -40,6 +44,15 @@ class Proxy:
         self.idle: asyncio.Event | None = None
         self._timed: set[Exchange] = set()  # bounded by max_inflight
         self._ticker: asyncio.TimerHandle | None = None
+
+    @property
+    def per_try(self) -> float:
+        """Seconds one try may wait for its answer head: ``per_try_factor`` x the recent p99
+        across backends, within [per_try_timeout_min, per_try_timeout]."""
+        p99 = self.head_latency.value
+        if p99 is None or self.per_try_factor == 0:
+            return self.per_try_max
+        return min(self.per_try_max, max(self.per_try_min, self.per_try_factor * p99))
 
     def watch(self, exchange: Exchange) -> None:
         """Starts checking ``exchange.timer_at``: one ticker for every exchange, instead of a

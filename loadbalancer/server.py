@@ -1,7 +1,7 @@
 """The load balancer as one object with an explicit lifecycle, and ``run`` for the CLI.
 
-``async with LoadBalancer(settings) as lb:`` starts the proxy port, the admin port, the pools and
-the health checks; leaving it shuts down gracefully. Signals only set events.
+``async with LoadBalancer(settings) as lb:`` starts the proxy port, the admin port, the pools,
+the health checks and DNS discovery; leaving it shuts down gracefully. Signals only set events.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from aiohttp import web
 from loadbalancer.admin import create_admin_app
 from loadbalancer.backend import Backend, Tuning
 from loadbalancer.cluster import Cluster
+from loadbalancer.discovery import Discovery, DnsResolver
 from loadbalancer.downstream import ClientConnection
 from loadbalancer.errors import ConfigError, LoadBalancerError
 from loadbalancer.health import HealthChecker
 from loadbalancer.metrics import make_registry
 from loadbalancer.policies import make_policy
 from loadbalancer.proxy import Proxy
-from loadbalancer.settings import LBSettings, load_config_file, parse_backends
+from loadbalancer.settings import LBSettings, load_config_file, parse_backends, parse_discover
 from loadbalancer.stats import ProxyStats
 from loadbalancer.upstream import UpstreamPool
 from wire.logs import configure_logging
@@ -76,7 +77,16 @@ class LoadBalancer:
             panic_threshold=settings.panic_threshold,
             max_ejection_percent=settings.outlier_max_ejection_percent,
         )
-        self.registry = make_registry(self.cluster, self.stats)
+        self.discovery: Discovery | None = None
+        if settings.discover:
+            self.discovery = Discovery(
+                self.cluster,
+                settings.discover,
+                DnsResolver(settings.dns_server, settings.dns_timeout),
+                min_ttl=settings.dns_min_ttl,
+                max_ttl=settings.dns_max_ttl,
+            )
+        self.registry = make_registry(self.cluster, self.stats, self.discovery)
         self.port = settings.port
         self.admin_port = settings.admin_port
         self._connections: set[ClientConnection] = set()
@@ -99,7 +109,8 @@ class LoadBalancer:
         await self.aclose()
 
     async def start(self) -> None:
-        """Backends and their pools, health checks, then the proxy and admin ports."""
+        """Backends and their pools, health checks, DNS discovery, then the proxy and admin
+        ports."""
         if self.state is not State.CREATED:
             raise LoadBalancerError(f"cannot start a load balancer that is {self.state.value}")
         s = self.settings
@@ -116,6 +127,8 @@ class LoadBalancer:
         )
         await self._health.__aenter__()
         try:
+            if self.discovery is not None:
+                await self.discovery.start()  # the first answers, bounded by dns_timeout
             await self._start_proxy(self._proxy)
             await self._start_admin()
         except OSError as exc:
@@ -130,6 +143,7 @@ class LoadBalancer:
                 "admin": f"{s.admin_host}:{self.admin_port}",
                 "policy": s.policy,
                 "backends": [b.url for b in s.backends],
+                "discover": [d.url for d in s.discover],
             },
         )
 
@@ -147,7 +161,7 @@ class LoadBalancer:
     async def _start_admin(self) -> None:
         s = self.settings
         token = s.admin_token.get_secret_value() if s.admin_token else None
-        app = create_admin_app(self.cluster, self.stats, self.registry, token)
+        app = create_admin_app(self.cluster, self.stats, self.registry, token, self.discovery)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin.setup()
         site = web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True)
@@ -175,13 +189,16 @@ class LoadBalancer:
                     backend.pool.sweep(now)
 
     def reload(self) -> bool:
-        """SIGHUP: makes the backend set equal to the config file's ``backends``."""
+        """SIGHUP: makes the configured backends equal to the config file's ``backends`` (those
+        found by DNS stay with their discovery; ``discover`` itself is read at start only)."""
         path = self.settings.config
         if path is None:
             log.warning("reload asked, but no config file is set")
             return False
         try:
             data = load_config_file(path)
+            if "discover" in data and parse_discover(data["discover"]) != self.settings.discover:
+                log.warning("'discover' changed in the config file: it takes effect at a restart")
             if "backends" not in data:
                 raise ConfigError(f"{path} has no 'backends' to reload")
             specs = parse_backends(data["backends"])
@@ -215,6 +232,8 @@ class LoadBalancer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.discovery is not None:
+            await self.discovery.aclose()
         if self._health is not None:
             await self._health.aclose()
         # 5. Close the pools and the admin API.

@@ -7,6 +7,7 @@ then the defaults below. Durations are seconds, percentages 0-100.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -14,7 +15,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -30,10 +39,13 @@ from loadbalancer.errors import ConfigError
 __all__ = [
     "ENV_PREFIX",
     "BackendSpec",
+    "DiscoverSpec",
     "LBSettings",
     "load_config_file",
     "load_settings",
     "parse_backends",
+    "parse_discover",
+    "parse_host_port",
 ]
 
 ENV_PREFIX = "YOLOSERVE_LB_"
@@ -88,14 +100,94 @@ class BackendSpec(BaseModel):
         return self.url.removeprefix("http://")
 
 
-def parse_backends(value: Any) -> list[BackendSpec]:
+def _items(value: Any, what: str) -> list[Any]:
+    """A list of a setting's entries: a list, a tuple (repeated flags) or a string separated by
+    commas or newlines (the environment)."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
         value = [part for part in value.replace("\n", ",").split(",") if part.strip()]
     if not isinstance(value, list | tuple):
-        raise ValueError("backends must be a list or a comma-separated string")
-    return [BackendSpec.parse(item) for item in value]
+        raise ValueError(f"{what} must be a list or a comma-separated string")
+    return list(value)
+
+
+def parse_backends(value: Any) -> list[BackendSpec]:
+    return [BackendSpec.parse(item) for item in _items(value, "backends")]
+
+
+class DiscoverSpec(BaseModel):
+    """A DNS name whose A and AAAA records are backends on ``port``: ``dns://NAME:PORT``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        name = name.strip().rstrip(".").lower()
+        labels = name.split(".")
+        if not all(0 < len(label) <= 63 for label in labels) or not all(
+            c.isalnum() or c in "-_" for label in labels for c in label
+        ):
+            raise ValueError(f"not a DNS name: {name!r}")
+        return name
+
+    @classmethod
+    def parse(cls, spec: str | dict[str, Any] | DiscoverSpec) -> DiscoverSpec:
+        """``dns://NAME:PORT`` or a mapping with ``name`` and ``port``."""
+        if isinstance(spec, DiscoverSpec):
+            return spec
+        if isinstance(spec, dict):
+            return cls.model_validate(spec)
+        parts = urlsplit(spec.strip())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "dns" or not parts.hostname or port is None:
+            raise ValueError(f"discover must be dns://NAME:PORT, got {spec!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"discover must be dns://NAME:PORT, without a path or query: {spec!r}")
+        return cls(name=parts.hostname, port=port)
+
+    @property
+    def url(self) -> str:
+        """``dns://NAME:PORT``: how logs, metrics and ``/lb/status`` name it."""
+        return f"dns://{self.name}:{self.port}"
+
+
+def parse_discover(value: Any) -> list[DiscoverSpec]:
+    specs = [DiscoverSpec.parse(item) for item in _items(value, "discover")]
+    return list(dict.fromkeys(specs))  # the same name twice is followed once
+
+
+def parse_host_port(value: str, default_port: int = 53) -> tuple[str, int]:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` -> (ip, port); ValueError otherwise."""
+    text = value.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected [IPv6]:PORT, got {value!r}")
+        if rest:
+            port = _port(rest[1:], value)
+    elif text.count(":") == 1:
+        host, _, rest = text.partition(":")
+        port = _port(rest, value)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"the DNS server must be an IP address with an optional port: {value!r}") from None
+    return str(address), port
+
+
+def _port(text: str, value: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    return int(text)
 
 
 class LBSettings(BaseSettings):
@@ -105,6 +197,10 @@ class LBSettings(BaseSettings):
 
     backends: Annotated[list[BackendSpec], NoDecode] = Field(
         default_factory=list, description="Backends as URL[=WEIGHT], comma-separated in the env."
+    )
+    discover: Annotated[list[DiscoverSpec], NoDecode] = Field(
+        default_factory=list,
+        description="DNS names whose A/AAAA records are backends, as dns://NAME:PORT.",
     )
     host: str = Field("127.0.0.1", description="Address the proxy listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the proxy listens on.")
@@ -132,6 +228,13 @@ class LBSettings(BaseSettings):
     slow_start_window: float = Field(30.0, ge=0, description="Ramp-up seconds; 0 turns it off.")
     slow_start_aggression: float = Field(1.0, gt=0, description="Ramp-up curve exponent.")
     slow_start_min_weight_percent: float = Field(10.0, gt=0, le=100, description="Ramp start %.")
+    # DNS discovery.
+    dns_server: str | None = Field(
+        None, description="Nameserver as IP[:PORT] for --discover (default: /etc/resolv.conf's)."
+    )
+    dns_min_ttl: float = Field(1.0, gt=0, description="Shortest seconds between resolutions.")
+    dns_max_ttl: float = Field(30.0, gt=0, description="Longest seconds between resolutions.")
+    dns_timeout: float = Field(2.0, gt=0, description="Seconds one resolution may take.")
     # Retries and timeouts.
     max_retries: int = Field(3, ge=0, le=10, description="Retries per request, each elsewhere.")
     retry_budget_percent: float = Field(20.0, ge=0, le=100, description="Max % of active retrying.")
@@ -139,7 +242,11 @@ class LBSettings(BaseSettings):
     retry_budget_wait: float = Field(1.0, ge=0, description="Max seconds to wait for a retry slot.")
     retry_after_cap: float = Field(30.0, ge=0, description="Cap on honouring Retry-After, seconds.")
     connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to a backend.")
-    per_try_timeout: float = Field(10.0, gt=0, description="Seconds per try, to the answer head.")
+    per_try_timeout: float = Field(10.0, gt=0, description="Most seconds per try, to the answer head.")
+    per_try_factor: float = Field(4.0, ge=0, description="A try gives up after this many times the "
+                                  "recent p99 of answer heads (bounded by per_try_timeout_min and "
+                                  "per_try_timeout); 0: always per_try_timeout.")
+    per_try_timeout_min: float = Field(1.0, gt=0, description="Fewest seconds per try.")
     request_timeout: float = Field(30.0, gt=0, description="Deadline without X-Request-Timeout-Ms.")
     max_request_timeout: float = Field(300.0, gt=0, description="Cap on X-Request-Timeout-Ms.")
     # Limits.
@@ -160,6 +267,30 @@ class LBSettings(BaseSettings):
     @classmethod
     def _backends(cls, value: Any) -> list[BackendSpec]:
         return parse_backends(value)
+
+    @field_validator("discover", mode="before")
+    @classmethod
+    def _discover(cls, value: Any) -> list[DiscoverSpec]:
+        return parse_discover(value)
+
+    @field_validator("dns_server")
+    @classmethod
+    def _dns_server(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, port = parse_host_port(value)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @model_validator(mode="after")
+    def _discovery(self) -> LBSettings:
+        if self.dns_min_ttl > self.dns_max_ttl:
+            raise ValueError("dns_min_ttl must not be above dns_max_ttl")
+        followed = {(d.name, d.port): d.url for d in self.discover}
+        for backend in self.backends:  # the name's addresses would be registered twice
+            url = followed.get((backend.host.lower().rstrip("."), backend.port))
+            if url is not None:
+                raise ValueError(f"backend {backend.url} is also discovered by {url}: give one")
+        return self
 
     @field_validator("health_path")
     @classmethod

@@ -172,3 +172,23 @@ async def test_draining_a_backend_finishes_its_requests_and_sends_it_no_more(
 async def _inflight(lb: LBProc, backend_id: str) -> bool:
     status = await asyncio.to_thread(lb.backend, backend_id)
     return bool(status["inflight"] >= 1)
+
+
+async def test_the_per_try_timeout_follows_recent_answers(fleet: dict[str, BackendProc]) -> None:
+    """With the default per-try timeout (10 s, as long as a client's whole deadline), a try on a
+    backend that went silent is given up after a few times the recent p99, not after 10 s."""
+    hang, ok = fleet["hang"], fleet["ok2"]
+    lb = LBProc((), "--health-interval", "0.2", "--slow-start-window", "0").start().wait_ready()
+    try:
+        use(lb, ok)
+        warm = await load(lb.url + "/v1/detect", total=96, concurrency=4)
+        assert [r.status for r in warm] == [200] * 96
+        use(lb, hang, ok)
+        results = await load(lb.url + "/v1/detect", total=12, concurrency=4,
+                             headers={"X-Request-Timeout-Ms": "8000"})
+        assert [r.status for r in results] == [200] * 12
+        # the floor is 1 s (per_try_timeout_min); 10 s would be the fixed timeout
+        assert max(r.ended - r.started for r in results) < 4.0
+        assert lb.backend(hang.id)["totals"]["errors"].get("timeout", 0) >= 1
+    finally:
+        lb.stop()
