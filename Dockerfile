@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# yoloserve image. CPU by default; for CUDA: docker build --build-arg BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 \
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 .
-ARG BASE=python:3.11-slim-bookworm
+# yoloserve image. CPU by default; for CUDA: docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 .
+# (torch's CUDA wheels bring the CUDA and cuDNN libraries; the host's driver comes in through the
+# NVIDIA container toolkit, so both builds use the same Python base image)
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 # ---- build stage: a virtual environment with the server stack -------------------------------
@@ -19,7 +19,7 @@ COPY . .
 RUN pip install ".[server]"
 
 # ---- runtime stage -----------------------------------------------------------------------------
-FROM ${BASE} AS runtime
+FROM python:3.11-slim-bookworm AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /app --shell /usr/sbin/nologin yoloserve
