@@ -11,7 +11,7 @@ from typing import Protocol
 
 from loadbalancer.backend import Backend, Health, Tuning
 from loadbalancer.errors import BackendExists, BackendNotFound
-from loadbalancer.policies import Policy
+from loadbalancer.policies import ConsistentHash, Policy
 from loadbalancer.settings import BackendSpec
 
 __all__ = ["Cluster", "Watcher"]
@@ -68,11 +68,23 @@ class Cluster:
         return routing.fresh + routing.backing_off
 
     def choose(
-        self, now: float, exclude: Collection[Backend] = (), *, allow_backoff: bool = True
+        self,
+        now: float,
+        exclude: Collection[Backend] = (),
+        *,
+        allow_backoff: bool = True,
+        key: bytes | None = None,
     ) -> Backend | None:
         """A backend not in ``exclude``; one backing off (503 Retry-After) only as a last
-        resort and only when ``allow_backoff``."""
+        resort and only when ``allow_backoff``. With a consistent-hash policy, ``key`` (a stream
+        id) picks the first such backend in the key's order over all the backends."""
         routing = self._current(now)
+        if key is not None and isinstance(self.policy, ConsistentHash):
+            pick, backends, version = self.policy.pick, self.backends, self.version
+            chosen = pick(key, backends, routing.fresh, exclude, version=version)
+            if chosen is None and allow_backoff:
+                chosen = pick(key, backends, routing.backing_off, exclude, version=version)
+            return chosen
         chosen = self._pick(routing.fresh, routing.fresh_weights, exclude, now)
         if chosen is None and allow_backoff:
             chosen = self._pick(routing.backing_off, routing.backing_off_weights, exclude, now)

@@ -29,7 +29,9 @@ from loadbalancer.errors import (
     UpstreamOverloaded,
     UpstreamTimeout,
 )
+from loadbalancer.hashing import request_key
 from loadbalancer.messages import Request, response_head, upstream_request
+from loadbalancer.policies import ConsistentHash
 from loadbalancer.proxy import Proxy
 from loadbalancer.upstream import Framing, ResponseHead, UpstreamConnection
 from wire import errors as codes
@@ -79,6 +81,7 @@ class Exchange:
         "conn",
         "deadline",
         "fresh",
+        "key",
         "last",
         "pending",
         "phase",
@@ -102,6 +105,7 @@ class Exchange:
         self.last: UpstreamError | None = None
         self.retrying = False
         self.fresh = False
+        self.key: bytes | None = None  # what a consistent-hash policy hashes (a stream id)
         self.backend: Backend | None = None  # the attempt in flight counts on it
         self.conn: UpstreamConnection | None = None
         self.pending: asyncio.Task[UpstreamConnection] | asyncio.Task[bool] | None = None
@@ -124,6 +128,8 @@ class Exchange:
         if request.timeout_ms is not None:
             timeout = min(request.timeout_ms / 1000.0, proxy.max_timeout)
         self.deadline = request.started + timeout
+        if isinstance(proxy.cluster.policy, ConsistentHash):
+            self.key = request_key(request.target, request.headers, proxy.settings.hash_header.encode())
         self._attempt()
 
     def _attempt(self) -> None:
@@ -132,7 +138,7 @@ class Exchange:
         now = monotonic()
         if now + DEADLINE_SLACK >= self.deadline:
             return self._fail(DeadlineExceeded("the deadline passed before an answer started"))
-        backend = proxy.cluster.choose(now, self.tried)
+        backend = proxy.cluster.choose(now, self.tried, key=self.key)
         if backend is None or len(self.tried) > proxy.max_retries:
             return self._fail(_no_backend(self.last, self.tried))
         if self.tried and not self.retrying:
@@ -322,7 +328,7 @@ class Exchange:
     def _can_retry(self, now: float) -> bool:
         if len(self.tried) > self.proxy.max_retries or now >= self.deadline:
             return False
-        return self.proxy.cluster.choose(now, self.tried, allow_backoff=False) is not None
+        return self.proxy.cluster.choose(now, self.tried, allow_backoff=False, key=self.key) is not None
 
     def _drop_conn(self) -> None:
         conn, self.conn = self.conn, None

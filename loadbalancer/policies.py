@@ -2,23 +2,29 @@
 
 ``choose(candidates, weights, now)`` gets the backends that may take the request (never empty)
 and their effective weights (weight x slow start x overload factor), and returns one of them.
+The consistent-hash policies (``ring_hash``, ``maglev``) also have ``pick``, for requests with
+a key (:mod:`loadbalancer.hashing`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import ClassVar, Protocol, TypeVar
 
 from loadbalancer.backend import Backend
 from loadbalancer.errors import ConfigError
+from loadbalancer.hashing import HashSpace, Maglev, Ring, key_hash
 
 __all__ = [
     "POLICIES",
+    "ConsistentHash",
     "LeastRequest",
+    "MaglevHash",
     "PeakEwma",
     "Policy",
     "RandomPolicy",
+    "RingHash",
     "RoundRobin",
     "make_policy",
     "register",
@@ -174,3 +180,98 @@ class RoundRobin:
                 best, best_value = i, value
         current[candidates[best].id] = best_value - total
         return best
+
+
+class ConsistentHash(LeastRequest):
+    """A request with a key (a stream id, a header's value) goes to the key's owner in a hash
+    space over the cluster's backends and their configured weights (slow start and the overload
+    factor do not move keys); one without a key is balanced as ``least_request``.
+
+    The space is rebuilt only when the backends or their weights change. An owner that may not
+    take the request (unhealthy, ejected, draining, backing off, or already tried by this
+    request) is passed over for the next one in the key's order, without a rebuild: only its
+    keys move, and they come back when it does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.space: HashSpace = self._build(())
+        self.rebuilds = 0
+        self._hosts: list[Backend] = []  # space.ids[i]'s backend
+        self._weights: dict[str, int] = {}
+        self._version: int | None = None
+        self._allowed: Sequence[Backend] | None = None
+        self._allowed_set: frozenset[Backend] = frozenset()
+
+    def _build(self, hosts: Iterable[tuple[str, int]]) -> HashSpace:
+        raise NotImplementedError
+
+    def sync(self, members: Mapping[str, Backend], version: int | None = None) -> bool:
+        """Follows ``members`` (id -> backend: the hash space); rebuilds when an id or a weight
+        changed, and returns whether it did. ``version`` (the cluster's) skips the comparison
+        while it is the same as last time."""
+        if version is not None and version == self._version:
+            return False
+        self._version = version
+        weights = {backend_id: b.weight for backend_id, b in members.items()}
+        rebuilt = weights != self._weights
+        if rebuilt:
+            self.space = self._build(weights.items())
+            self._weights = weights
+            self.rebuilds += 1
+        self._hosts = [members[backend_id] for backend_id in self.space.ids]
+        return rebuilt
+
+    def pick(
+        self,
+        key: bytes,
+        members: Mapping[str, Backend],
+        allowed: Sequence[Backend],
+        exclude: Collection[Backend] = (),
+        *,
+        version: int | None = None,
+    ) -> Backend | None:
+        """The first backend in ``key``'s order that is in ``allowed`` and not in ``exclude``;
+        None when there is none. ``allowed`` is treated as immutable (the cluster's routing
+        snapshot): its set is kept while the same list comes back."""
+        self.sync(members, version)
+        if allowed is not self._allowed:
+            self._allowed, self._allowed_set = allowed, frozenset(allowed)
+        ok, owners, hosts = self._allowed_set, self.space.owners, self._hosts
+        size = len(owners)
+        if not size:
+            return next((b for b in allowed if b not in exclude), None)
+        hashed = key_hash(key)
+        position = self.space.start(hashed)
+        host = hosts[owners[position]]
+        if host in ok and host not in exclude:
+            return host  # the owner: O(1) for Maglev, a binary search on the ring
+        if not any(b not in exclude for b in allowed):
+            return None
+        step = self.space.step(hashed)
+        for _ in range(size - 1):
+            position = (position + step) % size
+            host = hosts[owners[position]]
+            if host in ok and host not in exclude:
+                return host
+        return next((b for b in allowed if b not in exclude), None)  # not in the space
+
+
+@register
+class RingHash(ConsistentHash):
+    """Envoy's ring hash: ``weight x 1024`` points per backend on a 64-bit ring."""
+
+    name: ClassVar[str] = "ring_hash"
+
+    def _build(self, hosts: Iterable[tuple[str, int]]) -> HashSpace:
+        return Ring(hosts)
+
+
+@register
+class MaglevHash(ConsistentHash):
+    """Envoy's Maglev: a 65537-entry table, O(1) lookup, an even spread of keys."""
+
+    name: ClassVar[str] = "maglev"
+
+    def _build(self, hosts: Iterable[tuple[str, int]]) -> HashSpace:
+        return Maglev(hosts)

@@ -35,6 +35,7 @@ from pydantic_settings import (
 )
 
 from loadbalancer.errors import ConfigError
+from wire.headers import HOP_BY_HOP, REQUEST_ID, REQUEST_TIMEOUT_MS
 
 __all__ = [
     "ENV_PREFIX",
@@ -49,7 +50,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "YOLOSERVE_LB_"
-PolicyName = Literal["least_request", "round_robin", "random", "peak_ewma"]
+PolicyName = Literal["least_request", "round_robin", "random", "peak_ewma", "ring_hash", "maglev"]
+# Headers the balancer consumes or drops: not in a request's forwarded headers, so not a hash key.
+_UNHASHABLE_HEADERS = HOP_BY_HOP | {"content-length", "expect", REQUEST_ID, REQUEST_TIMEOUT_MS,
+                                   "x-forwarded-for"}
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -210,6 +214,11 @@ class LBSettings(BaseSettings):
         None, description="Bearer token the admin API requires (prefer the env: flags show in ps)."
     )
     policy: PolicyName = Field("least_request", description="Balancing policy.")
+    hash_header: str = Field(
+        "x-stream-id",
+        description="ring_hash/maglev: header whose value is the key when the path has no "
+        "/v1/streams/{id} (none: least_request).",
+    )
     config: Path | None = Field(None, description="YAML or TOML file with these settings.")
     # Active health checks.
     health_path: str = Field("/health/ready", description="Path probed on each backend.")
@@ -291,6 +300,16 @@ class LBSettings(BaseSettings):
             if url is not None:
                 raise ValueError(f"backend {backend.url} is also discovered by {url}: give one")
         return self
+
+    @field_validator("hash_header")
+    @classmethod
+    def _hash_header(cls, value: str) -> str:
+        name = value.strip().lower()
+        if not name or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
+            raise ValueError(f"hash_header must be a header name, got {value!r}")
+        if name in _UNHASHABLE_HEADERS:
+            raise ValueError(f"hash_header cannot be {name!r}: the balancer consumes or drops it")
+        return name
 
     @field_validator("health_path")
     @classmethod

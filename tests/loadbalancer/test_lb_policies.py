@@ -58,8 +58,8 @@ def simulate(
     return [c / sum(counts) for c in counts]
 
 
-def test_registry_has_the_four_policies() -> None:
-    assert set(POLICIES) == {"least_request", "round_robin", "random", "peak_ewma"}
+def test_registry_has_the_six_policies() -> None:
+    assert set(POLICIES) == {"least_request", "round_robin", "random", "peak_ewma", "ring_hash", "maglev"}
     with pytest.raises(ConfigError, match="unknown policy"):
         make_policy("fastest")
 
