@@ -13,6 +13,8 @@ SCENARIOS = {
     "scaleout": ("bench.scaleout", "two processes behind the balancer vs one"),
     "lb": ("bench.lb_vs_nginx", "the balancer against nginx"),
     "soak": ("bench.soak", "20,000 requests through the balancer and two services"),
+    "scalesim": ("bench.scalesim", "the balancer in front of 2 to 32 stand-in hosts"),
+    "multihost": ("bench.multihost", "faults on three namespace hosts behind the balancer"),
 }
 
 
