@@ -109,10 +109,13 @@ async def load(
     concurrency: int = 16,
     body: bytes = b"x" * 256,
     headers: dict[str, str] | None = None,
+    stop: asyncio.Event | None = None,
+    into: list[Result] | None = None,
 ) -> list[Result]:
-    """POSTs to ``url`` from ``concurrency`` workers, ``total`` requests or for ``duration``."""
-    assert total is not None or duration is not None
-    results: list[Result] = []
+    """POSTs to ``url`` from ``concurrency`` workers, ``total`` requests, for ``duration`` or until
+    ``stop`` is set; each result is appended to ``into`` (read while it runs) as it comes."""
+    assert total is not None or duration is not None or stop is not None
+    results: list[Result] = [] if into is None else into
     stop_at = time.monotonic() + duration if duration is not None else float("inf")
     budget = [total if total is not None else 1 << 60]
     timeout = aiohttp.ClientTimeout(total=30)
@@ -120,7 +123,7 @@ async def load(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
-            while budget[0] > 0 and time.monotonic() < stop_at:
+            while budget[0] > 0 and time.monotonic() < stop_at and not (stop and stop.is_set()):
                 budget[0] -= 1
                 started = time.monotonic()
                 try:

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import dns.exception
 import dns.resolver
 import httpx
@@ -28,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.procs import Proc, await_until, free_port, start_all, stop_all, wait_until
 from loadbalancer.discovery import DnsResolver, Resolution
 from loadbalancer.errors import NameNotFound, ResolverUnavailable
-from tests.loadbalancer.harness import BackendProc, LBProc, Result
+from tests.loadbalancer.harness import BackendProc, LBProc, Result, load
 
 pytestmark = pytest.mark.slow
 
@@ -96,25 +95,6 @@ def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
         server.kill()
 
 
-async def closed_loop(url: str, stop: asyncio.Event, results: list[Result], concurrency: int) -> None:
-    """``concurrency`` callers, each POSTing again as soon as answered, until ``stop``."""
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-
-        async def caller() -> None:
-            while not stop.is_set():
-                started = time.monotonic()
-                try:
-                    async with session.post(url + "/v1/detect", data=b"x" * 64) as response:
-                        data = await response.read()
-                        status, upstream = response.status, response.headers.get("X-Upstream")
-                except aiohttp.ClientError as exc:
-                    data, status, upstream = repr(exc).encode(), -1, None
-                results.append(Result(started, time.monotonic(), status, upstream, data))
-
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-
-
 def metric(lb: LBProc, sample: str, **labels: str) -> float | None:
     text = httpx.get(lb.admin_url + "/metrics", timeout=2.0).text
     for family in text_string_to_metric_families(text):
@@ -164,7 +144,7 @@ async def test_backends_follow_dns_records_under_load(dns_server: DnsServer) -> 
                 "--health-interval", "0.2", "--slow-start-window", "2")
     backends: list[Proc] = []
     stop, results = asyncio.Event(), list[Result]()
-    load: asyncio.Task[None] | None = None
+    traffic: asyncio.Task[list[Result]] | None = None
     try:
         backends += start_all([two, three, four])
         lb.start().wait_ready()
@@ -174,7 +154,8 @@ async def test_backends_follow_dns_records_under_load(dns_server: DnsServer) -> 
         assert by_id(state)[two.id]["discovered_from"] is None
         assert by_id(state)[three.id]["discovered_from"] == source
         assert state["discovery"][0]["addresses"] == ["127.0.0.2", "127.0.0.3"]
-        load = asyncio.create_task(closed_loop(lb.url, stop, results, concurrency=12))
+        traffic = asyncio.create_task(load(lb.url + "/v1/detect", stop=stop, into=results,
+                                           concurrency=12, body=b"x" * 64))
         await await_until(lambda: holds(len({r.upstream for r in results}) == 2), 5.0,
                           "traffic on both backends")
 
@@ -223,8 +204,8 @@ async def test_backends_follow_dns_records_under_load(dns_server: DnsServer) -> 
         await await_until(lambda: holds(len(results) > count + 20), 5.0, "more answers")
     finally:
         stop.set()
-        if load is not None:
-            await asyncio.wait_for(load, 30)
+        if traffic is not None:
+            await asyncio.wait_for(traffic, 30)
         lb.stop()
         stop_all(backends)
     failed = [r for r in results if r.status != 200]

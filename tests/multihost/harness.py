@@ -241,49 +241,45 @@ async def _wait_inflight(lb: NsBalancer, service: NsService, within: float = 10.
     return seen
 
 
-async def link_cut(ground: Ground, host: str = "h2", seconds: float = 10.0) -> Outcome:
-    """``ip link set <host's veth> down`` for ``seconds``, then up; the balancer must take the host
-    back (healthy, and receiving requests)."""
+async def _timed_fault(ground: Ground, host: str, name: str, seconds: float,
+                       start: tuple[str, Callable[[], None]], end: tuple[str, Callable[[], None]],
+                       during: str) -> Outcome:
+    """A fault on ``host`` with requests in flight: ``start`` now, ``end`` ``seconds`` later
+    (whatever happens); the balancer must take the host back (healthy, and receiving requests)."""
     service = ground.services[host]
+    (start_event, begin), (end_event, finish) = start, end
 
-    async def cut(monitor: Monitor, events: dict[str, float], t0: float) -> dict[str, Any]:
+    async def fault(monitor: Monitor, events: dict[str, float], t0: float) -> dict[str, Any]:
         inflight = await _wait_inflight(monitor.balancer, service)
-        ground.network.cut(host)
-        cut_at = time.monotonic()
-        events["cut"] = cut_at - t0
+        begin()
+        began = time.monotonic()
+        events[start_event] = began - t0
         try:
             await asyncio.sleep(seconds)  # the fault's duration
         finally:
-            ground.network.restore(host)
-        events["restored"] = time.monotonic() - t0
-        await ground.taken_back(monitor, service, cut_at, events, t0)
-        return {"in flight on the host when cut": inflight,
+            finish()
+        events[end_event] = time.monotonic() - t0
+        await ground.taken_back(monitor, service, began, events, t0)
+        return {f"in flight on the host when {during}": inflight,
                 "host's errors at the balancer": _errors(monitor, service)}
 
     await ground.ensure_healthy()
-    return await run_fault(ground, f"link cut {seconds:g}s", cut)
+    return await run_fault(ground, name, fault)
+
+
+async def link_cut(ground: Ground, host: str = "h2", seconds: float = 10.0) -> Outcome:
+    """``ip link set <host's veth> down`` for ``seconds``, then up."""
+    return await _timed_fault(ground, host, f"link cut {seconds:g}s", seconds,
+                              ("cut", lambda: ground.network.cut(host)),
+                              ("restored", lambda: ground.network.restore(host)), "cut")
 
 
 async def freeze(ground: Ground, host: str = "h3", seconds: float = 10.0) -> Outcome:
     """SIGSTOP the host's service with requests in flight, SIGCONT ``seconds`` later."""
     service = ground.services[host]
-
-    async def frozen(monitor: Monitor, events: dict[str, float], t0: float) -> dict[str, Any]:
-        inflight = await _wait_inflight(monitor.balancer, service)
-        service.signal(signal.SIGSTOP)
-        stopped = time.monotonic()
-        events["SIGSTOP"] = stopped - t0
-        try:
-            await asyncio.sleep(seconds)  # the fault's duration
-        finally:
-            service.signal(signal.SIGCONT)
-        events["SIGCONT"] = time.monotonic() - t0
-        await ground.taken_back(monitor, service, stopped, events, t0)
-        return {"in flight on the host when frozen": inflight,
-                "host's errors at the balancer": _errors(monitor, service)}
-
-    await ground.ensure_healthy()
-    return await run_fault(ground, f"frozen {seconds:g}s", frozen)
+    return await _timed_fault(ground, host, f"frozen {seconds:g}s", seconds,
+                              ("SIGSTOP", lambda: service.signal(signal.SIGSTOP)),
+                              ("SIGCONT", lambda: service.signal(signal.SIGCONT)), "frozen")
 
 
 async def kill(ground: Ground, host: str = "h1", down: float = 3.0) -> Outcome:
