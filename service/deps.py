@@ -15,6 +15,7 @@ from fastapi import Depends, Query, Request
 from service.errors import Draining, NotReady, RateLimited, Unauthorized, ValidationFailed
 from service.inference import Inferencer
 from service.state import AppState, Lifecycle
+from wire.headers import API_KEY, AUTHORIZATION, REQUEST_TIMEOUT_MS
 from wire.params import CONF, IOU, MAX_DET
 
 __all__ = [
@@ -48,10 +49,10 @@ InferencerDep = Annotated[Inferencer, Depends(_inferencer)]
 
 
 def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+    auth = request.headers.get(AUTHORIZATION, "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.headers.get("x-api-key")
+    return request.headers.get(API_KEY)
 
 
 async def _authorize(request: Request, state: StateDep) -> str | None:
@@ -77,7 +78,7 @@ AuthDep = Annotated[str | None, Depends(_authorize)]
 
 async def _deadline(request: Request, state: StateDep) -> float | None:
     """Absolute monotonic deadline from ``X-Request-Timeout-Ms`` (or the configured default)."""
-    raw = request.headers.get("x-request-timeout-ms")
+    raw = request.headers.get(REQUEST_TIMEOUT_MS)
     budget_ms = state.settings.default_timeout_ms
     if raw is not None:
         try:

@@ -4,11 +4,11 @@ validation, its OpenAPI schema and the client's checks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 from pydantic import Field
 
-__all__ = ["CONF", "IOU", "MAX_DET", "PARAMS", "Bound", "Conf", "Iou", "MaxDet"]
+__all__ = ["CONF", "IOU", "MAX_DET", "PARAMS", "Bound"]
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,8 @@ class Bound:
                 "minimum": self.cast(self.minimum), "maximum": self.cast(self.maximum),
                 "default": self.cast(self.default), "description": self.description}
 
-    def contains(self, value: float) -> bool:
-        return self.minimum <= value <= self.maximum and (not self.integer or float(value).is_integer())
-
 
 CONF: Final = Bound("conf", 0.0, 1.0, 0.25, False, "Confidence threshold")
 IOU: Final = Bound("iou", 0.0, 1.0, 0.7, False, "NMS IoU threshold")
 MAX_DET: Final = Bound("max_det", 1, 1000, 300, True, "Most boxes kept per image")
 PARAMS: Final = (CONF, IOU, MAX_DET)
-
-Conf = Annotated[float, Field(ge=CONF.minimum, le=CONF.maximum, allow_inf_nan=False)]
-Iou = Annotated[float, Field(ge=IOU.minimum, le=IOU.maximum, allow_inf_nan=False)]
-MaxDet = Annotated[int, Field(ge=int(MAX_DET.minimum), le=int(MAX_DET.maximum))]
