@@ -47,11 +47,18 @@ class _Portal:
             raise
 
     def close(self) -> None:
-        """Stop the loop and join its thread; idempotent."""
-        if self._portal is None:
+        """Cancel what still runs on the loop, stop it and join its thread; idempotent.
+
+        Work is cancelled rather than awaited: a call interrupted while it was still being handed
+        over (a Ctrl-C then) has no future to cancel, and waiting for it could last forever.
+        """
+        portal, self._portal = self._portal, None
+        if portal is None:
             return
-        self._portal = None
-        self._manager.__exit__(None, None, None)
+        try:
+            portal.call(portal.stop, True)
+        finally:
+            self._manager.__exit__(None, None, None)
 
 
 def _blocking(
