@@ -47,12 +47,19 @@ def test_defaults_listen_on_loopback_only() -> None:
     assert lb.host == "127.0.0.1" and lb.admin_host == "127.0.0.1" and lb.admin_token is None
 
 
+def _connections(proc: psutil.Process) -> list[Any]:
+    """The process's inet sockets: ``net_connections`` from psutil 6, ``connections`` before it
+    (the interop clients' dependencies hold psutil below 6)."""
+    listing = getattr(proc, "net_connections", None) or proc.connections
+    return list(listing("inet"))
+
+
 @pytest.mark.slow
 def test_balancer_sockets_are_loopback_and_admin_needs_the_token(lb_with_token: LBProc) -> None:
     import httpx
 
     assert lb_with_token.proc is not None
-    listening = [c.laddr for c in psutil.Process(lb_with_token.proc.pid).net_connections("inet")
+    listening = [c.laddr for c in _connections(psutil.Process(lb_with_token.proc.pid))
                  if c.status == psutil.CONN_LISTEN]
     assert {a.port for a in listening} >= {lb_with_token.port, lb_with_token.admin_port}
     assert {a.ip for a in listening} == {"127.0.0.1"}
