@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,6 +68,17 @@ async def test_frames_in_seq_order_and_a_stale_seq_is_409(client: httpx.AsyncCli
     assert metric(text, "stream_frames_dropped_total", reason="stale") >= 2
     assert metric(text, "stream_frames_total") >= 2
     await client.delete("/v1/streams/order")
+
+
+async def test_a_frame_waits_for_a_lower_seq_in_flight(client: httpx.AsyncClient,
+                                                       frames: list[bytes]) -> None:
+    # seq 2 is sent first; seq 1 comes while 2 is being detected, and is tracked first
+    later, earlier = await asyncio.gather(post(client, "reordered", 2, frames[1]),
+                                          post(client, "reordered", 1, frames[0]))
+    assert later.status_code == earlier.status_code == 200, (later.text, earlier.text)
+    assert earlier.json()["stream"]["stream_started"] is True
+    assert later.json()["stream"]["stream_started"] is False
+    await client.delete("/v1/streams/reordered")
 
 
 async def test_json_frames_answer_as_multipart_ones(client: httpx.AsyncClient,
@@ -146,3 +158,13 @@ async def test_idle_streams_expire_after_the_ttl(frames: list[bytes]) -> None:
         assert metric(text, "streams_active") == 0
         back = await post(c, "idle", 2, frames[2])
         assert back.status_code == 200 and back.json()["stream"]["stream_started"]
+
+
+async def test_json_frame_fields_have_json_types(client: httpx.AsyncClient,
+                                                 frames: list[bytes]) -> None:
+    frame = base64.b64encode(frames[0]).decode()
+    for bad in ({"seq": "1"}, {"seq": 1, "fuse_score": "yes"}, {"seq": 1, "extra": 1}, {}):
+        r = await client.post("/v1/streams/typed/frames", json={"frame": frame, **bad})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", bad
+    r = await client.post("/v1/streams/typed/frames", json={"frame": "not base64!", "seq": 1})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
