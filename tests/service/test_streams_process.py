@@ -53,6 +53,17 @@ async def test_websocket_feed_answers_every_frame_in_order(service: ServiceProce
     assert service_tracks(answers) == service_tracks(posted)
 
 
+async def test_websocket_a_bad_frame_is_answered_in_its_place(service: ServiceProcess,
+                                                              frames: list[bytes]) -> None:
+    async with websockets.connect(ws_url(service, "ws-mixed")) as ws:
+        for data in (frames[0], b"not an image", frames[1]):
+            await ws.send(data)
+        answers = [orjson.loads(await asyncio.wait_for(ws.recv(), 30)) for _ in range(3)]
+    assert answers[0]["stream"] == {"id": "ws-mixed", "seq": 1, "stream_started": True}
+    assert answers[1]["error"]["code"] == "invalid_image"
+    assert answers[2]["stream"] == {"id": "ws-mixed", "seq": 3, "stream_started": False}
+
+
 async def test_websocket_bad_parameters_are_answered_and_closed(service: ServiceProcess) -> None:
     async with websockets.connect(ws_url(service, "ws-bad")) as ws:
         await ws.send(orjson.dumps({"tracker": "sort"}).decode())
