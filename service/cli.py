@@ -6,6 +6,7 @@ inside the commands, so the console entry point starts fast on the light install
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,11 +20,34 @@ from wire.options import given_options, settings_options
 __all__ = ["export_command", "serve_command", "train_demo_command"]
 
 
+_MODEL_OPTION = click.option(
+    "--model", "model", multiple=True, metavar="[NAME=]PATH",
+    help="A model to serve, repeatable: NAME=PATH, or a bare PATH named by its file; the first "
+         "is the default. [env: YOLOSERVE_MODEL (one path), YOLOSERVE_MODELS (a JSON list)]")
+
+
+def _model_flags(given: tuple[str, ...]) -> dict[str, Any]:
+    """One bare ``--model PATH`` is today's single model; anything else is the list of models."""
+    if not given:
+        return {}
+    if len(given) == 1 and "=" not in given[0]:
+        return {"model": Path(given[0])}
+    return {"models": list(given)}
+
+
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
-@settings_options(Settings, skip={"api_keys"})  # keys stay out of the process list: env only
+# keys stay out of the process list (env only); --model covers `models`
+@settings_options(Settings, skip={"api_keys", "models"}, special={"model": _MODEL_OPTION})
 def serve_command(**flags: Any) -> None:
     """Run the detection service."""
-    settings = Settings(**given_options(flags))
+    from service.modelspec import ModelConfigError, resolve_specs
+
+    models = _model_flags(flags.pop("model", ()))
+    settings = Settings(**given_options(flags), **models)
+    try:  # a wrong model list stops here, before the port opens
+        resolve_specs(settings.model, settings.models, settings.model_alias)
+    except ModelConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     if settings.workers > 1:
         _exec_gunicorn(settings)
     from service.server import run
@@ -35,7 +59,8 @@ def _exec_gunicorn(settings: Settings) -> None:
     """Hand over to gunicorn; settings travel as YOLOSERVE_* environment variables."""
     for name, value in settings.model_dump(exclude={"api_keys"}).items():
         if value is not None:
-            os.environ[f"YOLOSERVE_{name.upper()}"] = str(value)
+            os.environ[f"YOLOSERVE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, list) else str(value))
     # the master holds the port, so a worker takes connections only once its model is ready
     if settings.cores is None:  # N workers share the cores instead of each taking them all
         os.environ["YOLOSERVE_CORES"] = str(max(1, (os.cpu_count() or 1) // settings.workers))
