@@ -73,14 +73,38 @@ def _exec_gunicorn(settings: Settings) -> None:
 
 @click.command("export", context_settings={"show_default": True})
 @click.option("--model", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "triton"]), default="onnx",
+              help="onnx: an ONNX file, checked against the source; triton: a Triton model "
+                   "repository (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx)")
 @click.option("--half", is_flag=True, help="Also write an FP16 copy (for GPUs)")
 @click.option("--int8", is_flag=True, help="Also write a dynamically quantised INT8 copy (CPUs)")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="ONNX path")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="ONNX path; with --format triton the repository's folder [triton-models]")
 @click.option("--check-images", type=int, default=100, help="Validation images for parity/mAP")
+@click.option("--name", default=None, help="triton: the model's name [the file's stem]")
+@click.option("--max-batch-size", type=click.IntRange(1, 1024), default=8, help="triton")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0,
+              help="triton: dynamic batching's queue delay")
+@click.option("--instances", type=click.IntRange(1), default=1, help="triton: model instances")
+@click.option("--gpu", is_flag=True, help="triton: instances on GPUs (KIND_GPU)")
+@click.option("--tensorrt-fp16", is_flag=True,
+              help="triton: run the ONNX model through TensorRT in FP16 (implies --gpu)")
 def export_command(model: Path, fmt: str, half: bool, int8: bool, out: Path | None,
-                   check_images: int) -> None:
-    """Export weights to ONNX and check parity and mAP against the source model."""
+                   check_images: int, name: str | None, max_batch_size: int, max_wait_ms: float,
+                   instances: int, gpu: bool, tensorrt_fp16: bool) -> None:
+    """Export weights to ONNX and check parity and mAP against the source model, or write a
+    Triton model repository."""
+    if fmt == "triton":
+        from service.engine.export import TritonOptions, export_triton
+
+        options = TritonOptions(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                instances=instances, gpu=gpu, tensorrt_fp16=tensorrt_fp16)
+        try:
+            config = export_triton(model, out or Path("triton-models"), name=name, options=options)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"wrote {config} and {config.parent / '1' / 'model.onnx'}")
+        return
     from service.engine.export import export_and_check
 
     report = export_and_check(model, out=out, half=half, int8=int8, check_images=check_images)

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from service.bodies import resolve_params
+from service.engine.triton import DETECT_INPUT, RAW_INPUT, RAW_OUTPUT
 from service.errors import to_service_error
 from service.inference import Inferencer
 from service.models import ServedModel
-from service.v2.config import DETECT_INPUT, RAW_INPUT, RAW_OUTPUT
 from service.v2.tensors import Decoded, Output, invalid
 from wire.schemas import DetectionResult
 

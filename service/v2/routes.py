@@ -17,11 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from service.deps import AuthDep, DeadlineDep, InferencerDep, StateDep
+from service.engine.triton import detect_config, detect_tensors, raw_config, raw_tensors
 from service.errors import ServiceError, ValidationFailed, to_service_error
 from service.models import ModelNotFound, ModelRegistry, ServedModel
 from service.settings import Settings
 from service.state import Lifecycle
-from service.v2.config import detect_config, detect_tensors, raw_config, raw_tensors
 from service.v2.infer import infer_detect, infer_raw
 from service.v2.schemas import (
     InferenceRequest,

@@ -1,5 +1,6 @@
-"""How a served model looks to Open Inference Protocol clients: its tensor metadata and its Triton
-model configuration (the JSON of ``.../config``, and ``config.pbtxt`` in an exported repository).
+"""How a model looks to Open Inference Protocol clients and to Triton: its tensor metadata and
+its Triton model configuration (the JSON of ``.../config``, ``config.pbtxt`` in an exported
+repository).
 
 Ultralytics' Triton client reads the configuration's input and output names and data types, and
 its class names and input size from ``parameters.metadata`` (a Python literal, as Ultralytics
