@@ -32,6 +32,7 @@ from service.v2.schemas import (
     ReadyResponse,
     ServerMetadata,
     V2Error,
+    inline_schema,
 )
 from service.v2.tensors import decode_request, encode_response, invalid
 from wire.errors import retry_after_header
@@ -191,8 +192,7 @@ _INFER_BODY: dict[str, Any] = {
         "description": "JSON; or, with the Inference-Header-Content-Length header, that many "
                        "bytes of JSON followed by the inputs' binary data",
         "content": {
-            "application/json": {"schema": InferenceRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}")},
+            "application/json": {"schema": inline_schema(InferenceRequest)},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     }

@@ -20,6 +20,7 @@ __all__ = [
     "ServerMetadata",
     "TensorMetadata",
     "V2Error",
+    "inline_schema",
 ]
 
 Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
@@ -106,3 +107,22 @@ class ModelReadyResponse(_Model):
 
 class V2Error(_Model):
     error: str = Field(description="What went wrong, for people")
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its nested models written in place (no ``$defs``), for a
+    request body that the route reads itself (OpenAPI has no components for it)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
