@@ -189,12 +189,11 @@ def _config(target: _Target, settings: Settings) -> dict[str, Any]:
 _INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "JSON; or, with the Inference-Header-Content-Length header, that many "
-                       "bytes of JSON followed by the inputs' binary data",
-        "content": {
-            "application/json": {"schema": inline_schema(InferenceRequest)},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
+        "description": "JSON tensors; or, Triton's binary-data extension, with the "
+                       "Inference-Header-Content-Length header: that many bytes of this JSON "
+                       "followed by the binary data of the inputs whose parameters give a "
+                       "binary_data_size, in order",
+        "content": {"application/json": {"schema": inline_schema(InferenceRequest)}},
     }
 }
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
