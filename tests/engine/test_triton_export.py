@@ -58,3 +58,15 @@ def test_tensorrt_fp16_block_for_gpus(tmp_path: Path) -> None:
     assert [a.name for a in accel] == ["tensorrt"]
     assert accel[0].parameters["precision_mode"] == "FP16"
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU  # type: ignore[attr-defined]
+
+
+def test_the_end_to_end_form_has_a_valid_configuration_too() -> None:
+    from service.engine.triton import detect_config, to_pbtxt
+
+    served = detect_config("demo", input_size=256, names={0: "circle"}, max_batch_size=8,
+                           max_wait_ms=5.0)
+    config = text_format.Parse(to_pbtxt(served), model_config_pb2.ModelConfig())
+    assert [t.name for t in config.input] == ["IMAGE"]
+    assert model_config_pb2.DataType.Name(config.input[0].data_type) == "TYPE_STRING"
+    assert [t.name for t in config.output] == ["boxes", "scores", "classes", "num_detections"]
+    assert list(config.output[0].dims) == [-1, 4]
