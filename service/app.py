@@ -92,7 +92,7 @@ async def _load(state: AppState) -> None:
 
     registry = await load_models(state.settings, state.metrics)
     default = registry.models[registry.default].inferencer
-    if default.engine.meta.backend == "onnx":
+    if all(m.inferencer.engine.meta.backend == "onnx" for m in registry.models.values()):
         _single_threaded_torch()
     state.metrics.gc_frozen.set(freeze_loaded_heap())
     state.gc_pauses.start()
