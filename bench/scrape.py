@@ -34,26 +34,29 @@ def scrape(base_url: str) -> Scrape | None:
         return None
     out = Scrape()
     found = False
+    # summed over the labels (models, and the protocols a batch came from)
     for fam in text_string_to_metric_families(resp.text):
         if fam.name == "inference_batch_size":
             found = True
             for s in fam.samples:
                 if s.name.endswith("_bucket"):
-                    out.buckets[float(s.labels["le"])] = s.value
+                    le = float(s.labels["le"])
+                    out.buckets[le] = out.buckets.get(le, 0.0) + s.value
                 elif s.name.endswith("_count"):
-                    out.batches = s.value
+                    out.batches += s.value
                 elif s.name.endswith("_sum"):
-                    out.images = s.value
+                    out.images += s.value
         elif fam.name == "batch_dispatch":
             for s in fam.samples:
                 if s.name.endswith("_total"):
-                    out.dispatch[s.labels.get("reason", "")] = s.value
+                    reason = s.labels.get("reason", "")
+                    out.dispatch[reason] = out.dispatch.get(reason, 0.0) + s.value
         elif fam.name == "model_inference_latency_seconds":
             for s in fam.samples:
                 if s.name.endswith("_count"):
-                    out.exec_count = s.value
+                    out.exec_count += s.value
                 elif s.name.endswith("_sum"):
-                    out.exec_sum = s.value
+                    out.exec_sum += s.value
     return out if found else None
 
 

@@ -18,6 +18,7 @@ from collections.abc import (
 from contextlib import aclosing
 from types import TracebackType
 from typing import Self, TypedDict, TypeVar, Unpack
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -41,6 +42,7 @@ from wire.schemas import (
     DetectionResult,
     HealthResponse,
     ModelInfo,
+    ModelsResponse,
 )
 
 __all__ = ["AsyncDetectionClient", "ClientOptions", "DetectOptions"]
@@ -54,6 +56,7 @@ class ClientOptions(TypedDict, total=False):
 
     timeout: float
     max_attempts: int
+    model: str | None
     api_key: str | None
     connect_timeout: float
     attempt_timeout: float | None
@@ -77,6 +80,7 @@ class DetectOptions(TypedDict, total=False):
     iou: float | None
     max_det: int | None
     classes: Sequence[int | str] | None
+    model: str | None
     timeout: float | None
 
 
@@ -96,6 +100,9 @@ class AsyncDetectionClient:
     calls in flight: :meth:`RetryBudget.for_concurrency`). ``transport``, ``sleep``, ``jitter``
     and ``clock`` are for tests.
 
+    ``model`` names one of the service's models (or an alias) for every call, and each call's
+    ``model`` overrides it; None addresses the service's default model.
+
     Every method's ``timeout`` overrides the client's for that call. It is a deadline, not only a
     wrapper: it bounds the retries and is sent to the service as ``X-Request-Timeout-Ms``.
     """
@@ -106,6 +113,7 @@ class AsyncDetectionClient:
         *,
         timeout: float = 10.0,
         max_attempts: int = 4,
+        model: str | None = None,
         api_key: str | None = None,
         connect_timeout: float = 3.0,
         attempt_timeout: float | None = None,
@@ -124,6 +132,7 @@ class AsyncDetectionClient:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.timeout = timeout
+        self.model = model
         self.policy = RetryPolicy(
             max_attempts=max_attempts,
             backoff=Backoff(backoff_base, backoff_max),
@@ -202,12 +211,14 @@ class AsyncDetectionClient:
         max_det: int | None = None,
         classes: Sequence[int | str] | None = None,
         image_name: str | None = None,
+        model: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
     ) -> DetectionResult:
         """Detect objects in one image (a path, encoded bytes, or a uint8 BGR numpy array)."""
         upload = await self._encode(image, image_name)
         form = _form(conf, iou, max_det, classes)
-        spec = RequestSpec("POST", "/v1/detect", [("image", upload.as_file())], form)
+        spec = RequestSpec("POST", self._route("/detect", model), [("image", upload.as_file())],
+                           form)
         return _parse(DetectionResult, await self._send(spec, timeout))
 
     async def annotate(
@@ -219,12 +230,14 @@ class AsyncDetectionClient:
         max_det: int | None = None,
         classes: Sequence[int | str] | None = None,
         image_name: str | None = None,
+        model: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
     ) -> bytes:
         """The image as JPEG bytes with the detected boxes and labels drawn on it."""
         upload = await self._encode(image, image_name)
         form = _form(conf, iou, max_det, classes)
-        spec = RequestSpec("POST", "/v1/annotate", [("image", upload.as_file())], form)
+        spec = RequestSpec("POST", self._route("/annotate", model), [("image", upload.as_file())],
+                           form)
         return (await self._send(spec, timeout)).content
 
     async def detect_batch(
@@ -235,6 +248,7 @@ class AsyncDetectionClient:
         iou: float | None = None,
         max_det: int | None = None,
         classes: Sequence[int | str] | None = None,
+        model: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
     ) -> list[DetectionResult | ClientError]:
         """Detect in several images (the service takes up to 64) in one request.
@@ -246,7 +260,8 @@ class AsyncDetectionClient:
             return []
         uploads = await asyncio.gather(*(self._encode(image, None) for image in images))
         files = [("images", upload.as_file()) for upload in uploads]
-        spec = RequestSpec("POST", "/v1/detect/batch", files, _form(conf, iou, max_det, classes))
+        spec = RequestSpec("POST", self._route("/detect/batch", model), files,
+                           _form(conf, iou, max_det, classes))
         batch = _parse(BatchResponse, await self._send(spec, timeout))
         if len(batch.results) != len(images):
             raise ProtocolError(f"{len(images)} images sent, {len(batch.results)} results received")
@@ -295,9 +310,16 @@ class AsyncDetectionClient:
 
     # -- model and health --------------------------------------------------------------------
 
-    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:  # noqa: ASYNC109
+    async def model_info(self, *, model: str | None = None,
+                         timeout: float | None = None) -> ModelInfo:  # noqa: ASYNC109
         """The served model: name, version, backend, device, classes, batching settings."""
-        return _parse(ModelInfo, await self._send(RequestSpec("GET", "/v1/model"), timeout))
+        model = model or self.model
+        path = "/v1/model" if model is None else f"/v1/models/{quote(model, safe='')}"
+        return _parse(ModelInfo, await self._send(RequestSpec("GET", path), timeout))
+
+    async def list_models(self, *, timeout: float | None = None) -> ModelsResponse:  # noqa: ASYNC109
+        """Every model the service serves, its default and its aliases."""
+        return _parse(ModelsResponse, await self._send(RequestSpec("GET", "/v1/models"), timeout))
 
     async def health(self, *, timeout: float | None = None) -> HealthResponse:  # noqa: ASYNC109
         """The readiness probe, in one try: ``status`` is "ready", or why not ("starting"...)."""
@@ -346,6 +368,11 @@ class AsyncDetectionClient:
             delay = min(delay * 2, 1.0)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _route(self, route: str, model: str | None) -> str:
+        """``/v1{route}`` of the default model, or ``/v1/models/{model}{route}``."""
+        model = model or self.model
+        return f"/v1{route}" if model is None else f"/v1/models/{quote(model, safe='')}{route}"
 
     async def _encode(self, image: ImageInput, name: str | None) -> EncodedImage:
         self._check_open()

@@ -155,6 +155,7 @@ class DetectionClient:
     detect_batch = _blocking(AsyncDetectionClient.detect_batch)
     detect_many = _blocking_iter(AsyncDetectionClient.detect_many)
     model_info = _blocking(AsyncDetectionClient.model_info)
+    list_models = _blocking(AsyncDetectionClient.list_models)
     health = _blocking(AsyncDetectionClient.health)
     wait_until_ready = _blocking(AsyncDetectionClient.wait_until_ready)
 

@@ -64,6 +64,8 @@ class _Job:
 @click.option("--iou", type=click.FloatRange(0, 1), help="NMS IoU threshold [service: 0.7].")
 @click.option("--max-det", type=click.IntRange(1, 1000), help="Most detections per image.")
 @click.option("--classes", help="Only these classes: comma-separated ids or names.")
+@click.option("--model", default=None,
+              help="One of the service's models, or an alias [the service's default].")
 @click.option(
     "--retries",
     type=click.IntRange(0, 20),
@@ -99,6 +101,7 @@ def detect_command(
     iou: float | None,
     max_det: int | None,
     classes: str | None,
+    model: str | None,
     retries: int,
     timeout: float,
     api_key: str | None,
@@ -113,7 +116,7 @@ def detect_command(
     if next(iter_image_paths(paths), None) is None:
         raise click.UsageError("no images found in PATHS")
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    options = DetectOptions(conf=conf, iou=iou, max_det=max_det, classes=class_list)
+    options = DetectOptions(conf=conf, iou=iou, max_det=max_det, classes=class_list, model=model)
     job = _Job(paths, url, concurrency, ordered, retries + 1, timeout, api_key, options)
     console = Console(stderr=True)
     show = console.is_terminal if progress is None else progress

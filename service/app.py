@@ -27,10 +27,11 @@ from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.ratelimit import RateLimiter
-from service.routes import detect, health, model, streams
+from service.routes import detect, health, model, models, streams
 from service.settings import Settings
 from service.state import AppState, Lifecycle
 from service.streams import StreamRegistry
+from service.v2 import routes as v2_routes
 from wire import errors as codes
 
 __all__ = ["create_app"]
@@ -88,34 +89,19 @@ def _single_threaded_torch() -> None:
 
 
 async def _load(state: AppState) -> None:
-    from service.compute import plan_compute
-    from service.engine import Engine, ImageLimits
-    from service.inference import Inferencer
+    from service.models import load_models
 
-    s = state.settings
-    limits = ImageLimits(max_pixels=s.max_pixels, min_side=s.min_side, max_side=s.max_side)
-    plan = await asyncio.to_thread(plan_compute, s)  # may import torch to look for CUDA
-    engine = await asyncio.to_thread(
-        Engine.load, s.model, backend=plan.backend, device=plan.device, half=s.half,
-        limits=limits, threads=plan.threads, spin=s.spin,
-    )
-    if engine.meta.backend == "onnx":
+    registry = await load_models(state.settings, state.metrics)
+    default = registry.models[registry.default].inferencer
+    if all(m.inferencer.engine.meta.backend == "onnx" for m in registry.models.values()):
         _single_threaded_torch()
-    if s.warmup:
-        await asyncio.to_thread(engine.warmup, s.max_batch_size)
     state.metrics.gc_frozen.set(freeze_loaded_heap())
     state.gc_pauses.start()
-    state.metrics.set_model(engine.meta)
-    inferencer = Inferencer(engine, s, state.metrics, concurrent_batches=plan.concurrent_batches)
-    await inferencer.start()
+    state.models = registry
+    state.inferencer = default
     state.streams = await _start_streams(state)
-    state.inferencer = inferencer
     state.lifecycle = Lifecycle.READY
-    meta = engine.meta
-    log.info("ready", extra={"model": meta.name, "version": meta.version, "backend": meta.backend,
-                             "device": meta.device, "precision": meta.precision,
-                             "concurrent_batches": plan.concurrent_batches,
-                             "threads": plan.threads})
+    log.info("ready", extra={"models": list(registry.models), "default": registry.default})
 
 
 async def _start_streams(state: AppState) -> StreamRegistry:
@@ -166,8 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 state.loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await state.loading
-            if state.inferencer is not None:
-                await state.inferencer.close(settings.drain_timeout_s)
+            if state.models is not None:
+                await state.models.close(settings.drain_timeout_s)
             if state.streams is not None:
                 await state.streams.close()
             state.gc_pauses.stop()
@@ -187,6 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(model.router)
     app.include_router(streams.router)
     app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(v2_routes.router)
     _install_error_handlers(app)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,

@@ -6,6 +6,7 @@ inside the commands, so the console entry point starts fast on the light install
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,11 +20,34 @@ from wire.options import given_options, settings_options
 __all__ = ["export_command", "serve_command", "train_demo_command"]
 
 
+_MODEL_OPTION = click.option(
+    "--model", "model", multiple=True, metavar="[NAME=]PATH",
+    help="A model to serve, repeatable: NAME=PATH, or a bare PATH named by its file; the first "
+         "is the default. [env: YOLOSERVE_MODEL (one path), YOLOSERVE_MODELS (a JSON list)]")
+
+
+def _model_flags(given: tuple[str, ...]) -> dict[str, Any]:
+    """One bare ``--model PATH`` is today's single model; anything else is the list of models."""
+    if not given:
+        return {}
+    if len(given) == 1 and "=" not in given[0]:
+        return {"model": Path(given[0])}
+    return {"models": list(given)}
+
+
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
-@settings_options(Settings, skip={"api_keys"})  # keys stay out of the process list: env only
+# keys stay out of the process list (env only); --model covers `models`
+@settings_options(Settings, skip={"api_keys", "models"}, special={"model": _MODEL_OPTION})
 def serve_command(**flags: Any) -> None:
     """Run the detection service."""
-    settings = Settings(**given_options(flags))
+    from service.modelspec import ModelConfigError, resolve_specs
+
+    models = _model_flags(flags.pop("model", ()))
+    settings = Settings(**given_options(flags), **models)
+    try:  # a wrong model list stops here, before the port opens
+        resolve_specs(settings.model, settings.models, settings.model_alias)
+    except ModelConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     if settings.workers > 1:
         _exec_gunicorn(settings)
     from service.server import run
@@ -35,7 +59,8 @@ def _exec_gunicorn(settings: Settings) -> None:
     """Hand over to gunicorn; settings travel as YOLOSERVE_* environment variables."""
     for name, value in settings.model_dump(exclude={"api_keys"}).items():
         if value is not None:
-            os.environ[f"YOLOSERVE_{name.upper()}"] = str(value)
+            os.environ[f"YOLOSERVE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, list) else str(value))
     # the master holds the port, so a worker takes connections only once its model is ready
     if settings.cores is None:  # N workers share the cores instead of each taking them all
         os.environ["YOLOSERVE_CORES"] = str(max(1, (os.cpu_count() or 1) // settings.workers))
@@ -48,14 +73,38 @@ def _exec_gunicorn(settings: Settings) -> None:
 
 @click.command("export", context_settings={"show_default": True})
 @click.option("--model", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "triton"]), default="onnx",
+              help="onnx: an ONNX file, checked against the source; triton: a Triton model "
+                   "repository (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx)")
 @click.option("--half", is_flag=True, help="Also write an FP16 copy (for GPUs)")
 @click.option("--int8", is_flag=True, help="Also write a dynamically quantised INT8 copy (CPUs)")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="ONNX path")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="ONNX path; with --format triton the repository's folder [triton-models]")
 @click.option("--check-images", type=int, default=100, help="Validation images for parity/mAP")
+@click.option("--name", default=None, help="triton: the model's name [the file's stem]")
+@click.option("--max-batch-size", type=click.IntRange(1, 1024), default=8, help="triton")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0,
+              help="triton: dynamic batching's queue delay")
+@click.option("--instances", type=click.IntRange(1), default=1, help="triton: model instances")
+@click.option("--gpu", is_flag=True, help="triton: instances on GPUs (KIND_GPU)")
+@click.option("--tensorrt-fp16", is_flag=True,
+              help="triton: run the ONNX model through TensorRT in FP16 (implies --gpu)")
 def export_command(model: Path, fmt: str, half: bool, int8: bool, out: Path | None,
-                   check_images: int) -> None:
-    """Export weights to ONNX and check parity and mAP against the source model."""
+                   check_images: int, name: str | None, max_batch_size: int, max_wait_ms: float,
+                   instances: int, gpu: bool, tensorrt_fp16: bool) -> None:
+    """Export weights to ONNX and check parity and mAP against the source model, or write a
+    Triton model repository."""
+    if fmt == "triton":
+        from service.engine.export import TritonOptions, export_triton
+
+        options = TritonOptions(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                instances=instances, gpu=gpu, tensorrt_fp16=tensorrt_fp16)
+        try:
+            config = export_triton(model, out or Path("triton-models"), name=name, options=options)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"wrote {config} and {config.parent / '1' / 'model.onnx'}")
+        return
     from service.engine.export import export_and_check
 
     report = export_and_check(model, out=out, half=half, int8=int8, check_images=check_images)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from service.engine.backends import resolve_device
@@ -30,10 +31,11 @@ class ComputePlan:
     threads: int  # ONNX Runtime intra-op threads of one forward pass on a CPU
 
 
-def plan_compute(settings: Settings) -> ComputePlan:
-    """The settings' choices, with ``None`` (automatic) resolved for this machine and model."""
+def plan_compute(settings: Settings, model: Path | None = None) -> ComputePlan:
+    """The settings' choices, with ``None`` (automatic) resolved for this machine and ``model``
+    (the settings' default model when not given)."""
     device = resolve_device(settings.device)
-    chosen, _ = choose_backend(settings.model, settings.backend, device)
+    chosen, _ = choose_backend(model or settings.model, settings.backend, device)
     backend: Literal["torch", "onnx"] = "onnx" if chosen == "onnx" else "torch"
     cores = settings.cores or os.cpu_count() or 1
     streams = backend == "onnx" and device == "cpu"

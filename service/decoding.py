@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -17,9 +17,13 @@ T = TypeVar("T")
 
 
 class DecodePool:
-    def __init__(self, engine: Engine, threads: int) -> None:
+    """Decoding for one engine, in its own threads or in ``executor`` (shared by several models;
+    its owner shuts it down)."""
+
+    def __init__(self, engine: Engine, threads: int, executor: Executor | None = None) -> None:
         self._engine = engine
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._owned = executor is None
+        self._pool = executor or ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     async def prepare(self, data: bytes, name: str) -> Prepared:
         loop = asyncio.get_running_loop()
@@ -31,4 +35,5 @@ class DecodePool:
         return await loop.run_in_executor(self._pool, prepare)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._owned:
+            self._pool.shutdown(wait=True, cancel_futures=True)

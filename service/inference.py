@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 class Job:
     prepared: Prepared
     params: DetectParams
+    protocol: str = "v1"  # which API sent it: v1 or v2 (the Open Inference Protocol)
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,13 @@ class _Computed:
 
 class Inferencer:
     def __init__(self, engine: Engine, settings: Settings, metrics: ServiceMetrics,
-                 concurrent_batches: int = 1) -> None:
+                 concurrent_batches: int = 1, decode_executor: Executor | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
-        self._decode = DecodePool(engine, settings.preprocess_threads)
+        self.concurrent_batches = concurrent_batches
+        self.observer = metrics.for_model(engine.meta.name)
+        self._decode = DecodePool(engine, settings.preprocess_threads, decode_executor)
         limit = capacity(settings.max_queue, settings.max_batch_size, concurrent_batches)
         self.batcher: DynamicBatcher[Job, Outcome] = DynamicBatcher(
             self._run_batch,
@@ -70,8 +74,8 @@ class Inferencer:
             max_wait=settings.max_wait_ms / 1000,
             max_queue=limit,  # a backstop: admission refuses first, by the same rule
             max_concurrent_batches=concurrent_batches,
-            observer=metrics,
-            name="inference",
+            observer=self.observer,
+            name=f"inference-{engine.meta.name}",
         )
         self.admission = Admission(limit, self.batcher)
         size = settings.cache_size if settings.cache_enabled else 0
@@ -90,31 +94,34 @@ class Inferencer:
 
     # the model, in the batcher's worker thread ------------------------------------------------
     def _run_batch(self, jobs: list[Job]) -> list[Outcome]:
+        self.observer.on_forward(len(jobs), "+".join(sorted({j.protocol for j in jobs})))
         out = self.engine.infer([j.prepared for j in jobs], [j.params for j in jobs])
         for det in out.detections:
             for d in det.items:
-                self.metrics.detections.labels(d.class_name).inc()
+                self.observer.on_detection(d.class_name)
         return [Outcome(d, out.inference_ms, out.postprocess_ms) for d in out.detections]
 
     # the request path ---------------------------------------------------------------------------
     async def detect(
-        self, data: bytes, name: str, params: DetectParams, deadline: float | None = None
+        self, data: bytes, name: str, params: DetectParams, deadline: float | None = None,
+        protocol: str = "v1",
     ) -> DetectionResult:
         start = time.perf_counter()
         cached = False
         if self._cache is None:
-            computed = await self._compute(data, name, params, deadline)
+            computed = await self._compute(data, name, params, deadline, protocol=protocol)
         else:
             key = cache_key(data, params)
             hit = self._cache.get(key)
             cached = hit is not None or key in self._coalesce
             computed = hit if hit is not None else await self._coalesce.run(
-                key, lambda: self._compute(data, name, params, deadline))
+                key, lambda: self._compute(data, name, params, deadline, protocol=protocol))
         timings = computed.timings.model_copy()
         if cached:
             timings = Timings(total=round((time.perf_counter() - start) * 1000, 3))
         return to_result(
-            computed.detections, name=name, version=self.engine.meta.version, params=params,
+            computed.detections, name=name, model=self.engine.meta.name,
+            version=self.engine.meta.version, params=params,
             batch_size=computed.batch_size, timings=timings, cached=cached,
         )
 
@@ -124,27 +131,30 @@ class Inferencer:
     ) -> DetectionResult:
         """A video frame, made ready by ``prepare`` in the decode pool; never cached (a stream's
         tracker needs every frame, and a video's frames are seldom the same bytes twice)."""
-        computed = await self._compute(b"", name, params, deadline, prepare)
+        computed = await self._compute(b"", name, params, deadline, prepare=prepare)
         return to_result(
-            computed.detections, name=name, version=self.engine.meta.version, params=params,
+            computed.detections, name=name, model=self.engine.meta.name,
+            version=self.engine.meta.version, params=params,
             batch_size=computed.batch_size, timings=computed.timings,
         )
 
     async def _compute(
         self, data: bytes, name: str, params: DetectParams, deadline: float | None,
         prepare: Callable[[], Prepared] | None = None,
+        protocol: str = "v1",
     ) -> _Computed:
         if self.admission.overloaded:  # refuse before decoding: overload costs nothing
-            self.metrics.on_dropped("refused", 1)
+            self.observer.on_dropped("refused", 1)
             raise self.admission.refusal()
         with self.admission.admit():
             t0 = time.perf_counter()
             prepared = await (self._decode.prepare(data, name) if prepare is None
                               else self._decode.run(prepare))
             if deadline is not None and time.monotonic() >= deadline:
-                self.metrics.on_dropped("expired", 1)
+                self.observer.on_dropped("expired", 1)
                 raise DeadlineExceeded("the request's deadline passed before inference; it was not run")
-            done = await self.batcher.submit_detailed(Job(prepared, params), deadline=deadline)
+            done = await self.batcher.submit_detailed(Job(prepared, params, protocol),
+                                                      deadline=deadline)
         outcome = done.value
         timings = Timings(
             queue=round(done.queue_wait * 1000, 3),

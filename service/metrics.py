@@ -1,5 +1,9 @@
 """Prometheus metrics of the service, in a registry per app (multiprocess-safe under gunicorn).
 
+Batcher metrics carry a ``model`` label: each served model has its own batcher, observed through
+``ServiceMetrics.for_model(name)``. ``inference_batch_size`` also says which protocols (``v1``,
+``v2`` or ``v1+v2``) the images of a batch came from.
+
 Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker starts; ``render`` then
 aggregates every worker's files, so one scrape of ``/metrics`` covers all of them.
 """
@@ -21,7 +25,7 @@ from prometheus_client import (
 
 from service.engine.types import ModelMeta
 
-__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "ModelMetrics", "ServiceMetrics"]
 
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 _GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
@@ -42,21 +46,23 @@ class ServiceMetrics:
             "model_inference", "Images run through the model", ["model", "status"], registry=r)
         self.inference_latency = Histogram(
             "model_inference_latency_seconds", "Forward pass + NMS time per batch",
-            buckets=_LATENCY_BUCKETS, registry=r)
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram(
-            "inference_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r)
+            "inference_batch_size", "Images per forward pass, by the protocols they came from",
+            ["model", "protocols"], buckets=_BATCH_BUCKETS, registry=r)
         self.queue_wait = Histogram(
             "inference_queue_wait_seconds", "Time an image waited in the batcher's queue",
-            buckets=_LATENCY_BUCKETS, registry=r)
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(
-            "inference_queue_depth", "Images waiting in the batcher", registry=r,
+            "inference_queue_depth", "Images waiting in the batcher", ["model"], registry=r,
             multiprocess_mode="livesum")
         self.dispatch = Counter(
-            "batch_dispatch", "Batches sent, by reason (full, timeout, idle)", ["reason"], registry=r)
+            "batch_dispatch", "Batches sent, by reason (full, timeout, idle)", ["model", "reason"],
+            registry=r)
         self.dropped = Counter(
-            "requests_dropped", "Items dropped before inference", ["reason"], registry=r)
+            "requests_dropped", "Items dropped before inference", ["model", "reason"], registry=r)
         self.detections = Counter(
-            "detections", "Objects detected, by class", ["class_name"], registry=r)
+            "detections", "Objects detected, by class", ["model", "class_name"], registry=r)
         self.gpu_memory = Gauge(
             "gpu_memory_used_bytes", "CUDA memory allocated by this process", ["device"],
             registry=r, multiprocess_mode="livesum")
@@ -87,26 +93,26 @@ class ServiceMetrics:
         self.model_name = "model"
 
     def set_model(self, meta: ModelMeta) -> None:
-        self.model_name = meta.name
+        """Record a served model (once per model; the first one is the default)."""
+        if self.model_name == "model":
+            self.model_name = meta.name
         self.model_info.labels(meta.name, meta.version, meta.backend, meta.device,
                                meta.precision).set(1)
 
-    # batcher observer -------------------------------------------------------------------------
+    def for_model(self, name: str) -> ModelMetrics:
+        """The batcher observer and counters of one model."""
+        return ModelMetrics(self, name)
+
+    # the default model's batcher observer ------------------------------------------------------
     def on_batch(self, size: int, reason: str, exec_seconds: float,
                  queue_waits: Sequence[float], failed: bool) -> None:
-        self.batch_size.observe(size)
-        self.dispatch.labels(reason).inc()
-        self.inference_latency.observe(exec_seconds)
-        for wait in queue_waits:
-            self.queue_wait.observe(wait)
-        status = "error" if failed else "success"
-        self.inference_total.labels(self.model_name, status).inc(size)
+        self.for_model(self.model_name).on_batch(size, reason, exec_seconds, queue_waits, failed)
 
     def on_dropped(self, reason: str, count: int) -> None:
-        self.dropped.labels(reason).inc(count)
+        self.for_model(self.model_name).on_dropped(reason, count)
 
     def on_queue_depth(self, depth: int) -> None:
-        self.queue_depth.set(depth)
+        self.for_model(self.model_name).on_queue_depth(depth)
 
     # garbage collector (service.heap) ----------------------------------------------------------
     def on_gc_pause(self, generation: int, seconds: float) -> None:
@@ -126,3 +132,35 @@ class ServiceMetrics:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """One model's view of the metrics: the observer of its batcher, its labels filled in."""
+
+    def __init__(self, metrics: ServiceMetrics, model: str) -> None:
+        self.metrics = metrics
+        self.model = model
+
+    def on_batch(self, size: int, reason: str, exec_seconds: float,
+                 queue_waits: Sequence[float], failed: bool) -> None:
+        m = self.metrics
+        m.dispatch.labels(self.model, reason).inc()
+        m.inference_latency.labels(self.model).observe(exec_seconds)
+        waits = m.queue_wait.labels(self.model)
+        for wait in queue_waits:
+            waits.observe(wait)
+        status = "error" if failed else "success"
+        m.inference_total.labels(self.model, status).inc(size)
+
+    def on_dropped(self, reason: str, count: int) -> None:
+        self.metrics.dropped.labels(self.model, reason).inc(count)
+
+    def on_queue_depth(self, depth: int) -> None:
+        self.metrics.queue_depth.labels(self.model).set(depth)
+
+    def on_forward(self, size: int, protocols: str) -> None:
+        """A forward pass of ``size`` images from ``protocols`` (``v1``, ``v2``, ``v1+v2``)."""
+        self.metrics.batch_size.labels(self.model, protocols).observe(size)
+
+    def on_detection(self, class_name: str) -> None:
+        self.metrics.detections.labels(self.model, class_name).inc()

@@ -38,7 +38,7 @@ def to_detection(d: EngineDetection, width: int, height: int) -> Detection:
 
 def to_result(
     dets: Detections, *, name: str, version: str, params: DetectParams, batch_size: int,
-    timings: Timings, cached: bool = False,
+    timings: Timings, cached: bool = False, model: str | None = None,
 ) -> DetectionResult:
     detections = [to_detection(d, dets.width, dets.height) for d in dets.items]
     return DetectionResult(
@@ -47,7 +47,8 @@ def to_result(
         detections=detections,
         detection_count=len(detections),
         processing_metadata=ProcessingMetadata(
-            model_version=version, confidence_threshold=params.conf, iou_threshold=params.iou,
+            model_name=model, model_version=version, confidence_threshold=params.conf,
+            iou_threshold=params.iou,
             batch_size=batch_size, timestamp=datetime.now(UTC), timings_ms=timings, cached=cached,
         ),
     )

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.modelspec import parse_spec
 from service.resources import demo_model_path
 
 __all__ = ["DEFAULT_MODEL", "Settings"]
@@ -28,6 +29,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port to bind")
     workers: int = Field(1, ge=1, le=64, description="Processes; more than 1 runs gunicorn")
     model: Path = Field(DEFAULT_MODEL, description="Weights (.pt) or ONNX model; the demo model by default")
+    models: list[str] = Field(
+        default_factory=list, description="Several models, each [NAME=]PATH (a bare path is named "
+        "by its file); the first is the default, and `model` is its path. Empty: `model` alone")
+    model_alias: list[str] = Field(
+        default_factory=list, description="ALIAS=NAME:WEIGHT,NAME:WEIGHT: a name that splits "
+        "requests among models by weight (a canary)")
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="auto: ONNX Runtime for .onnx, and on a CPU when an .onnx lies beside the .pt")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu or cuda:N")
@@ -86,3 +93,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="JSON lines or plain text")
     log_level: str = Field("INFO", description="Logging level")
     access_log: bool = Field(True, description="One log line per request")
+
+    @model_validator(mode="after")
+    def _default_model(self) -> Settings:
+        """With several models, ``model`` is the default (first) one's path."""
+        if self.models:
+            self.model = parse_spec(self.models[0]).path
+        return self

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from service.heap import GcPauses
     from service.inference import Inferencer
     from service.metrics import ServiceMetrics
+    from service.models import ModelRegistry
     from service.ratelimit import RateLimiter
     from service.settings import Settings
     from service.streams import StreamRegistry
@@ -32,6 +33,7 @@ class AppState:
     rate_limiter: RateLimiter | None
     gc_pauses: GcPauses
     lifecycle: Lifecycle = Lifecycle.STARTING
-    inferencer: Inferencer | None = None
+    inferencer: Inferencer | None = None  # the default model's
+    models: ModelRegistry | None = None  # every model served
     loading: asyncio.Task[None] | None = None
     streams: StreamRegistry | None = None

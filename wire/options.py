@@ -39,6 +39,10 @@ def _option(name: str, field: FieldInfo, env_prefix: str) -> Decorator:
     env = f"[env: {env_prefix}{name.upper()}]"
     help_text = f"{field.description or ''} {env}".strip()
     flag = "--" + name.replace("_", "-")
+    if typing.get_origin(field.annotation) is list:  # repeatable; the environment takes JSON
+        (item,) = typing.get_args(field.annotation)
+        return click.option(flag, name, type=_click_type(item), multiple=True,
+                            help=f"{help_text} (repeatable; the variable takes a JSON list)")
     if _click_type(field.annotation) is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     default = field.get_default(call_default_factory=True)

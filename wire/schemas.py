@@ -25,6 +25,7 @@ __all__ = [
     "HealthResponse",
     "ImageDimensions",
     "ModelInfo",
+    "ModelsResponse",
     "NormalizedBox",
     "ProcessingMetadata",
     "StreamInfo",
@@ -86,6 +87,7 @@ class Timings(_Model):
 
 
 class ProcessingMetadata(_Model):
+    model_name: str | None = Field(default=None, description="The model that answered.")
     model_version: str
     confidence_threshold: float
     iou_threshold: float
@@ -112,7 +114,7 @@ class DetectionResult(_Model):
                 ],
                 "detection_count": 1,
                 "processing_metadata": {
-                    "model_version": "3f2a9c0d1e4b", "confidence_threshold": 0.25,
+                    "model_name": "demo", "model_version": "3f2a9c0d1e4b", "confidence_threshold": 0.25,
                     "iou_threshold": 0.7, "batch_size": 6, "timestamp": "2026-11-23T15:00:00Z",
                     "timings_ms": {"queue": 3.1, "preprocess": 2.0, "inference": 21.5,
                                    "postprocess": 0.8, "total": 28.0},
@@ -217,6 +219,13 @@ class ModelInfo(_Model):
     classes: dict[str, str]
     max_batch_size: int
     max_wait_ms: float
+
+
+class ModelsResponse(_Model):
+    models: list[ModelInfo] = Field(description="Every model served, the default first.")
+    default: str = Field(description="The model that the routes without /models/{name} use.")
+    aliases: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Names that split requests among models, by weight.")
 
 
 class ClassesResponse(_Model):

@@ -84,8 +84,9 @@ class Engine:
     def load(
         cls, model: Path | str, *, backend: BackendName = "auto", device: str = "auto",
         half: bool | None = None, limits: ImageLimits | None = None, threads: int | None = None,
-        spin: bool = True,
+        spin: bool = True, name: str | None = None,
     ) -> Engine:
+        """Load ``model``; ``name`` names it (its file's stem by default)."""
         path = Path(model)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
@@ -101,7 +102,7 @@ class Engine:
 
             impl = TorchBackend(path, dev, half=half)
         meta = ModelMeta(
-            name=path.stem, version=weights_version(path), backend=impl.name, device=impl.device,
+            name=name or path.stem, version=weights_version(path), backend=impl.name, device=impl.device,
             precision=impl.precision, input_size=impl.input_size, classes=dict(impl.names),
         )
         log.info("model loaded", extra={"model": meta.name, "backend": meta.backend})

@@ -17,7 +17,8 @@ import numpy as np
 from service.engine.engine import Engine
 from service.engine.types import Detections
 
-__all__ = ["ExportReport", "ExportRow", "compare", "export_and_check", "export_onnx"]
+__all__ = ["ExportReport", "ExportRow", "TritonOptions", "compare", "export_and_check", "export_onnx",
+           "export_triton"]
 
 
 @dataclass
@@ -166,3 +167,60 @@ def export_and_check(model: Path, *, out: Path | None = None, half: bool = False
                 row.map50, row.map50_95 = _demo_map(path, data, source.meta.input_size)
             report.rows.append(row)
     return report
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How Triton should serve the model: batching, instances, and TensorRT FP16 on GPUs."""
+
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    instances: int = 1
+    gpu: bool = False
+    tensorrt_fp16: bool = False
+
+
+def _dynamic_batch(onnx_path: Path) -> tuple[str, str]:
+    """The ONNX file's input and output names; refuse one whose batch axis is fixed."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    inp, out = graph.input[0], graph.output[0]
+    for tensor in (inp, out):
+        first = tensor.type.tensor_type.shape.dim[0]
+        if first.HasField("dim_value"):
+            raise ValueError(f"{onnx_path.name}: {tensor.name} has a fixed batch axis "
+                             f"({first.dim_value}); export it with a dynamic one")
+    return inp.name, out.name
+
+
+def export_triton(model: Path, out_dir: Path, *, name: str | None = None,
+                  options: TritonOptions | None = None) -> Path:
+    """Write a Triton model repository entry: ``out_dir/NAME/config.pbtxt`` (ONNX Runtime,
+    dynamic batching) and ``out_dir/NAME/1/model.onnx`` with a dynamic batch axis."""
+    from service.engine.triton import RAW_INPUT, RAW_OUTPUT, raw_config, to_pbtxt
+
+    opts = options or TritonOptions()
+    name = name or model.stem
+    target = out_dir / name / "1" / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if model.suffix.lower() == ".onnx":
+        shutil.copyfile(model, target)
+    else:
+        export_onnx(model, target)
+    if _dynamic_batch(target) != (RAW_INPUT, RAW_OUTPUT):
+        raise ValueError(f"{model.name}: expected an Ultralytics detection model "
+                         f"({RAW_INPUT} -> {RAW_OUTPUT})")
+    engine = Engine.load(target, backend="onnx", device="cpu")
+    size = engine.meta.input_size
+    output = engine.backend.forward_raw(np.zeros((1, 3, size, size), np.float32)).shape[1:]
+    config = raw_config(name, input_size=size, output_shape=output, names=engine.meta.classes,
+                        max_batch_size=opts.max_batch_size, max_wait_ms=opts.max_wait_ms,
+                        instances=opts.instances, gpu=opts.gpu or opts.tensorrt_fp16)
+    if opts.tensorrt_fp16:
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
+            {"name": "tensorrt", "parameters": {"precision_mode": "FP16",
+                                                "max_workspace_size_bytes": str(1 << 30)}}]}}
+    path = out_dir / name / "config.pbtxt"
+    path.write_text(to_pbtxt(config))
+    return path

@@ -18,7 +18,7 @@ from service.routes.docs import BATCH_BODY, DETECT_BODY, errors
 from service.state import AppState
 from wire.schemas import BatchResponse, DetectionResult, ErrorDetail
 
-__all__ = ["router"]
+__all__ = ["ANNOTATE_RESPONSES", "router"]
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["detection"])
@@ -90,11 +90,16 @@ async def detect_batch(request: Request, inferencer: InferencerDep, query: Query
     return _json({"results": items})
 
 
+ANNOTATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": {"image/jpeg": _BINARY, "application/octet-stream": _BINARY},
+          "description": "JPEG with boxes (as application/octet-stream when the request's Accept "
+                         "prefers it)"},
+    **_ERRORS,
+}
+
+
 @router.post("/annotate", response_class=Response, openapi_extra=DETECT_BODY,
-             responses={200: {"content": {"image/jpeg": _BINARY, "application/octet-stream": _BINARY},
-                             "description": "JPEG with boxes (as application/octet-stream when "
-                                            "the request's Accept prefers it)"},
-                        **_ERRORS},
+             responses=ANNOTATE_RESPONSES,
              summary="Draw detected boxes and labels on the image")
 async def annotate(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
                    state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:

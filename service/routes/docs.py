@@ -16,7 +16,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying"
 # the service's own codes, by status (the balancer's and the admin API's are not answered here)
 _SERVICE_CODES = (
     codes.INVALID_IMAGE, codes.IMAGE_DIMENSIONS, codes.INVALID_REQUEST, codes.UNAUTHORIZED,
-    codes.NOT_FOUND, codes.PAYLOAD_TOO_LARGE, codes.UNSUPPORTED_MEDIA_TYPE, codes.VALIDATION_ERROR,
+    codes.NOT_FOUND, codes.MODEL_NOT_FOUND, codes.PAYLOAD_TOO_LARGE, codes.UNSUPPORTED_MEDIA_TYPE,
+    codes.VALIDATION_ERROR,
     codes.RATE_LIMITED, codes.HEADERS_TOO_LARGE, codes.INTERNAL_ERROR, codes.OVERLOADED,
     codes.NOT_READY, codes.DRAINING, codes.DEADLINE_EXCEEDED,
 )

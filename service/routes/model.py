@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import InferencerDep
+from service.inference import Inferencer
 from service.routes.docs import errors
 from wire.schemas import ClassesResponse, ModelInfo
 
-__all__ = ["router"]
+__all__ = ["describe", "router"]
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
 
-@router.get("/model", response_model=ModelInfo, responses=errors(503))
-async def model_info(inferencer: InferencerDep) -> ModelInfo:
+def describe(inferencer: Inferencer) -> ModelInfo:
     meta = inferencer.engine.meta
     settings = inferencer.settings
     return ModelInfo(
@@ -23,6 +23,11 @@ async def model_info(inferencer: InferencerDep) -> ModelInfo:
         classes={str(k): v for k, v in meta.classes.items()},
         max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
     )
+
+
+@router.get("/model", response_model=ModelInfo, responses=errors(503))
+async def model_info(inferencer: InferencerDep) -> ModelInfo:
+    return describe(inferencer)
 
 
 @router.get("/classes", response_model=ClassesResponse, responses=errors(503))

@@ -229,14 +229,14 @@ async def test_metrics_after_known_requests() -> None:
         detected = sum(r.json()["detection_count"] for r in rs)
         await c.post("/v1/detect", files={"image": b"junk"})
         s = _samples((await c.get("/metrics")).text)
-        assert s[("inference_batch_size_count", ())] >= 1
-        assert s[("inference_batch_size_sum", ())] == 6
+        batches = ("inference_batch_size_count", (("model", "demo"), ("protocols", "v1")))
+        assert s[batches] >= 1
+        assert s[("inference_batch_size_sum", (("model", "demo"), ("protocols", "v1")))] == 6
         assert s[("model_inference_total", (("model", "demo"), ("status", "success")))] == 6
-        assert sum(v for (n, _), v in s.items() if n == "batch_dispatch_total") == \
-            s[("inference_batch_size_count", ())]
+        assert sum(v for (n, _), v in s.items() if n == "batch_dispatch_total") == s[batches]
         assert sum(v for (n, _), v in s.items() if n == "detections_total") == detected
-        assert s[("inference_queue_wait_seconds_count", ())] == 6
-        assert s[("inference_queue_depth", ())] == 0
+        assert s[("inference_queue_wait_seconds_count", (("model", "demo"),))] == 6
+        assert s[("inference_queue_depth", (("model", "demo"),))] == 0
         info = [k for k in s if k[0] == "model_info"]
         assert info and dict(info[0][1])["backend"] == "onnx"
         http = [v for (n, lab), v in s.items() if n == "http_requests_total"

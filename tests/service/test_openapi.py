@@ -24,6 +24,17 @@ CONTRACT_ROUTES = {
     ("get", "/health/ready"), ("get", "/metrics"),
     ("post", "/v1/streams/{stream_id}/frames"), ("get", "/v1/streams"),
     ("delete", "/v1/streams/{stream_id}"),
+    # several models
+    ("get", "/v1/models"), ("get", "/v1/models/{name}"), ("post", "/v1/models/{name}/detect"),
+    ("post", "/v1/models/{name}/detect/batch"), ("post", "/v1/models/{name}/annotate"),
+    # the Open Inference Protocol v2
+    ("get", "/v2"), ("get", "/v2/health/live"), ("get", "/v2/health/ready"),
+    ("get", "/v2/models/{model_name}"), ("get", "/v2/models/{model_name}/ready"),
+    ("get", "/v2/models/{model_name}/config"), ("post", "/v2/models/{model_name}/infer"),
+    ("get", "/v2/models/{model_name}/versions/{model_version}"),
+    ("get", "/v2/models/{model_name}/versions/{model_version}/ready"),
+    ("get", "/v2/models/{model_name}/versions/{model_version}/config"),
+    ("post", "/v2/models/{model_name}/versions/{model_version}/infer"),
 }
 
 

@@ -23,6 +23,10 @@ class Backend(Protocol):
 
     def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor: ...
 
+    def forward_raw(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The network alone: ``(B, 3, S, S)`` RGB in 0-1 to its own output, as float32."""
+        ...
+
     def warmup(self, batch_sizes: Iterable[int]) -> None: ...
 
 

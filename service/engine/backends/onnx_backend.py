@@ -86,8 +86,14 @@ class OnnxBackend:
         x = np.empty((batch.shape[0], 3, *batch.shape[1:3]), self._dtype)
         for c in range(3):
             np.divide(batch[..., 2 - c], np.float32(255), out=x[:, c])
+        return torch.from_numpy(self._run(x))
+
+    def forward_raw(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self._run(np.ascontiguousarray(batch, dtype=self._dtype))
+
+    def _run(self, x: NDArray[Any]) -> NDArray[np.float32]:
         out = self._session.run(None, {self._input: x})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        return np.asarray(out, dtype=np.float32)
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
         for n in batch_sizes:

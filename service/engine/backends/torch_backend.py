@@ -56,11 +56,20 @@ class TorchBackend:
             x = torch.from_numpy(batch).to(self._device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).contiguous().flip(1)  # BHWC BGR -> BCHW RGB
             x = (x.half() if self._half else x.float()).div_(255)
-            with torch.autocast(self._device.type, enabled=self._half):
-                y = self._model(x)
-            y = y[0] if isinstance(y, list | tuple) else y
-            out: torch.Tensor = y.float()
-            return out
+            return self._run(x)
+
+    def forward_raw(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
+            out = self._run(x.half() if self._half else x.float())
+            return np.asarray(out.cpu().numpy(), dtype=np.float32)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self._device.type, enabled=self._half):
+            y = self._model(x)
+        y = y[0] if isinstance(y, list | tuple) else y
+        out: torch.Tensor = y.float()
+        return out
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
         for n in batch_sizes:
