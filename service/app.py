@@ -27,7 +27,7 @@ from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.ratelimit import RateLimiter
-from service.routes import detect, health, model
+from service.routes import dashboard, detect, health, model
 from service.settings import Settings
 from service.state import AppState, Lifecycle
 from wire import errors as codes
@@ -174,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(detect.router)
     app.include_router(model.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", dashboard.static_files(), name="static")
     _install_error_handlers(app)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,

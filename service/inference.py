@@ -19,6 +19,7 @@ from service.coalesce import Coalescer
 from service.decoding import DecodePool
 from service.engine.types import Detections, DetectParams, Prepared
 from service.errors import DeadlineExceeded
+from service.monitoring import monitor_from_settings
 from service.result_cache import ResultCache, cache_key
 from service.results import to_result
 from wire.schemas import DetectionResult, Timings
@@ -78,6 +79,7 @@ class Inferencer:
             ResultCache(size, settings.cache_ttl_s) if size > 0 else None)
         self._coalesce: Coalescer[_Computed] = Coalescer(
             self._cache.put if self._cache is not None else None)
+        self.monitor = monitor_from_settings(settings, engine.meta)
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -93,6 +95,12 @@ class Inferencer:
         for det in out.detections:
             for d in det.items:
                 self.metrics.detections.labels(d.class_name).inc()
+        if self.monitor is not None:
+            m = self.monitor
+            m.record([(d.class_id, d.confidence) for d in det.items]
+                     for job, det in zip(jobs, out.detections, strict=True)
+                     if m.counts(job.params.conf, job.params.classes))
+            self.metrics.set_drift(m.scores())
         return [Outcome(d, out.inference_ms, out.postprocess_ms) for d in out.detections]
 
     # the request path ---------------------------------------------------------------------------
@@ -112,6 +120,7 @@ class Inferencer:
         timings = computed.timings.model_copy()
         if cached:
             timings = Timings(total=round((time.perf_counter() - start) * 1000, 3))
+        self.metrics.live.on_request(timings.total)
         return to_result(
             computed.detections, name=name, version=self.engine.meta.version, params=params,
             batch_size=computed.batch_size, timings=timings, cached=cached,

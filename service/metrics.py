@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from service.engine.types import ModelMeta
+from service.livestats import LiveStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
 
@@ -69,6 +70,11 @@ class ServiceMetrics:
         self.gc_frozen = Gauge(
             "gc_frozen_objects", "Objects frozen out of the collector's reach after the model "
             "loaded", registry=r, multiprocess_mode="liveall")
+        self.drift = Gauge(
+            "model_drift_score", "Population stability index of a class's detections per image "
+            "and confidences, sliding window against the baseline", ["class_name"], registry=r,
+            multiprocess_mode="livemax")
+        self.live = LiveStats()
         self.model_name = "model"
 
     def set_model(self, meta: ModelMeta) -> None:
@@ -86,12 +92,18 @@ class ServiceMetrics:
             self.queue_wait.observe(wait)
         status = "error" if failed else "success"
         self.inference_total.labels(self.model_name, status).inc(size)
+        self.live.on_batch(size)
 
     def on_dropped(self, reason: str, count: int) -> None:
         self.dropped.labels(reason).inc(count)
+        self.live.on_refused(reason, count)
 
     def on_queue_depth(self, depth: int) -> None:
         self.queue_depth.set(depth)
+
+    def set_drift(self, scores: dict[str, float]) -> None:
+        for name, score in scores.items():
+            self.drift.labels(name).set(score)
 
     # garbage collector (service.heap) ----------------------------------------------------------
     def on_gc_pause(self, generation: int, seconds: float) -> None:
