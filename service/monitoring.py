@@ -3,8 +3,9 @@ of images, compared with a baseline by a population stability index (PSI) per cl
 
 For each class two distributions are kept: how many objects of the class an image holds (bins
 0, 1, 2, 3, 4+) and the confidence of its detections (ten bins from ``min_conf`` to 1). A class's
-drift score is the sum of the two PSIs, ``sum((p - q) * ln(p / q))`` over the bins, each
-proportion floored at ``EPSILON``. The baseline is the first ``baseline_images`` images after
+drift score is the sum of the two PSIs, ``sum((q - p) * ln(q / p))`` over the bins, with half
+an observation added to every bin (``SMOOTHING``) so that a bin empty in a small sample does not
+read as a large shift. The baseline is the first ``baseline_images`` images after
 start, or a file written by ``yoloserve monitor baseline``. Only images whose request asked for
 every class at a threshold no higher than ``min_conf`` count, and only their detections at or
 above it, so that a user's sliders do not read as drift.
@@ -30,25 +31,27 @@ if TYPE_CHECKING:
     from service.engine.types import ModelMeta
     from service.settings import Settings
 
-__all__ = ["COUNT_BINS", "EPSILON", "Baseline", "BaselineBuilder", "ClassHistograms", "DriftMonitor",
+__all__ = ["COUNT_BINS", "SMOOTHING", "Baseline", "BaselineBuilder", "ClassHistograms", "DriftMonitor",
            "baseline_from_images", "image_files", "monitor_from_settings", "psi"]
 
 log = logging.getLogger("yoloserve.monitoring")
 
 COUNT_BINS = 5  # objects of a class in one image: 0, 1, 2, 3, 4 or more
 CONF_BINS = 10
-EPSILON = 1e-3
+SMOOTHING = 0.5
 FORMAT = "yoloserve-baseline/1"
 
 
 def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
-    """Population stability index of two histograms (counts or proportions, same bins)."""
-    e_total, a_total = sum(expected), sum(actual)
-    if e_total <= 0 or a_total <= 0:
+    """Population stability index of two histograms of counts over the same bins (0 when either
+    is empty)."""
+    if sum(expected) <= 0 or sum(actual) <= 0:
         return 0.0
+    e_total = sum(expected) + SMOOTHING * len(expected)
+    a_total = sum(actual) + SMOOTHING * len(actual)
     score = 0.0
     for e, a in zip(expected, actual, strict=True):
-        p, q = max(e / e_total, EPSILON), max(a / a_total, EPSILON)
+        p, q = (e + SMOOTHING) / e_total, (a + SMOOTHING) / a_total
         score += (q - p) * math.log(q / p)
     return score
 

@@ -56,9 +56,11 @@ def _warnings(caplog: pytest.LogCaptureFixture, class_name: str) -> int:
 
 
 def test_psi_is_zero_for_equal_shapes_and_grows_with_the_shift() -> None:
-    assert psi([10, 20, 30], [1, 2, 3]) == pytest.approx(0.0)
+    assert psi([10, 20, 30], [10, 20, 30]) == pytest.approx(0.0)
+    assert psi([100, 200, 300], [10, 20, 30]) < 0.01  # the sample size alone is no drift
     small, large = psi([50, 50, 0], [45, 55, 0]), psi([50, 50, 0], [5, 45, 50])
     assert 0 < small < 0.05 < 1 < large
+    assert psi([0, 0], [1, 2]) == 0.0
 
 
 async def _one_class_after_baseline(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
