@@ -32,7 +32,8 @@ TOKEN = "page-test-token"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed (/usr/bin/chromium)"),
+    pytest.mark.skipif(not CHROMIUM.is_file(),
+                       reason="Debian's chromium is not installed (/usr/bin/chromium)"),
 ]
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -184,7 +185,8 @@ def _pick_image(url: str) -> tuple[bytes, list[tuple[str, float]]]:
 def _rows(w: Watched, article: str) -> list[tuple[str, str]]:
     cells = w.page.eval_on_selector_all(
         f'{article} tbody tr',
-        "rows => rows.map(r => [r.querySelector('.class').textContent, r.querySelector('.confidence').textContent])")
+        "rows => rows.map(r => [r.querySelector('.class').textContent,"
+        "                       r.querySelector('.confidence').textContent])")
     return [(c, v) for c, v in cells]
 
 
@@ -193,7 +195,8 @@ def _wait_rows(w: Watched, article: str, expected: list[tuple[str, float]], what
     try:
         wait_until(lambda: sorted(_rows(w, article)) == want, 30, what, every=0.1)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: the page shows {sorted(_rows(w, article))}, /v1/detect {want}") from None
+        shown = sorted(_rows(w, article))
+        raise AssertionError(f"{exc}: the page shows {shown}, /v1/detect {want}") from None
 
 
 # -- the demo page ------------------------------------------------------------------------------------------
