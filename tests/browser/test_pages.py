@@ -298,6 +298,10 @@ def test_video_mode_draws_track_ids(service: ServiceProcess, browser: Any, watch
                60, "a track id in the video table", every=0.2)
     wait_until(lambda: page.inner_text("#video-fps") != "–", 20, "frames/s")
     assert float(page.inner_text("#video-fps")) > 0
+    if source == "file":
+        shot = (SHOTS or tmp_path) / "video-mode.jpg"
+        page.locator("section[aria-labelledby=video-title]").screenshot(
+            path=str(shot), type="jpeg", quality=85)
     page.click("#video-stop")
     wait_until(lambda: page.inner_text("#video-status") == "stopped", 10, "the stream to stop")
     w.check()
@@ -369,6 +373,7 @@ def test_balancer_status_page_lists_both_backends_behind_the_token(
 
 
 def test_screenshots_are_committed() -> None:
-    for name in ("demo-page-1280.jpg", "demo-page-400.jpg", "lb-status-1280.png", "lb-status-400.png"):
+    for name in ("demo-page-1280.jpg", "demo-page-400.jpg", "video-mode.jpg", "lb-status-1280.png",
+                 "lb-status-400.png"):
         assert (ROOT / "docs" / name).is_file(), f"docs/{name}: run with YOLOSERVE_UPDATE_SCREENSHOTS=1"
 
