@@ -437,8 +437,8 @@ function init() {
   key.addEventListener("input", () => {
     if (key.value) sessionStorage.setItem(KEY_STORE, key.value);
     else sessionStorage.removeItem(KEY_STORE);
+    parametersChanged();  // again with the new key
   });
-  key.addEventListener("change", parametersChanged);
   for (const id of ["conf", "iou", "max-det"]) $(id).addEventListener("input", parametersChanged);
   $("image-input").addEventListener("change", (e) => { addImages(e.target.files); e.target.value = ""; });
   const drop = $("drop-zone");

@@ -29,6 +29,7 @@ from tests.support.procs import ROOT, ServiceProcess
 CHROMIUM = Path("/usr/bin/chromium")
 STREAM_ROUTE = "/v1/streams/{stream_id}/frames"
 TOKEN = "page-test-token"
+API_KEY = "page-test-key"
 
 pytestmark = [
     pytest.mark.slow,
@@ -159,14 +160,15 @@ def _write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
 def service() -> Iterator[ServiceProcess]:
     env = {"YOLOSERVE_CACHE_ENABLED": "false", "YOLOSERVE_MONITOR_BASELINE_IMAGES": "20",
            "YOLOSERVE_MONITOR_WINDOW": "40", "YOLOSERVE_MONITOR_MIN_WINDOW": "10",
-           "YOLOSERVE_LOG_LEVEL": "WARNING"}
+           "YOLOSERVE_LOG_LEVEL": "WARNING", "YOLOSERVE_API_KEYS": f'["{API_KEY}"]'}
     with ServiceProcess("--model", "models/demo.onnx", "--max-batch-size", "4", env=env) as svc:
         yield svc
 
 
 def _detect(url: str, data: bytes, **params: object) -> list[tuple[str, float]]:
     response = httpx.post(url + "/v1/detect", files={"image": ("x.jpg", data, "image/jpeg")},
-                          data={k: str(v) for k, v in params.items()}, timeout=30)
+                          data={k: str(v) for k, v in params.items()}, timeout=30,
+                          headers={"Authorization": f"Bearer {API_KEY}"})
     response.raise_for_status()
     return [(d["class_name"], d["confidence"]) for d in response.json()["detections"]]
 
@@ -219,12 +221,18 @@ def test_demo_page_detects_filters_and_redraws(service: ServiceProcess, browser:
                                     " || e.tagName === 'BUTTON' && !!e.textContent.trim()")
         assert labelled, control.evaluate("e => e.outerHTML")
 
-    # several images at once; each is drawn and listed
+    # several images at once; without the API key the service refuses them, which the page says
+    w.expected_errors.append(re.compile(r"status of 401"))
     page.set_input_files("#image-input", files=[
         {"name": "shapes.jpg", "mimeType": "image/jpeg", "buffer": data},
         {"name": "more.jpg", "mimeType": "image/jpeg", "buffer": warm[0]},
     ])
     article = 'article[data-name="shapes.jpg"]'
+    page.wait_for_selector(f'{article}[data-state="error"] p.status:has-text("API key")')
+    w.expected_errors.clear()
+    # with the key, kept in the tab's session only, both are drawn and listed
+    page.fill("#api-key", API_KEY)
+    assert page.evaluate("[sessionStorage.getItem('yoloserve.apiKey'), localStorage.length]") == [API_KEY, 0]
     page.wait_for_selector(f'{article}[data-state="done"]')
     page.wait_for_selector('article[data-name="more.jpg"][data-state="done"]')
     _wait_rows(w, article, found, "the table to list what /v1/detect finds")
@@ -288,6 +296,7 @@ def test_video_mode_draws_track_ids(service: ServiceProcess, browser: Any, watch
     page = w.page
     page.goto(service.url + "/")
     page.wait_for_selector("body[data-ready=true]")
+    page.fill("#api-key", API_KEY)
     if source == "file":
         clip = tmp_path / "clip.webm"
         _write_webm(clip, _clip_frames(20, (320, 240)))
