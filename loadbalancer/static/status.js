@@ -5,6 +5,9 @@ const $ = (id) => document.getElementById(id);
 const TOKEN_STORE = "yoloserve.lbToken";
 let previous = null;  // {at, requests: {id: n}} for requests/s
 
+const LABELS = ["Backend", "Health", "State", "Weight", "Effective weight", "In flight", "Ejections",
+                "Requests/s", "Requests", "Errors", "Latency (EWMA)"];
+
 function cell(text, className = "") {
   const td = document.createElement("td");
   td.textContent = text;
@@ -29,6 +32,7 @@ function row(b, rate) {
     cell(String(errors), "errors"),
     cell(`${b.ewma_ms.toFixed(1)} ms`, "ewma"),
   );
+  tr.querySelectorAll("td").forEach((td, i) => { td.dataset.label = LABELS[i]; });  // narrow screens
   return tr;
 }
 

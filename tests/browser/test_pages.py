@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,10 +353,15 @@ def balancer() -> Iterator[Balancer]:
             yield proxy
 
 
+def _traffic(url: str, stop: threading.Event) -> None:
+    """Requests through the balancer, about 20 a second, until ``stop``."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while not stop.wait(0.05):
+            client.get("/health/live")
+
+
 def test_balancer_status_page_lists_both_backends_behind_the_token(
         balancer: Balancer, browser: Any, watched: list[Watched], tmp_path: Path) -> None:
-    for _ in range(20):  # some traffic for the counters
-        httpx.get(balancer.url + "/health/live", timeout=10)
     url = balancer.admin_url + "/"
     w = open_page(browser, watched, url)
     # without the token the status is refused, which the browser reports once
@@ -369,8 +375,15 @@ def test_balancer_status_page_lists_both_backends_behind_the_token(
     page.wait_for_selector("body[data-backends='2']")
     rows = page.locator("#backends tbody tr")
     assert rows.count() == 2
-    wait_until(lambda: page.locator("#backends td.rate", has_text=re.compile(r"\d")).count() == 2,
-               10, "requests/s for both backends")
+    stop = threading.Event()
+    traffic = threading.Thread(target=_traffic, args=(balancer.url, stop), daemon=True)
+    traffic.start()
+    try:
+        wait_until(lambda: page.locator("#backends td.rate", has_text=re.compile(r"^[1-9]\d*\.\d$"))
+                   .count() == 2, 20, "requests/s above 0 for both backends", every=0.2)
+    finally:
+        stop.set()
+        traffic.join(10)
     for i in range(2):
         assert rows.nth(i).locator(".health").inner_text() == "healthy"
         assert rows.nth(i).locator(".weight").inner_text() == "1"
