@@ -263,6 +263,9 @@ def test_demo_page_detects_filters_and_redraws(service: ServiceProcess, browser:
             box.uncheck()
     expected = _detect(service.url, data, conf=0.01, classes=keep)
     _wait_rows(w, article, expected, f"only {keep} in the table")
+    page.fill("#max-det", "1")
+    _wait_rows(w, article, expected[:1], "one row at max_det 1")
+    page.fill("#max-det", "300")
 
     # the live panel and the drift table fill in
     wait_until(lambda: page.inner_text("#stat-ips") not in ("–", "0.0"), 10, "images/s on the panel")
