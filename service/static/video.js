@@ -13,7 +13,8 @@ function streamId() {
 export async function startVideo(file) {
   await stopVideo();
   const video = $("video-source");
-  const session = { id: streamId(), seq: 0, running: true, times: [], media: null, url: null };
+  const session = { id: streamId(), seq: 0, running: true, times: [], media: null, url: null,
+                    loop: null };
   try {
     if (file) {
       session.url = URL.createObjectURL(file);
@@ -33,7 +34,7 @@ export async function startVideo(file) {
   current = session;
   $("video-stop").disabled = false;
   say("video-status", `stream ${session.id}`);
-  videoLoop(session, video);
+  session.loop = videoLoop(session, video);
 }
 
 async function videoLoop(session, video) {
@@ -57,7 +58,7 @@ async function videoLoop(session, video) {
     try {
       result = await api(`/v1/streams/${session.id}/frames`, { method: "POST", body: form });
     } catch (err) {
-      say("video-status", err.message, true);
+      if (session.running) say("video-status", err.message, true);
       break;
     }
     if (!session.running) break;
@@ -84,6 +85,7 @@ export async function stopVideo() {
   if (!session) return;
   current = null;
   session.running = false;
+  await session.loop;  // the frame on its way is answered before the stream is deleted
   const video = $("video-source");
   video.pause();
   if (session.media) for (const track of session.media.getTracks()) track.stop();
