@@ -1,6 +1,8 @@
-"""The admin API (aiohttp, its own port): status, backend changes, Prometheus metrics.
+"""The admin API (aiohttp, its own port): status, backend changes, Prometheus metrics, and the
+status page at ``/`` (its files under ``/static/``).
 
-A bearer token is required when one is configured, compared in constant time.
+A bearer token is required when one is configured, compared in constant time. The page's files
+are public (they hold no data); the page sends the token it is given to ``/lb/status``.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -62,7 +66,23 @@ def create_admin_app(
     app.router.add_patch("/lb/backends/{id}", patch_backend)
     app.router.add_delete("/lb/backends/{id}", delete_backend)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", status_page)
+    app.router.add_static("/static/", _STATIC)
     return app
+
+
+_STATIC = Path(str(resources.files("loadbalancer") / "static"))
+_PUBLIC = ("/", "/static/")  # the page's files; the data behind them keeps the token
+# the page fetches nothing from elsewhere, and the browser enforces it
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'; form-action 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+def _public(path: str) -> bool:
+    return path == _PUBLIC[0] or path.startswith(_PUBLIC[1])
 
 
 _HTTP_ROWS = {404: codes.NOT_FOUND, 405: codes.METHOD_NOT_ALLOWED, 413: codes.PAYLOAD_TOO_LARGE,
@@ -98,7 +118,7 @@ def _auth_middleware(token: str | None) -> Middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None:
+        if expected is not None and not _public(request.path):
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 response = _error(codes.UNAUTHORIZED, "a valid bearer token is required", request)
@@ -150,6 +170,10 @@ async def patch_backend(request: web.Request) -> web.Response:
 async def delete_backend(request: web.Request) -> web.Response:
     backend = request.app[CLUSTER].remove(request.match_info["id"])
     return web.json_response(backend.snapshot(time.monotonic(), time.time()))
+
+
+async def status_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(_STATIC / "status.html", headers=_PAGE_HEADERS)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.ratelimit import RateLimiter
-from service.routes import detect, health, model, models, streams
+from service.routes import dashboard, detect, health, model, models, redoc, streams
 from service.settings import Settings
 from service.state import AppState, Lifecycle
 from service.streams import StreamRegistry
@@ -165,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(
         title="yoloserve", version=_version(), lifespan=lifespan,
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+        redoc_url=None,  # served by service.routes.redoc, without the bundle's one outside address
         description="YOLO object detection with dynamic batching. Errors are "
                     '`{"error": {"code", "message", "request_id"}}`.',
     )
@@ -175,6 +176,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2_routes.router)
+    app.include_router(dashboard.router)
+    app.include_router(redoc.router)
+    app.mount("/static", dashboard.static_files(), name="static")
     _install_error_handlers(app)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,

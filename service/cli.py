@@ -17,7 +17,7 @@ import click
 from service.settings import Settings
 from wire.options import given_options, settings_options
 
-__all__ = ["export_command", "serve_command", "train_demo_command"]
+__all__ = ["export_command", "monitor_command", "serve_command", "train_demo_command"]
 
 
 _MODEL_OPTION = click.option(
@@ -129,3 +129,35 @@ def train_demo_command(out: Path, hours: float | None, workdir: Path | None) -> 
     if workdir is not None:
         cfg = replace(cfg, workdir=workdir)
     click.echo(train_demo(cfg))
+
+
+@click.group("monitor")
+def monitor_command() -> None:
+    """Model monitoring: the baseline that drift is measured against."""
+
+
+@monitor_command.command("baseline")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The baseline file, for `yoloserve serve --monitor-baseline FILE`")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Weights or ONNX model [the demo model]")
+@click.option("--min-conf", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="Detections counted from this confidence [the service's monitor_min_conf]")
+def baseline_command(images: tuple[Path, ...], out: Path, model: Path | None,
+                     min_conf: float | None) -> None:
+    """Detect on IMAGES (files or folders) and write the per-class baseline of drift monitoring."""
+    from service.engine import Engine
+    from service.monitoring import baseline_from_images, image_files
+
+    settings = Settings()
+    paths = image_files(images)
+    if not paths:
+        raise click.UsageError("no images found")
+    engine = Engine.load(model or settings.model, backend=settings.backend, device=settings.device)
+    conf = settings.monitor_min_conf if min_conf is None else min_conf
+    baseline = baseline_from_images(engine, paths, conf)
+    baseline.save(out)
+    rates = ", ".join(f"{baseline.classes[c]} {h.detections_per_image():.2f}"
+                      for c, h in sorted(baseline.histograms.items()))
+    click.echo(f"{out}: {baseline.images} images; detections per image: {rates}")

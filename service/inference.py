@@ -21,6 +21,7 @@ from service.coalesce import Coalescer
 from service.decoding import DecodePool
 from service.engine.types import Detections, DetectParams, Prepared
 from service.errors import DeadlineExceeded
+from service.monitoring import monitor_from_settings
 from service.result_cache import ResultCache, cache_key
 from service.results import to_result
 from wire.schemas import DetectionResult, Timings
@@ -83,6 +84,7 @@ class Inferencer:
             ResultCache(size, settings.cache_ttl_s) if size > 0 else None)
         self._coalesce: Coalescer[_Computed] = Coalescer(
             self._cache.put if self._cache is not None else None)
+        self.monitor = monitor_from_settings(settings, engine.meta)
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,6 +101,12 @@ class Inferencer:
         for det in out.detections:
             for d in det.items:
                 self.observer.on_detection(d.class_name)
+        if self.monitor is not None:
+            m = self.monitor
+            m.record([(d.class_id, d.confidence) for d in det.items]
+                     for job, det in zip(jobs, out.detections, strict=True)
+                     if m.counts(job.params.conf, job.params.classes))
+            self.metrics.set_drift(m.scores())
         return [Outcome(d, out.inference_ms, out.postprocess_ms) for d in out.detections]
 
     # the request path ---------------------------------------------------------------------------
@@ -119,6 +127,7 @@ class Inferencer:
         timings = computed.timings.model_copy()
         if cached:
             timings = Timings(total=round((time.perf_counter() - start) * 1000, 3))
+        self.metrics.live.on_request(timings.total)
         return to_result(
             computed.detections, name=name, model=self.engine.meta.name,
             version=self.engine.meta.version, params=params,
@@ -132,6 +141,7 @@ class Inferencer:
         """A video frame, made ready by ``prepare`` in the decode pool; never cached (a stream's
         tracker needs every frame, and a video's frames are seldom the same bytes twice)."""
         computed = await self._compute(b"", name, params, deadline, prepare=prepare)
+        self.metrics.live.on_request(computed.timings.total)
         return to_result(
             computed.detections, name=name, model=self.engine.meta.name,
             version=self.engine.meta.version, params=params,

@@ -24,6 +24,7 @@ from prometheus_client import (
 )
 
 from service.engine.types import ModelMeta
+from service.livestats import LiveStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "ModelMetrics", "ServiceMetrics"]
 
@@ -75,6 +76,11 @@ class ServiceMetrics:
         self.gc_frozen = Gauge(
             "gc_frozen_objects", "Objects frozen out of the collector's reach after the model "
             "loaded", registry=r, multiprocess_mode="liveall")
+        self.drift = Gauge(
+            "model_drift_score", "Population stability index of a class's detections per image "
+            "and confidences, sliding window against the baseline", ["class_name"], registry=r,
+            multiprocess_mode="livemax")
+        self.live = LiveStats()
         # video streams
         self.streams_active = Gauge(
             "streams_active", "Video streams held", registry=r, multiprocess_mode="livesum")
@@ -114,6 +120,10 @@ class ServiceMetrics:
     def on_queue_depth(self, depth: int) -> None:
         self.for_model(self.model_name).on_queue_depth(depth)
 
+    def set_drift(self, scores: dict[str, float]) -> None:
+        for name, score in scores.items():
+            self.drift.labels(name).set(score)
+
     # garbage collector (service.heap) ----------------------------------------------------------
     def on_gc_pause(self, generation: int, seconds: float) -> None:
         self.gc_pause.labels(str(generation)).observe(seconds)
@@ -151,9 +161,11 @@ class ModelMetrics:
             waits.observe(wait)
         status = "error" if failed else "success"
         m.inference_total.labels(self.model, status).inc(size)
+        m.live.on_batch(size)
 
     def on_dropped(self, reason: str, count: int) -> None:
         self.metrics.dropped.labels(self.model, reason).inc(count)
+        self.metrics.live.on_refused(reason, count)
 
     def on_queue_depth(self, depth: int) -> None:
         self.metrics.queue_depth.labels(self.model).set(depth)

@@ -89,6 +89,22 @@ class Settings(BaseSettings):
     rate_limit_rps: float | None = Field(None, gt=0, description="per client; None: off")
     rate_limit_burst: int = Field(20, ge=1, description="Requests a client may send at once")
 
+    # model monitoring (drift)
+    monitor_enabled: bool = Field(True, description="Per-class detection rates and confidence "
+                                  "distributions over a sliding window, compared with a baseline")
+    monitor_window: int = Field(500, ge=10, le=1_000_000, description="Images in the sliding "
+                                "window; a class past the threshold is logged once per window")
+    monitor_min_window: int = Field(100, ge=1, description="Images the window holds before "
+                                    "drift is scored")
+    monitor_baseline_images: int = Field(500, ge=10, description="Images after start that form "
+                                         "the baseline when no baseline file is given")
+    monitor_baseline: Path | None = Field(None, description="Baseline file written by "
+                                          "`yoloserve monitor baseline`")
+    monitor_min_conf: float = Field(0.25, ge=0.0, lt=1.0, description="Detections counted from "
+                                    "this confidence; requests asking for more are not counted")
+    drift_threshold: float = Field(0.25, gt=0.0, description="Drift score (PSI) past which a "
+                                   "class is logged as drifting")
+
     # logs
     log_format: Literal["json", "text"] = Field("json", description="JSON lines or plain text")
     log_level: str = Field("INFO", description="Logging level")

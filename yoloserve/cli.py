@@ -11,7 +11,7 @@ import click
 from bench.cli import bench_command
 from clients.cli import detect_command
 from loadbalancer.cli import lb_command
-from service.cli import export_command, serve_command, train_demo_command
+from service.cli import export_command, monitor_command, serve_command, train_demo_command
 
 __all__ = ["main"]
 
@@ -28,3 +28,4 @@ main.add_command(detect_command, "detect")
 main.add_command(export_command, "export")
 main.add_command(bench_command, "bench")
 main.add_command(train_demo_command, "train-demo")
+main.add_command(monitor_command, "monitor")

@@ -121,14 +121,16 @@ def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float,
     return iw * ih / area
 
 
-def make_sample(seed: int, index: int) -> Sample:
-    """Image ``index`` of the split with ``seed``: varied size, background and 1-8 shapes."""
+def make_sample(seed: int, index: int, only: int | None = None) -> Sample:
+    """Image ``index`` of the split with ``seed``: varied size, background and 1-8 shapes (every
+    one of class ``only`` when given)."""
     rng = np.random.default_rng([seed, index])
     width, height = (int(v) for v in rng.integers(192, 720, size=2))
     img = _background(rng, height, width)
     boxes: list[Box] = []
     for _ in range(int(rng.integers(1, 9))):
         cls = int(rng.integers(0, len(CLASSES)))
+        cls = cls if only is None else only
         for _attempt in range(10):
             pts = _place(cls, rng, height, width)
             x0, y0 = np.clip(pts.min(axis=0), 0, [width - 1, height - 1])

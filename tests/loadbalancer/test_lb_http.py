@@ -185,6 +185,18 @@ def test_admin_requires_the_token(lb: tuple[LBProc, dict[str, str]]) -> None:
     assert proc.admin("GET", "/lb/status").status_code == 200
 
 
+def test_the_status_page_is_public_and_its_data_keeps_the_token(
+        lb: tuple[LBProc, dict[str, str]]) -> None:
+    proc, _ = lb
+    page = httpx.get(proc.admin_url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/status.js", "/static/status.css"):
+        assert httpx.get(proc.admin_url + asset).status_code == 200, asset
+    assert httpx.get(proc.admin_url + "/static/nothing.js").status_code == 404
+    assert httpx.get(proc.admin_url + "/lb/status").status_code == 401
+
+
 def test_admin_refusals_use_the_error_format(lb: tuple[LBProc, dict[str, str]]) -> None:
     proc, _ = lb
     existing = proc.status()["backends"][0]
