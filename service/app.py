@@ -26,9 +26,9 @@ from service.errors import ServiceError, ValidationFailed, to_service_error
 from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
-from service.ratelimit import RateLimiter
 from service.routes import detect, health, model
 from service.settings import Settings
+from service.shared import open_store, rate_limiter
 from service.state import AppState, Lifecycle
 from wire import errors as codes
 
@@ -105,7 +105,8 @@ async def _load(state: AppState) -> None:
     state.metrics.gc_frozen.set(freeze_loaded_heap())
     state.gc_pauses.start()
     state.metrics.set_model(engine.meta)
-    inferencer = Inferencer(engine, s, state.metrics, concurrent_batches=plan.concurrent_batches)
+    inferencer = Inferencer(engine, s, state.metrics, concurrent_batches=plan.concurrent_batches,
+                            store=state.shared_store)
     await inferencer.start()
     state.inferencer = inferencer
     state.lifecycle = Lifecycle.READY
@@ -134,10 +135,9 @@ def _version() -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    limiter = (RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
-               if settings.rate_limit_rps else None)
-    state = AppState(settings=settings, metrics=metrics, rate_limiter=limiter,
-                     gc_pauses=GcPauses(metrics))
+    store = open_store(settings, metrics.shared)  # None without YOLOSERVE_REDIS_URL
+    state = AppState(settings=settings, metrics=metrics, rate_limiter=rate_limiter(settings, store),
+                     gc_pauses=GcPauses(metrics), shared_store=store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -158,6 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await state.loading
             if state.inferencer is not None:
                 await state.inferencer.close(settings.drain_timeout_s)
+            if store is not None:
+                await store.aclose()
             state.gc_pauses.stop()
             thaw_heap()
             state.lifecycle = Lifecycle.STOPPED

@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from service.engine.types import ModelMeta
+from service.shared.metrics import SharedMetrics
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
 
@@ -69,6 +70,7 @@ class ServiceMetrics:
         self.gc_frozen = Gauge(
             "gc_frozen_objects", "Objects frozen out of the collector's reach after the model "
             "loaded", registry=r, multiprocess_mode="liveall")
+        self.shared = SharedMetrics(r)  # cache levels, coalescing, Redis
         self.model_name = "model"
 
     def set_model(self, meta: ModelMeta) -> None:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from service.metrics import ServiceMetrics
     from service.ratelimit import RateLimiter
     from service.settings import Settings
+    from service.shared import SharedRateLimiter, SharedStore
 
 __all__ = ["AppState", "Lifecycle"]
 
@@ -28,8 +29,9 @@ class Lifecycle(enum.Enum):
 class AppState:
     settings: Settings
     metrics: ServiceMetrics
-    rate_limiter: RateLimiter | None
+    rate_limiter: RateLimiter | SharedRateLimiter | None
     gc_pauses: GcPauses
     lifecycle: Lifecycle = Lifecycle.STARTING
     inferencer: Inferencer | None = None
     loading: asyncio.Task[None] | None = None
+    shared_store: SharedStore | None = None  # Redis, when configured
