@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from service.settings import Settings
 from wire.options import given_options, settings_options
@@ -34,6 +35,8 @@ def serve_command(**flags: Any) -> None:
 def _exec_gunicorn(settings: Settings) -> None:
     """Hand over to gunicorn; settings travel as YOLOSERVE_* environment variables."""
     for name, value in settings.model_dump(exclude={"api_keys"}).items():
+        if isinstance(value, SecretStr):  # a Redis URL with its password
+            value = value.get_secret_value()
         if value is not None:
             os.environ[f"YOLOSERVE_{name.upper()}"] = str(value)
     # the master holds the port, so a worker takes connections only once its model is ready
