@@ -218,3 +218,20 @@ def _wait_for_lock(r: redis_sync.Redis) -> tuple[str, int] | None:
             if token:
                 return key.decode().rsplit(":", 1)[1], int(token.split(b":")[0])
     return None
+
+
+def test_without_redis_each_worker_keeps_its_own() -> None:
+    """No Redis configured: today's behaviour, each worker with its own cache and coalescing, so an
+    image is computed once per worker at most (and at least once in all)."""
+    env = {"YOLOSERVE_MAX_BATCH_SIZE": "4", "YOLOSERVE_CORES": "1", "YOLOSERVE_PREPROCESS_THREADS": "1"}
+    images = [jpeg(300 + i) for i in range(20)]
+    with ServiceProcess("--workers", "2", "--model", "models/demo.onnx", env=env) as proc:
+        wait_until(lambda: len(_pids(proc.url)) == 2, 120, "both workers loaded", every=0.5)
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=0)
+        with httpx.Client(base_url=proc.url, timeout=60, limits=limits) as c:
+            statuses = [c.post("/v1/detect", files={"image": images[i % 20]}).status_code
+                        for i in range(80)]
+        assert statuses == [200] * 80
+        runs = _sum(proc.url, "inference_batch_size_sum")
+        assert 20 <= runs <= 40
+        assert _sum(proc.url, "result_cache_lookups_total", level="shared") == 0
