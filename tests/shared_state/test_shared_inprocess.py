@@ -4,6 +4,7 @@ fleet-wide bucket, the circuit around a Redis that is down, and the binary entry
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
@@ -111,3 +112,37 @@ async def test_circuit_opens_once_and_closes_when_redis_returns() -> None:
             server.stop()
     finally:
         await store.aclose()
+
+
+async def test_a_frozen_redis_costs_one_timeout_then_nothing(redis_server: RedisServer) -> None:
+    """Redis stopped (SIGSTOP: connections open, no answers): the first call waits out the
+    timeout, the circuit opens, later requests do not wait at all; SIGCONT: sharing resumes."""
+    settings = {"redis_url": redis_server.redis_url, "redis_key_prefix": f"f{time.time_ns()}:",
+                "redis_timeout_ms": 100.0, "rate_limit_rps": 1000.0, "warmup": False}
+    async with app_client(**settings) as c:
+        assert (await c.post("/v1/detect", files={"image": jpeg(1)})).status_code == 200
+        redis_server.signal(signal.SIGSTOP)
+        try:
+            timed = []
+            for i in range(4):
+                start = time.perf_counter()
+                r = await c.post("/v1/detect", files={"image": jpeg(1)}, params={"conf": 0.3 + i / 10})
+                timed.append(time.perf_counter() - start)
+                assert r.status_code == 200
+            assert timed[0] >= 0.09 and max(timed[1:]) < 1.0  # one timeout, then no waiting
+            text = (await c.get("/metrics")).text
+            assert _value(text, "shared_store_incidents_total") == 1
+            assert _value(text, "shared_store_errors_total", kind="timeout") == 1
+            assert _value(text, "rate_limit_decisions_total", where="local") >= 3
+            assert (await c.get("/health/ready")).status_code == 200
+        finally:
+            redis_server.signal(signal.SIGCONT)
+        store = c.app.state.yoloserve.shared_store  # type: ignore[attr-defined]
+        back = time.monotonic()
+        while not store.available:
+            assert time.monotonic() - back < 5, "sharing not back within 5 s"
+            await asyncio.sleep(0.02)  # polling the probe's outcome, with a deadline
+        r = await c.post("/v1/detect", files={"image": jpeg(2)})
+        assert r.status_code == 200
+        text = (await c.get("/metrics")).text
+        assert _value(text, "result_cache_lookups_total", level="shared", result="miss") >= 2
