@@ -74,8 +74,8 @@ class Settings(BaseSettings):
         None, description="redis:// or rediss://[user:password@]host:port/db; result cache, "
         "coalescing and rate limit shared by every process that names it")
     redis_pool_size: int = Field(32, ge=1, le=1024, description="Redis connections per process")
-    redis_connect_timeout_ms: float = Field(200.0, gt=0, description="Redis connect timeout")
-    redis_timeout_ms: float = Field(100.0, gt=0, description="One Redis call at most; past it the "
+    redis_connect_timeout_ms: float = Field(500.0, gt=0, description="Redis connect timeout")
+    redis_timeout_ms: float = Field(500.0, gt=0, description="One Redis call at most; past it the "
                                     "process serves without shared state until Redis answers again")
     redis_key_prefix: str = Field("yoloserve:", description="Prefix of every key, so that several "
                                   "deployments share one Redis")

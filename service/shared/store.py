@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -104,7 +105,9 @@ class SharedStore:
         self.metrics.connected.set(0)
         log.warning("shared store unavailable; serving from this process alone until it answers",
                     extra={"op": op, "error": repr(exc)})
-        self._probe = asyncio.get_running_loop().create_task(self._reconnect(), name="redis-probe")
+        # a context of its own: its log lines are not the request's that tripped the circuit
+        self._probe = asyncio.get_running_loop().create_task(
+            self._reconnect(), name="redis-probe", context=contextvars.Context())
         self._probe.add_done_callback(_log_failure)
 
     async def _reconnect(self) -> None:

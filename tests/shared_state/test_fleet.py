@@ -28,18 +28,24 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 4
 PREFIX = "fleet:"
-LEASE_S = 1.5
+LEASE_S = 2.0  # the default
 RATE = 10
 
 
 @pytest.fixture(scope="module")
-def fleet(redis_server: RedisServer) -> Iterator[ServiceProcess]:
+def fleet(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[ServiceProcess]:
     env = {"YOLOSERVE_REDIS_URL": redis_server.redis_url, "YOLOSERVE_REDIS_KEY_PREFIX": PREFIX,
            "YOLOSERVE_REDIS_LOCK_LEASE_MS": str(LEASE_S * 1000),
            "YOLOSERVE_RATE_LIMIT_RPS": str(RATE), "YOLOSERVE_RATE_LIMIT_BURST": "1",
            "YOLOSERVE_MAX_BATCH_SIZE": "4", "YOLOSERVE_CORES": "1",
-           "YOLOSERVE_PREPROCESS_THREADS": "1"}
-    with ServiceProcess("--workers", str(WORKERS), "--model", "models/demo.onnx", env=env) as proc:
+           "YOLOSERVE_PREPROCESS_THREADS": "1",
+           # four workers on two busy cores can stall an event loop for longer than the default
+           # call timeout, which would count as a slow Redis (tested in-process instead)
+           "YOLOSERVE_REDIS_TIMEOUT_MS": "2000"}
+    log = tmp_path_factory.mktemp("fleet") / "service.log"
+    with ServiceProcess("--workers", str(WORKERS), "--model", "models/demo.onnx", env=env,
+                        log=log) as proc:
         wait_until(lambda: len(_pids(proc.url)) == WORKERS, 120, "every worker loaded", every=0.5)
         yield proc
 
@@ -91,11 +97,13 @@ async def test_one_limit_for_every_worker(fleet: ServiceProcess) -> None:
     image = jpeg(7)
     statuses: list[int] = []
     retry_after: list[str | None] = []
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+    sent: list[float] = []
+    limits = httpx.Limits(max_connections=64)  # kept alive: spread over the workers as accepted
     async with httpx.AsyncClient(base_url=fleet.url, timeout=30, limits=limits) as c:
 
         async def one(at: float) -> None:
             await asyncio.sleep(max(0.0, at - time.monotonic()))  # the send schedule
+            sent.append(time.monotonic())
             r = await c.post("/v1/detect", files={"image": image}, headers={"X-API-Key": "one-client"})
             statuses.append(r.status_code)
             if r.status_code == 429:
@@ -104,7 +112,8 @@ async def test_one_limit_for_every_worker(fleet: ServiceProcess) -> None:
         start = time.monotonic() + 0.2
         await asyncio.gather(*(one(start + i / 100) for i in range(1000)))
     ok = statuses.count(200)
-    assert 85 <= ok <= 115, f"{ok} answers of 200"
+    span = max(sent) - min(sent)
+    assert 85 <= ok <= 115, f"{ok} answers of 200 (requests sent over {span:.2f} s)"
     assert statuses.count(429) == 1000 - ok
     assert all(v is not None and int(v) >= 1 for v in retry_after)
 
@@ -138,6 +147,8 @@ async def test_redis_killed_under_load(fleet: ServiceProcess, redis_server: Redi
         tasks = [asyncio.create_task(load(n)) for n in range(4)] + [asyncio.create_task(probe())]
         try:
             await await_until(lambda: _async(sent[0] >= 20), 30, "load under way")
+            assert fleet.log is not None
+            logged_before = fleet.log.read_text().count("shared store unavailable")
             redis_server.kill()
             mark = sent[0]
             await await_until(lambda: _async(sent[0] >= mark + 40), 30, "load while Redis is down")
@@ -155,7 +166,8 @@ async def test_redis_killed_under_load(fleet: ServiceProcess, redis_server: Redi
             await asyncio.gather(*tasks)
     assert failures == []
     assert not_ready == []
-    assert _sum(fleet.url, "shared_store_incidents_total") >= 1
+    logged = fleet.log.read_text().count("shared store unavailable") - logged_before
+    assert 1 <= logged <= WORKERS  # once per incident in each worker that met it
     assert _sum(fleet.url, "shared_store_errors_total") >= 1
 
 
