@@ -146,3 +146,21 @@ async def test_a_frozen_redis_costs_one_timeout_then_nothing(redis_server: Redis
         assert r.status_code == 200
         text = (await c.get("/metrics")).text
         assert _value(text, "result_cache_lookups_total", level="shared", result="miss") >= 2
+
+
+def test_the_url_names_tls_password_and_database() -> None:
+    from service.settings import Settings
+    from service.shared import open_store
+
+    metrics = SharedMetrics(CollectorRegistry())
+    assert open_store(Settings(), metrics) is None  # no URL: no Redis, each process its own
+    store = open_store(Settings(redis_url="rediss://app:s3cret@cache.internal:6380/3",
+                                redis_pool_size=7, redis_key_prefix="prod:"), metrics)
+    assert store is not None
+    pool = store.client.connection_pool
+    kwargs = pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("cache.internal", 6380, 3)
+    assert (kwargs["username"], kwargs["password"]) == ("app", "s3cret")
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.max_connections == 7
+    assert store.key("r", "ab") == "prod:r:ab"
