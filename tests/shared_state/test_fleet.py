@@ -93,7 +93,11 @@ async def test_400_requests_of_20_images_run_the_model_20_times(fleet: ServicePr
 
 
 async def test_one_limit_for_every_worker(fleet: ServiceProcess) -> None:
-    """100 requests/s for 10 s from one client, limited to 10/s: about 100 answers in all."""
+    """100 requests/s for 10 s from one client, limited to 10/s: about 100 answers in all.
+
+    The bucket lets 1 + 10/s × (the time the requests took to send) through; when this machine is
+    too busy for the client to hold 100 requests/s, the sending takes longer and the check is made
+    against the time it took."""
     image = jpeg(7)
     statuses: list[int] = []
     retry_after: list[str | None] = []
@@ -113,7 +117,10 @@ async def test_one_limit_for_every_worker(fleet: ServiceProcess) -> None:
         await asyncio.gather(*(one(start + i / 100) for i in range(1000)))
     ok = statuses.count(200)
     span = max(sent) - min(sent)
-    assert 85 <= ok <= 115, f"{ok} answers of 200 (requests sent over {span:.2f} s)"
+    expected = 1 + RATE * span  # the burst, then the rate
+    assert abs(ok - expected) <= 15, f"{ok} answers of 200, requests sent over {span:.2f} s"
+    if span <= 10.5:  # the client held its rate: the issue's figure as such
+        assert 85 <= ok <= 115, f"{ok} answers of 200"
     assert statuses.count(429) == 1000 - ok
     assert all(v is not None and int(v) >= 1 for v in retry_after)
 
