@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +38,7 @@ __all__ = [
     "FakeBackend",
     "Fleet",
     "Proc",
+    "RedisServer",
     "Service",
     "WaitTimeout",
     "await_until",
@@ -367,6 +369,35 @@ class FakeBackend(Proc):
     def id(self) -> str:
         """Its name in the balancer's status and ``X-Upstream``."""
         return f"127.0.0.1:{self.port}"
+
+
+class RedisServer(Proc):
+    """``redis-server`` on ``port`` of 127.0.0.1 (a free one by default), nothing persisted, so that
+    a restart comes back empty; ready when it answers ``PING``. ``redis_url`` is its address.
+    ``RedisServer.binary()`` is None where no ``redis-server`` is installed."""
+
+    def __init__(self, name: str = "redis", *, port: int | None = None,
+                 stdout: Output = subprocess.DEVNULL) -> None:
+        port = port or free_port()
+        binary = self.binary() or "redis-server"
+        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        super().__init__(name, cmd, port, stdout=stdout, ready_timeout=20.0, poll_max=None,
+                         stop_timeout=10.0)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("redis-server") or next(
+            (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.path.exists(p)), None)
+
+    def ready(self) -> bool:
+        self.check_running()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 def _log(name: str) -> Path:

@@ -26,9 +26,9 @@ from service.errors import ServiceError, ValidationFailed, to_service_error
 from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
-from service.ratelimit import RateLimiter
 from service.routes import dashboard, detect, health, model, models, redoc, streams
 from service.settings import Settings
+from service.shared import open_store, rate_limiter
 from service.state import AppState, Lifecycle
 from service.streams import StreamRegistry
 from service.v2 import routes as v2_routes
@@ -91,7 +91,7 @@ def _single_threaded_torch() -> None:
 async def _load(state: AppState) -> None:
     from service.models import load_models
 
-    registry = await load_models(state.settings, state.metrics)
+    registry = await load_models(state.settings, state.metrics, state.shared_store)
     default = registry.models[registry.default].inferencer
     if all(m.inferencer.engine.meta.backend == "onnx" for m in registry.models.values()):
         _single_threaded_torch()
@@ -130,10 +130,9 @@ def _version() -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    limiter = (RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
-               if settings.rate_limit_rps else None)
-    state = AppState(settings=settings, metrics=metrics, rate_limiter=limiter,
-                     gc_pauses=GcPauses(metrics))
+    store = open_store(settings, metrics.shared)  # None without YOLOSERVE_REDIS_URL
+    state = AppState(settings=settings, metrics=metrics, rate_limiter=rate_limiter(settings, store),
+                     gc_pauses=GcPauses(metrics), shared_store=store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -156,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await state.models.close(settings.drain_timeout_s)
             if state.streams is not None:
                 await state.streams.close()
+            if state.shared_store is not None:
+                await state.shared_store.aclose()
             state.gc_pauses.stop()
             thaw_heap()
             state.lifecycle = Lifecycle.STOPPED

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from service.settings import Settings
 from wire.options import given_options, settings_options
@@ -58,6 +59,8 @@ def serve_command(**flags: Any) -> None:
 def _exec_gunicorn(settings: Settings) -> None:
     """Hand over to gunicorn; settings travel as YOLOSERVE_* environment variables."""
     for name, value in settings.model_dump(exclude={"api_keys"}).items():
+        if isinstance(value, SecretStr):  # a Redis URL with its password
+            value = value.get_secret_value()
         if value is not None:
             os.environ[f"YOLOSERVE_{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, list) else str(value))

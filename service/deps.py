@@ -80,7 +80,7 @@ async def authorize(request: HTTPConnection, state: StateDep) -> str | None:
             raise Unauthorized("a valid API key is required (Authorization: Bearer or X-API-Key)")
     if state.rate_limiter is not None:
         client = key or (request.client.host if request.client else "unknown")
-        wait = state.rate_limiter.allow(client)
+        wait = await state.rate_limiter.acquire(client)
         if wait > 0:
             raise RateLimited("rate limit exceeded; slow down", retry_after=wait)
     return key

@@ -3,7 +3,8 @@ coalescing, the decode pool, the batcher, and the answer with its timings.
 
 ``Inferencer.detect`` is what every detection route awaits. Identical image bytes with identical
 parameters are computed once while in flight and then served from the cache; answers from either
-say ``cached: true``.
+say ``cached: true``. With Redis configured the cache has a second, fleet-wide level, and the
+computation is coalesced across processes too (service/shared/).
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ from typing import TYPE_CHECKING
 
 from batching import DynamicBatcher
 from service.admission import Admission, capacity
-from service.coalesce import Coalescer
 from service.decoding import DecodePool
 from service.engine.types import Detections, DetectParams, Prepared
 from service.errors import DeadlineExceeded
 from service.monitoring import monitor_from_settings
 from service.result_cache import ResultCache, cache_key
 from service.results import to_result
+from service.shared import SharedResults, TwoLevelCache, decode, encode
 from wire.schemas import DetectionResult, Timings
 
 if TYPE_CHECKING:
     from service.engine import Engine
     from service.metrics import ServiceMetrics
     from service.settings import Settings
+    from service.shared import SharedStore
 
 __all__ = ["Inferencer", "Job", "Outcome"]
 
@@ -61,7 +63,8 @@ class _Computed:
 
 class Inferencer:
     def __init__(self, engine: Engine, settings: Settings, metrics: ServiceMetrics,
-                 concurrent_batches: int = 1, decode_executor: Executor | None = None) -> None:
+                 concurrent_batches: int = 1, decode_executor: Executor | None = None,
+                 store: SharedStore | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
@@ -79,12 +82,21 @@ class Inferencer:
             name=f"inference-{engine.meta.name}",
         )
         self.admission = Admission(limit, self.batcher)
-        size = settings.cache_size if settings.cache_enabled else 0
-        self._cache: ResultCache[_Computed] | None = (
-            ResultCache(size, settings.cache_ttl_s) if size > 0 else None)
-        self._coalesce: Coalescer[_Computed] = Coalescer(
-            self._cache.put if self._cache is not None else None)
+        self._cache = self._result_cache(settings, store)
         self.monitor = monitor_from_settings(settings, engine.meta)
+
+    def _result_cache(self, settings: Settings,
+                      store: SharedStore | None) -> TwoLevelCache[_Computed] | None:
+        """This process's LRU, and Redis behind it when there is one (service/shared/)."""
+        if not settings.cache_enabled or settings.cache_size <= 0:
+            return None
+        classes = self.engine.meta.classes
+        shared = None if store is None else SharedResults[_Computed](
+            store, ttl_s=settings.cache_ttl_s, lease_s=settings.redis_lock_lease_ms / 1000,
+            encode=lambda c: encode(c.detections, c.batch_size),
+            decode=lambda b: _Computed(*decode(b, classes), Timings()))
+        local: ResultCache[_Computed] = ResultCache(settings.cache_size, settings.cache_ttl_s)
+        return TwoLevelCache(local, shared, self.metrics.shared)
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,11 +131,10 @@ class Inferencer:
         if self._cache is None:
             computed = await self._compute(data, name, params, deadline, protocol=protocol)
         else:
-            key = cache_key(data, params)
-            hit = self._cache.get(key)
-            cached = hit is not None or key in self._coalesce
-            computed = hit if hit is not None else await self._coalesce.run(
-                key, lambda: self._compute(data, name, params, deadline, protocol=protocol))
+            # the model's version is in the key: a new model never serves an old answer
+            key = cache_key(data, (self.engine.meta.version, params))
+            computed, cached = await self._cache.get_or_compute(
+                key, lambda: self._compute(data, name, params, deadline, protocol=protocol), deadline)
         timings = computed.timings.model_copy()
         if cached:
             timings = Timings(total=round((time.perf_counter() - start) * 1000, 3))

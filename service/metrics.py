@@ -25,6 +25,7 @@ from prometheus_client import (
 
 from service.engine.types import ModelMeta
 from service.livestats import LiveStats
+from service.shared.metrics import SharedMetrics
 
 __all__ = ["CONTENT_TYPE_LATEST", "ModelMetrics", "ServiceMetrics"]
 
@@ -96,6 +97,7 @@ class ServiceMetrics:
             registry=r)
         self.stream_refused = Counter(
             "streams_refused", "New streams refused past max_streams", registry=r)
+        self.shared = SharedMetrics(r)  # cache levels, coalescing, Redis
         self.model_name = "model"
 
     def set_model(self, meta: ModelMeta) -> None:

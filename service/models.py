@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from service.inference import Inferencer
     from service.metrics import ServiceMetrics
     from service.settings import Settings
+    from service.shared import SharedStore
     from service.v2.raw import RawRunner
 
 __all__ = ["ModelNotFound", "ModelRegistry", "ServedModel", "WeightedPicker", "load_models"]
@@ -92,7 +93,7 @@ class ModelRegistry:
 
 
 async def _load_one(spec: ModelSpec, settings: Settings, metrics: ServiceMetrics,
-                    pool: ThreadPoolExecutor) -> ServedModel:
+                    pool: ThreadPoolExecutor, store: SharedStore | None) -> ServedModel:
     from service.compute import plan_compute
     from service.engine import Engine, ImageLimits
     from service.inference import Inferencer
@@ -109,7 +110,7 @@ async def _load_one(spec: ModelSpec, settings: Settings, metrics: ServiceMetrics
         await asyncio.to_thread(engine.warmup, s.max_batch_size)
     metrics.set_model(engine.meta)
     inferencer = Inferencer(engine, s, metrics, concurrent_batches=plan.concurrent_batches,
-                            decode_executor=pool)
+                            decode_executor=pool, store=store)
     raw = await asyncio.to_thread(RawRunner, engine, s, metrics, plan.concurrent_batches)
     meta = engine.meta
     log.info("model ready", extra={"model": meta.name, "version": meta.version,
@@ -120,14 +121,15 @@ async def _load_one(spec: ModelSpec, settings: Settings, metrics: ServiceMetrics
     return ServedModel(inferencer, raw)
 
 
-async def load_models(settings: Settings, metrics: ServiceMetrics) -> ModelRegistry:
+async def load_models(settings: Settings, metrics: ServiceMetrics,
+                      store: SharedStore | None = None) -> ModelRegistry:
     """Load every model of the settings, one after the other, and start their batchers."""
     specs, aliases = resolve_specs(settings.model, settings.models, settings.model_alias)
     pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="decode")
     loaded: list[ServedModel] = []
     try:
         for spec in specs:
-            loaded.append(await _load_one(spec, settings, metrics, pool))
+            loaded.append(await _load_one(spec, settings, metrics, pool, store))
         for m in loaded:
             await m.inferencer.start()
             await m.raw.start()

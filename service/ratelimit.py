@@ -30,3 +30,7 @@ class RateLimiter:
         while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
         return wait
+
+    async def acquire(self, client: str) -> float:
+        """``allow`` as the shared limiter's interface has it (service/shared/limiter.py)."""
+        return self.allow(client)

@@ -84,6 +84,19 @@ class Settings(BaseSettings):
     cache_size: int = Field(256, ge=0, description="Results kept in the cache")
     cache_ttl_s: float = Field(300.0, ge=0.0, description="Seconds a cached result lives")
 
+    # shared state across workers and hosts (service/shared/): unset, each process keeps its own
+    redis_url: SecretStr | None = Field(
+        None, description="redis:// or rediss://[user:password@]host:port/db; result cache, "
+        "coalescing and rate limit shared by every process that names it")
+    redis_pool_size: int = Field(32, ge=1, le=1024, description="Redis connections per process")
+    redis_connect_timeout_ms: float = Field(500.0, gt=0, description="Redis connect timeout")
+    redis_timeout_ms: float = Field(500.0, gt=0, description="One Redis call at most; past it the "
+                                    "process serves without shared state until Redis answers again")
+    redis_key_prefix: str = Field("yoloserve:", description="Prefix of every key, so that several "
+                                  "deployments share one Redis")
+    redis_lock_lease_ms: float = Field(2000.0, gt=0, description="Lease of a coalescing lock: a "
+                                       "process that dies while computing delays the others this long")
+
     # optional protection
     api_keys: list[SecretStr] = Field(default_factory=list)
     rate_limit_rps: float | None = Field(None, gt=0, description="per client; None: off")

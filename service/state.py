@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from service.models import ModelRegistry
     from service.ratelimit import RateLimiter
     from service.settings import Settings
+    from service.shared import SharedRateLimiter, SharedStore
     from service.streams import StreamRegistry
 
 __all__ = ["AppState", "Lifecycle"]
@@ -30,10 +31,11 @@ class Lifecycle(enum.Enum):
 class AppState:
     settings: Settings
     metrics: ServiceMetrics
-    rate_limiter: RateLimiter | None
+    rate_limiter: RateLimiter | SharedRateLimiter | None
     gc_pauses: GcPauses
     lifecycle: Lifecycle = Lifecycle.STARTING
     inferencer: Inferencer | None = None  # the default model's
     models: ModelRegistry | None = None  # every model served
     loading: asyncio.Task[None] | None = None
     streams: StreamRegistry | None = None
+    shared_store: SharedStore | None = None  # Redis, when configured

@@ -73,7 +73,7 @@ def find_kubectl() -> str | None:
 
 
 VARIANTS = ["base (files)", "overlays/cpu", "overlays/gpu", "overlays/cpu + components/keda",
-            "overlays/gpu + components/model-volume"]
+            "overlays/gpu + components/model-volume", "overlays/cpu + components/redis"]
 
 
 @pytest.fixture(scope="session", params=VARIANTS)
