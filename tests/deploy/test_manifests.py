@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,10 +84,26 @@ def expand(args: list[str], env: dict[str, str]) -> list[str]:
     return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in args]
 
 
+def on_volumes(env: dict[str, str], deployment: dict[str, Any], root: Path) -> dict[str, str]:
+    """``env`` with each file on one of the container's volumes put under ``root`` (as an empty
+    file), so that the CLI's start-up checks find the weights a volume would hold in the pod."""
+    mounts = [m["mountPath"] for m in container(deployment).get("volumeMounts", [])]
+    out = dict(env)
+    for name, value in env.items():
+        if any(value.startswith(mount.rstrip("/") + "/") for mount in mounts):
+            local = root / value.lstrip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.touch()
+            out[name] = str(local)
+    return out
+
+
 def run_cli(monkeypatch: pytest.MonkeyPatch, deployment: dict[str, Any], module: str,
-            command: Any) -> Any:
+            command: Any, volumes: Path | None = None) -> Any:
     """The settings the container's command line and env give, through the real CLI."""
     env = {**image_env(), **pod_env(deployment)}
+    if volumes is not None:
+        env = on_volumes(env, deployment, volumes)
     args = expand([str(a) for a in container(deployment)["args"]], env)
     for name in list(os.environ):
         if name.startswith("YOLOSERVE_"):
@@ -101,12 +118,14 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, deployment: dict[str, Any], module:
 
 
 @pytest.fixture()
-def serve_settings(manifests: Objects, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def serve_settings(manifests: Objects, monkeypatch: pytest.MonkeyPatch,
+                   tmp_path: Path) -> Settings:
     from service.cli import serve_command
 
     deployment = one(manifests, "Deployment", DETECTOR)
     assert container(deployment)["args"][0] == "serve"
-    settings: Settings = run_cli(monkeypatch, deployment, "service.server", serve_command)
+    settings: Settings = run_cli(monkeypatch, deployment, "service.server", serve_command,
+                                 volumes=tmp_path)
     return settings
 
 
