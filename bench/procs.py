@@ -158,8 +158,9 @@ class Proc:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 return files.enter_context(out.open("wb"))
 
+            # a session of its own: stopping it reaches its children too (gunicorn's workers)
             self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=target(self.stdout),
-                                         stderr=target(self.stderr))
+                                         stderr=target(self.stderr), start_new_session=True)
         return self.wait_ready() if wait else self
 
     def tail(self, lines: int = 20) -> str:
@@ -207,6 +208,8 @@ class Proc:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(10)
+        if sig == SIGKILL:
+            self._kill_group()
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None, f"{self.name} was never started"
@@ -224,7 +227,14 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._kill_group()  # children it left behind (a worker stuck in its shutdown)
         return self.proc.returncode
+
+    def _kill_group(self) -> None:
+        """SIGKILL whatever is left of its process group: the host is gone, workers and all."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, SIGKILL)
 
     def __enter__(self) -> Self:
         start_all([self])
