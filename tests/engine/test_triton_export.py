@@ -3,7 +3,9 @@ protobuf (shipped in tritonclient) parses, and that matches the ONNX file it sit
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -11,7 +13,24 @@ from click.testing import CliRunner
 
 from service.cli import export_command
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+def _model_config_module() -> Any:
+    """Triton's ``model_config_pb2``, loaded from its file alone: importing it through the
+    ``tritonclient.grpc`` package would also register Triton's copy of the v2 gRPC messages, whose
+    names KServe's client (tested in the same process) registers again, and protobuf refuses the
+    second."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or spec.origin is None:
+        pytest.skip("tritonclient is not installed")
+    path = Path(spec.origin).parent / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+model_config_pb2 = _model_config_module()
 text_format = pytest.importorskip("google.protobuf.text_format")
 
 _TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
