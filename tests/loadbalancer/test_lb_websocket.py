@@ -1,0 +1,134 @@
+"""WebSocket proxying through a real ``python -m loadbalancer`` to real uvicorn backends: the
+upgrade goes to the policy's backend, bytes flow both ways until a side closes, a rejected
+upgrade comes back as it was answered, and the balancer counts it all."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from bench.procs import await_until
+from tests.loadbalancer.harness import BackendProc, LBProc, start_backends
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[list[BackendProc]]:
+    backends = start_backends([BackendProc("ws-a"), BackendProc("ws-b")])
+    yield backends
+    for backend in backends:
+        backend.stop()
+
+
+@pytest.fixture(scope="module")
+def ring(pair: list[BackendProc]) -> Iterator[LBProc]:
+    lb = LBProc([b.url for b in pair], "--policy", "ring_hash", "--health-interval", "0.5")
+    lb.start().wait_ready()
+    yield lb
+    lb.stop()
+
+
+def ws_url(lb: LBProc, path: str) -> str:
+    return lb.url.replace("http://", "ws://") + path
+
+
+def metric(lb: LBProc, name: str) -> float:
+    text = httpx.get(lb.admin_url + "/metrics", timeout=5.0).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
+    )
+
+
+async def test_frames_and_answers_flow_both_ways_on_the_stream_s_backend(ring: LBProc) -> None:
+    payload = os.urandom(300_000)  # larger than a socket buffer: flow control both ways
+    homes = set()
+    for stream in ("cam-1", "cam-2", "cam-3", "cam-4"):
+        path = f"/v1/streams/{stream}/ws"
+        async with connect(ws_url(ring, path), max_size=None) as ws:
+            assert ws.response is not None
+            upstream = ws.response.headers["X-Upstream"]
+            for i in range(3):
+                await ws.send(f"hello {i}")
+                echo = json.loads(await ws.recv())
+                assert echo == {"backend": echo["backend"], "path": path, "text": f"hello {i}"}
+            await ws.send(payload)
+            echo = json.loads(await ws.recv())
+            assert echo["bytes"] == len(payload)
+            assert echo["sha256"] == hashlib.sha256(payload).hexdigest()
+        # the same stream id: the same backend, on a new connection and for plain requests
+        async with connect(ws_url(ring, path)) as again:
+            assert again.response is not None
+            assert again.response.headers["X-Upstream"] == upstream
+        r = httpx.post(ring.url + f"/v1/streams/{stream}/frames", content=b"f", timeout=5.0)
+        assert r.headers["X-Upstream"] == upstream
+        homes.add(upstream)
+    assert metric(ring, 'yoloserve_lb_websockets_total{outcome="opened"}') >= 8
+    assert metric(ring, 'yoloserve_lb_websocket_bytes_total{direction="to_backend"}') > len(payload)
+    await await_until(
+        lambda: _active_is(ring, 0), 5.0, "the closed WebSockets to leave the active gauge"
+    )
+
+
+async def _active_is(lb: LBProc, n: int) -> bool:
+    return await asyncio.to_thread(metric, lb, "yoloserve_lb_websockets_active") == n
+
+
+async def test_the_backend_closing_closes_the_client(ring: LBProc) -> None:
+    async with connect(ws_url(ring, "/ws")) as ws:
+        await ws.send("close")
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5.0)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+
+
+async def test_a_rejected_upgrade_comes_back_as_answered(ring: LBProc) -> None:
+    with pytest.raises(InvalidStatus) as rejected:
+        async with connect(ws_url(ring, "/ws-reject")):
+            pass
+    response = rejected.value.response
+    assert response.status_code == 403
+    assert "X-Upstream" in response.headers
+    assert metric(ring, 'yoloserve_lb_websockets_total{outcome="rejected"}') >= 1
+    r = httpx.get(ring.url + "/health/live", timeout=5.0)  # the balancer is fine after it
+    assert r.status_code == 200
+
+
+async def test_a_backend_down_before_the_handshake_is_skipped() -> None:
+    alive = start_backends([BackendProc("ws-alive")])[0]
+    dead = BackendProc("ws-dead")  # never started: its port refuses connections
+    lb = LBProc([alive.url, dead.url], "--policy", "ring_hash", "--health-interval", "30")
+    try:
+        lb.start().wait_ready(healthy=1)
+        upstreams = set()
+        for i in range(8):  # some of these streams are the dead one's: they go to the next
+            async with connect(ws_url(lb, f"/v1/streams/s{i}/ws")) as ws:
+                await ws.send("x")
+                assert json.loads(await ws.recv())["backend"] == "ws-alive"
+                assert ws.response is not None
+                upstreams.add(ws.response.headers["X-Upstream"])
+        assert upstreams == {alive.id}
+    finally:
+        lb.stop()
+        alive.stop()
+
+
+async def test_max_websockets_refuses_with_503(pair: list[BackendProc]) -> None:
+    lb = LBProc([pair[0].url], "--max-websockets", "1").start().wait_ready()
+    try:
+        async with connect(ws_url(lb, "/ws")) as first:
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(ws_url(lb, "/ws")):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.headers.get("Retry-After") is not None
+            await first.send("still here")
+            assert json.loads(await first.recv())["text"] == "still here"
+    finally:
+        lb.stop()
