@@ -6,12 +6,14 @@ into them.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "STREAM_ID_PATTERN",
     "BatchItemError",
     "BatchResponse",
     "Box2D",
@@ -25,8 +27,22 @@ __all__ = [
     "ModelInfo",
     "NormalizedBox",
     "ProcessingMetadata",
+    "StreamInfo",
+    "StreamList",
+    "StreamResult",
+    "StreamSummary",
     "Timings",
+    "TrackedDetection",
+    "valid_stream_id",
 ]
+
+STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,128}$"
+"""A video stream's id: 1-128 characters of letters, digits, ``.``, ``_`` and ``-``."""
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+
+
+def valid_stream_id(value: str) -> bool:
+    return _STREAM_ID.fullmatch(value) is not None
 
 
 class _Model(BaseModel):
@@ -111,6 +127,39 @@ class DetectionResult(_Model):
     detections: list[Detection]
     detection_count: int
     processing_metadata: ProcessingMetadata
+
+
+class TrackedDetection(Detection):
+    track_id: int | None = Field(
+        description="The object's track in its stream; null while the track is unconfirmed.")
+
+
+class StreamInfo(_Model):
+    id: str = Field(pattern=STREAM_ID_PATTERN, description="The stream's id.")
+    seq: int = Field(description="The frame's number in its stream.")
+    stream_started: bool = Field(
+        description="True when this frame started the stream in this process (its first frame, "
+                    "or the first one after the stream expired, was deleted or the process restarted).")
+
+
+class StreamResult(DetectionResult):
+    """The answer to one frame of a video stream: a ``DetectionResult`` with track ids."""
+
+    model_config = ConfigDict(json_schema_extra=None)
+
+    detections: list[TrackedDetection]  # type: ignore[assignment]
+    stream: StreamInfo
+
+
+class StreamSummary(_Model):
+    id: str = Field(description="The stream's id.")
+    frames: int = Field(description="Frames processed in this stream.")
+    tracks: int = Field(description="Tracks alive (confirmed and not yet lost) in the stream.")
+    last_seen: datetime = Field(description="When the stream's last frame was processed.")
+
+
+class StreamList(_Model):
+    streams: list[StreamSummary]
 
 
 class ErrorDetail(_Model):
