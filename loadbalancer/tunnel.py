@@ -139,7 +139,7 @@ class Tunnel:
     def _connected(self, task: asyncio.Task[tuple[asyncio.BaseTransport, TunnelUpstream]]) -> None:
         if task is not self._pending:  # given up on meanwhile
             if not task.cancelled() and task.exception() is None:
-                task.result()[0].abort()
+                cast(asyncio.Transport, task.result()[0]).abort()
             return
         self._pending = None
         error = None if task.cancelled() else task.exception()

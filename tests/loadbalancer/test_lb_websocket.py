@@ -66,11 +66,14 @@ async def test_frames_and_answers_flow_both_ways_on_the_stream_s_backend(ring: L
         async with connect(ws_url(ring, path)) as again:
             assert again.response is not None
             assert again.response.headers["X-Upstream"] == upstream
-        r = httpx.post(ring.url + f"/v1/streams/{stream}/frames", content=b"f", timeout=5.0)
+        async with httpx.AsyncClient(base_url=ring.url, timeout=5.0) as http:
+            r = await http.post(f"/v1/streams/{stream}/frames", content=b"f")
         assert r.headers["X-Upstream"] == upstream
         homes.add(upstream)
-    assert metric(ring, 'yoloserve_lb_websockets_total{outcome="opened"}') >= 8
-    assert metric(ring, 'yoloserve_lb_websocket_bytes_total{direction="to_backend"}') > len(payload)
+    opened = await asyncio.to_thread(metric, ring, 'yoloserve_lb_websockets_total{outcome="opened"}')
+    assert opened >= 8
+    sent = 'yoloserve_lb_websocket_bytes_total{direction="to_backend"}'
+    assert await asyncio.to_thread(metric, ring, sent) > len(payload)
     await await_until(
         lambda: _active_is(ring, 0), 5.0, "the closed WebSockets to leave the active gauge"
     )
@@ -95,9 +98,10 @@ async def test_a_rejected_upgrade_comes_back_as_answered(ring: LBProc) -> None:
     response = rejected.value.response
     assert response.status_code == 403
     assert "X-Upstream" in response.headers
-    assert metric(ring, 'yoloserve_lb_websockets_total{outcome="rejected"}') >= 1
-    r = httpx.get(ring.url + "/health/live", timeout=5.0)  # the balancer is fine after it
-    assert r.status_code == 200
+    rejected_total = 'yoloserve_lb_websockets_total{outcome="rejected"}'
+    assert await asyncio.to_thread(metric, ring, rejected_total) >= 1
+    async with httpx.AsyncClient(timeout=5.0) as http:  # the balancer is fine after it
+        assert (await http.get(ring.url + "/health/live")).status_code == 200
 
 
 async def test_a_backend_down_before_the_handshake_is_skipped() -> None:
