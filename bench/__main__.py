@@ -15,6 +15,7 @@ SCENARIOS = {
     "soak": ("bench.soak", "20,000 requests through the balancer and two services"),
     "scalesim": ("bench.scalesim", "the balancer in front of 2 to 32 stand-in hosts"),
     "multihost": ("bench.multihost", "faults on three namespace hosts behind the balancer"),
+    "streams": ("bench.streams", "video streams with tracking: one service vs model.track per stream"),
 }
 
 
