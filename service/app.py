@@ -27,9 +27,10 @@ from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.ratelimit import RateLimiter
-from service.routes import detect, health, model
+from service.routes import detect, health, model, streams
 from service.settings import Settings
 from service.state import AppState, Lifecycle
+from service.streams import StreamRegistry
 from wire import errors as codes
 
 __all__ = ["create_app"]
@@ -107,6 +108,7 @@ async def _load(state: AppState) -> None:
     state.metrics.set_model(engine.meta)
     inferencer = Inferencer(engine, s, state.metrics, concurrent_batches=plan.concurrent_batches)
     await inferencer.start()
+    state.streams = await _start_streams(state)
     state.inferencer = inferencer
     state.lifecycle = Lifecycle.READY
     meta = engine.meta
@@ -114,6 +116,14 @@ async def _load(state: AppState) -> None:
                              "device": meta.device, "precision": meta.precision,
                              "concurrent_batches": plan.concurrent_batches,
                              "threads": plan.threads})
+
+
+async def _start_streams(state: AppState) -> StreamRegistry:
+    s = state.settings
+    streams = StreamRegistry(state.metrics, max_streams=s.max_streams, ttl_s=s.stream_ttl_s,
+                             threads=s.stream_threads)
+    await streams.start()
+    return streams
 
 
 def _exit_if_load_failed(task: asyncio.Task[None]) -> None:
@@ -158,6 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await state.loading
             if state.inferencer is not None:
                 await state.inferencer.close(settings.drain_timeout_s)
+            if state.streams is not None:
+                await state.streams.close()
             state.gc_pauses.stop()
             thaw_heap()
             state.lifecycle = Lifecycle.STOPPED
@@ -173,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.yoloserve = state
     app.include_router(detect.router)
     app.include_router(model.router)
+    app.include_router(streams.router)
     app.include_router(health.router)
     _install_error_handlers(app)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from service.engine import Engine
     from service.engine.types import Prepared
 
 __all__ = ["DecodePool"]
+
+T = TypeVar("T")
 
 
 class DecodePool:
@@ -21,6 +24,11 @@ class DecodePool:
     async def prepare(self, data: bytes, name: str) -> Prepared:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._engine.prepare, data, name)
+
+    async def run(self, prepare: Callable[[], T]) -> T:
+        """A caller's own preparation (a video frame kept decoded for its tracker) in the pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, prepare)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

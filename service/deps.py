@@ -10,11 +10,13 @@ import hmac
 import time
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query
+from starlette.requests import HTTPConnection
 
 from service.errors import Draining, NotReady, RateLimited, Unauthorized, ValidationFailed
 from service.inference import Inferencer
 from service.state import AppState, Lifecycle
+from service.streams import StreamRegistry
 from wire.headers import API_KEY, AUTHORIZATION, REQUEST_TIMEOUT_MS
 from wire.params import CONF, IOU, MAX_DET
 
@@ -25,11 +27,14 @@ __all__ = [
     "QueryParams",
     "QueryParamsDep",
     "StateDep",
+    "StreamsDep",
+    "authorize",
     "get_state",
+    "ready_inferencer",
 ]
 
 
-async def get_state(request: Request) -> AppState:
+async def get_state(request: HTTPConnection) -> AppState:
     state: AppState = request.app.state.yoloserve
     return state
 
@@ -37,7 +42,7 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def _inferencer(state: StateDep) -> Inferencer:
+async def ready_inferencer(state: StateDep) -> Inferencer:
     if state.lifecycle is Lifecycle.DRAINING or state.lifecycle is Lifecycle.STOPPED:
         raise Draining("the service is shutting down; retry on another instance", retry_after=1)
     if state.lifecycle is not Lifecycle.READY or state.inferencer is None:
@@ -45,17 +50,25 @@ async def _inferencer(state: StateDep) -> Inferencer:
     return state.inferencer
 
 
-InferencerDep = Annotated[Inferencer, Depends(_inferencer)]
+InferencerDep = Annotated[Inferencer, Depends(ready_inferencer)]
 
 
-def _presented_key(request: Request) -> str | None:
+async def _streams(state: StateDep, _ready: InferencerDep) -> StreamRegistry:
+    assert state.streams is not None  # started before the service is ready
+    return state.streams
+
+
+StreamsDep = Annotated[StreamRegistry, Depends(_streams)]
+
+
+def _presented_key(request: HTTPConnection) -> str | None:
     auth = request.headers.get(AUTHORIZATION, "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return request.headers.get(API_KEY)
 
 
-async def _authorize(request: Request, state: StateDep) -> str | None:
+async def authorize(request: HTTPConnection, state: StateDep) -> str | None:
     """Check the API key (when keys are configured) and the per-client rate limit."""
     key = _presented_key(request)
     if state.settings.api_keys:
@@ -73,10 +86,10 @@ async def _authorize(request: Request, state: StateDep) -> str | None:
     return key
 
 
-AuthDep = Annotated[str | None, Depends(_authorize)]
+AuthDep = Annotated[str | None, Depends(authorize)]
 
 
-async def _deadline(request: Request, state: StateDep) -> float | None:
+async def _deadline(request: HTTPConnection, state: StateDep) -> float | None:
     """Absolute monotonic deadline from ``X-Request-Timeout-Ms`` (or the configured default)."""
     raw = request.headers.get(REQUEST_TIMEOUT_MS)
     budget_ms = state.settings.default_timeout_ms

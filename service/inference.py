@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -117,15 +118,29 @@ class Inferencer:
             batch_size=computed.batch_size, timings=timings, cached=cached,
         )
 
+    async def detect_frame(
+        self, prepare: Callable[[], Prepared], name: str, params: DetectParams,
+        deadline: float | None = None,
+    ) -> DetectionResult:
+        """A video frame, made ready by ``prepare`` in the decode pool; never cached (a stream's
+        tracker needs every frame, and a video's frames are seldom the same bytes twice)."""
+        computed = await self._compute(b"", name, params, deadline, prepare)
+        return to_result(
+            computed.detections, name=name, version=self.engine.meta.version, params=params,
+            batch_size=computed.batch_size, timings=computed.timings,
+        )
+
     async def _compute(
-        self, data: bytes, name: str, params: DetectParams, deadline: float | None
+        self, data: bytes, name: str, params: DetectParams, deadline: float | None,
+        prepare: Callable[[], Prepared] | None = None,
     ) -> _Computed:
         if self.admission.overloaded:  # refuse before decoding: overload costs nothing
             self.metrics.on_dropped("refused", 1)
             raise self.admission.refusal()
         with self.admission.admit():
             t0 = time.perf_counter()
-            prepared = await self._decode.prepare(data, name)
+            prepared = await (self._decode.prepare(data, name) if prepare is None
+                              else self._decode.run(prepare))
             if deadline is not None and time.monotonic() >= deadline:
                 self.metrics.on_dropped("expired", 1)
                 raise DeadlineExceeded("the request's deadline passed before inference; it was not run")

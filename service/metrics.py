@@ -69,6 +69,21 @@ class ServiceMetrics:
         self.gc_frozen = Gauge(
             "gc_frozen_objects", "Objects frozen out of the collector's reach after the model "
             "loaded", registry=r, multiprocess_mode="liveall")
+        # video streams
+        self.streams_active = Gauge(
+            "streams_active", "Video streams held", registry=r, multiprocess_mode="livesum")
+        self.stream_frames = Counter("stream_frames", "Stream frames tracked", registry=r)
+        self.stream_frames_dropped = Counter(
+            "stream_frames_dropped", "Stream frames not tracked, by reason (stale, failed)",
+            ["reason"], registry=r)
+        self.stream_tracks = Gauge(
+            "stream_tracks_alive", "Confirmed tracks in the streams' last frames", registry=r,
+            multiprocess_mode="livesum")
+        self.streams_ended = Counter(
+            "streams_ended", "Streams removed, by reason (expired, deleted, closed)", ["reason"],
+            registry=r)
+        self.stream_refused = Counter(
+            "streams_refused", "New streams refused past max_streams", registry=r)
         self.model_name = "model"
 
     def set_model(self, meta: ModelMeta) -> None:

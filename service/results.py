@@ -16,10 +16,10 @@ from wire.schemas import (
     Timings,
 )
 
-__all__ = ["to_result"]
+__all__ = ["to_detection", "to_result"]
 
 
-def _detection(d: EngineDetection, width: int, height: int) -> Detection:
+def to_detection(d: EngineDetection, width: int, height: int) -> Detection:
     w, h = d.x_max - d.x_min, d.y_max - d.y_min
     return Detection(
         class_name=d.class_name,
@@ -40,7 +40,7 @@ def to_result(
     dets: Detections, *, name: str, version: str, params: DetectParams, batch_size: int,
     timings: Timings, cached: bool = False,
 ) -> DetectionResult:
-    detections = [_detection(d, dets.width, dets.height) for d in dets.items]
+    detections = [to_detection(d, dets.width, dets.height) for d in dets.items]
     return DetectionResult(
         image_name=name,
         image_dimensions=ImageDimensions(width=dets.width, height=dets.height),

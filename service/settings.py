@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     default_timeout_ms: float | None = Field(None, gt=0, description="deadline when none is sent")
     drain_timeout_s: float = Field(30.0, ge=0.0, description="How long SIGTERM waits for work in flight")
 
+    # video streams
+    max_streams: int = Field(256, ge=1, description="Video streams held at once; a new one past "
+                             "the limit is refused (503)")
+    stream_ttl_s: float = Field(60.0, gt=0.0, description="Seconds a stream is kept after its last frame")
+    stream_threads: int = Field(2, ge=1, le=64, description="Threads that run the streams' trackers")
+    stream_ws_window: int = Field(4, ge=1, le=256, description="Frames of one WebSocket feed "
+                                  "detected at once; the next ones wait to be read")
+
     # result cache and coalescing
     cache_enabled: bool = Field(True, description="Result cache and coalescing of identical requests")
     cache_size: int = Field(256, ge=0, description="Results kept in the cache")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from service.metrics import ServiceMetrics
     from service.ratelimit import RateLimiter
     from service.settings import Settings
+    from service.streams import StreamRegistry
 
 __all__ = ["AppState", "Lifecycle"]
 
@@ -33,3 +34,4 @@ class AppState:
     lifecycle: Lifecycle = Lifecycle.STARTING
     inferencer: Inferencer | None = None
     loading: asyncio.Task[None] | None = None
+    streams: StreamRegistry | None = None
