@@ -122,7 +122,7 @@ def worker(argv: list[str]) -> int:
     """One baseline stream: ``--worker FRAMES_DIR MODEL FPS WARMUP SECONDS PHASE CONF``."""
     folder, model_path, fps, warmup, seconds, phase, conf = argv
     import cv2
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # type: ignore[attr-defined]
 
     names = sorted(Path(folder).iterdir())
     frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in names]
@@ -247,13 +247,14 @@ def draw(data: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    systems = sorted({r["system"] for r in data["rows"]})
-    for system in systems:
+    systems = sorted({r["system"] for r in data["rows"]}, key=lambda s: s != "yoloserve")
+    for system, colour in zip(systems, ("tab:blue", "tab:orange"), strict=False):
         rows = [r for r in data["rows"] if r["system"] == system]
         ns = [r["streams"] for r in rows]
-        axes[0].plot(ns, [r["total_fps"] for r in rows], marker="o", label=system)
-        axes[1].plot(ns, [r["p99_ms"] for r in rows], marker="o", label=f"{system} p99")
-        axes[1].plot(ns, [r["p50_ms"] for r in rows], marker=".", linestyle=":",
+        axes[0].plot(ns, [r["total_fps"] for r in rows], marker="o", color=colour, label=system)
+        axes[1].plot(ns, [r["p99_ms"] for r in rows], marker="o", color=colour,
+                     label=f"{system} p99")
+        axes[1].plot(ns, [r["p50_ms"] for r in rows], marker=".", linestyle=":", color=colour,
                      label=f"{system} p50")
     ns = sorted({r["streams"] for r in data["rows"]})
     axes[0].plot(ns, [n * data["settings"]["fps"] for n in ns], color="grey", linestyle="--",
@@ -262,6 +263,7 @@ def draw(data: dict[str, Any], path: Path) -> Path:
     axes[1].axhline(data["settings"]["p99_ms"], color="red", linestyle="--", alpha=0.5,
                     label="p99 bound")
     axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[1].set_ylabel("per-frame latency, ms")
     for ax in axes:
         ax.set_xscale("log", base=2)
