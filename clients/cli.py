@@ -35,7 +35,7 @@ from clients._trackrun import (
     run_track,
     source_fps,
 )
-from clients._video import MISSING_OPENCV
+from clients._video import MISSING_OPENCV, import_cv2
 from clients.errors import InvalidRequest
 from wire.schemas import valid_stream_id
 
@@ -288,8 +288,8 @@ def track_command(
 
 def _has_opencv() -> bool:
     try:
-        import cv2  # noqa: F401
-    except ImportError:
+        import_cv2()
+    except InvalidRequest:
         return False
     return True
 
