@@ -20,8 +20,6 @@ from enum import Enum
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol, cast
 
-import httptools
-
 from loadbalancer.backend import Backend
 from loadbalancer.errors import (
     ConnectFailed,
@@ -30,13 +28,13 @@ from loadbalancer.errors import (
     Overloaded,
     RequestError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
 )
 from loadbalancer.hashing import request_key
 from loadbalancer.messages import Request
 from loadbalancer.policies import ConsistentHash
+from loadbalancer.tunnel_upstream import TunnelUpstream
 from wire.headers import REQUEST_TIMEOUT_MS, UPSTREAM
 
 if TYPE_CHECKING:
@@ -133,8 +131,9 @@ class Tunnel:
     async def _connect(
         self, host: str, port: int, connect_timeout: float
     ) -> tuple[asyncio.BaseTransport, TunnelUpstream]:
+        limit = self.proxy.settings.max_header_bytes
         async with asyncio.timeout(max(0.001, min(connect_timeout, self._try_deadline - monotonic()))):
-            return await self.proxy.loop.create_connection(lambda: TunnelUpstream(self), host, port)
+            return await self.proxy.loop.create_connection(lambda: TunnelUpstream(self, limit), host, port)
 
     def _connected(self, task: asyncio.Task[tuple[asyncio.BaseTransport, TunnelUpstream]]) -> None:
         if task is not self._pending:  # given up on meanwhile
@@ -186,6 +185,7 @@ class Tunnel:
         else:
             self.phase = Phase.REJECTED
             self.proxy.stats.count_websocket("rejected")
+            self._arm(self.proxy.per_try)
 
     def _attempt_failed(self, error: UpstreamError) -> None:
         backend = self.backend
@@ -251,7 +251,7 @@ class Tunnel:
             if left > 0:
                 return self._arm(left)
             self.proxy.stats.count_websocket("idle_timeout")
-            self.close()
+        self.close()  # idle, or a refusal whose body did not end within the per-try timeout
 
     # -- endings -------------------------------------------------------------------------------
     def _refuse(self, error: RequestError) -> None:
@@ -321,113 +321,6 @@ class Tunnel:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             (upstream.transport.pause_reading if paused else upstream.transport.resume_reading)()
-
-
-class _Read(Enum):
-    HEAD = "head"  # the handshake's answer head
-    OPEN = "open"  # upgraded: raw bytes
-    REJECTED = "rejected"  # a non-101 answer: passed on until it ends
-
-
-class TunnelUpstream(asyncio.Protocol):
-    """The backend side of a tunnel: parses the handshake's answer, then pipes."""
-
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel: Tunnel | None = tunnel
-        self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._read = _Read.HEAD
-        self._head: list[bytes] = []
-        self._size = 0
-        self._status = 0
-        self._complete = False
-        self._limit = tunnel.proxy.settings.max_header_bytes
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        tunnel = self.tunnel
-        if tunnel is None:
-            return
-        if self._read is _Read.OPEN:
-            return tunnel.from_upstream(data)
-        if self._read is _Read.REJECTED:
-            tunnel.from_upstream(data)
-            return self._feed(data)
-        self._head.append(data)
-        self._size += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            return self._upgraded(len(data), int(exc.args[0]))
-        except httptools.HttpParserError as exc:
-            return self._bad(f"bad handshake answer: {exc}")
-        if self._status:
-            return self._rejected()
-        if self._size > self._limit:
-            self._bad("handshake answer head over the limit")
-
-    def on_headers_complete(self) -> None:
-        self._status = self._parser.get_status_code()
-
-    def on_message_complete(self) -> None:
-        self._complete = True
-        if self._read is _Read.REJECTED and self.tunnel is not None:
-            self.tunnel.close()
-
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.tunnel is not None:
-                self.tunnel.close()
-
-    def _upgraded(self, last: int, offset: int) -> None:
-        """101: what follows the head in what was read belongs to the upgraded connection."""
-        self._read = _Read.OPEN
-        raw, self._head = b"".join(self._head), []
-        cut = len(raw) - last + offset
-        tunnel = self.tunnel
-        if tunnel is not None:
-            tunnel.upstream_head(101, raw[:cut])
-            if len(raw) > cut and self.tunnel is not None:
-                tunnel.from_upstream(raw[cut:])
-
-    def _rejected(self) -> None:
-        """Not upgraded: the answer goes back as it is; the tunnel closes once it has ended."""
-        self._read = _Read.REJECTED
-        raw, self._head = b"".join(self._head), []
-        end = raw.index(b"\r\n\r\n") + 4
-        tunnel = self.tunnel
-        if tunnel is None:
-            return
-        tunnel.upstream_head(self._status, raw[:end])
-        if len(raw) > end:
-            tunnel.from_upstream(raw[end:])
-        if self._complete:
-            tunnel.close()
-
-    def _bad(self, why: str) -> None:
-        tunnel, self.tunnel = self.tunnel, None
-        if self.transport is not None:
-            self.transport.abort()
-        if tunnel is not None:
-            tunnel.upstream_closed(UpstreamProtocolError(why))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        tunnel, self.tunnel = self.tunnel, None
-        if tunnel is not None:
-            early = self._read is _Read.HEAD
-            tunnel.upstream_closed(UpstreamReset(f"closed before answering: {exc}") if early else None)
-
-    def pause_writing(self) -> None:
-        if self.tunnel is not None:
-            self.tunnel.pause_client(True)
-
-    def resume_writing(self) -> None:
-        if self.tunnel is not None:
-            self.tunnel.pause_client(False)
 
 
 def _no_backend(last: UpstreamError | None, tried: list[Backend]) -> NoHealthyBackend:

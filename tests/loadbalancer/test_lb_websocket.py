@@ -136,3 +136,16 @@ async def test_max_websockets_refuses_with_503(pair: list[BackendProc]) -> None:
             assert json.loads(await first.recv())["text"] == "still here"
     finally:
         lb.stop()
+
+
+async def test_an_idle_websocket_is_closed(pair: list[BackendProc]) -> None:
+    lb = LBProc([pair[0].url], "--websocket-idle-timeout", "0.3").start().wait_ready()
+    try:
+        async with connect(ws_url(lb, "/ws"), ping_interval=None) as ws:
+            await ws.send("one")
+            assert json.loads(await ws.recv())["text"] == "one"
+            await asyncio.wait_for(ws.wait_closed(), 10.0)  # nothing either way: cut
+        idle = 'yoloserve_lb_websockets_total{outcome="idle_timeout"}'
+        assert await asyncio.to_thread(metric, lb, idle) == 1
+    finally:
+        lb.stop()
