@@ -19,12 +19,13 @@ import pytest
 
 from bench.procs import Balancer, start_all
 from clients import AsyncDetectionClient, LostFrame
+from loadbalancer.hashing import Ring, key_hash
 from tests.integration.stack import Fleet
 from wire.schemas import StreamResult
 
 cv2 = pytest.importorskip("cv2")
 
-STREAMS = [f"cam-{i}" for i in range(6)]
+PER_BACKEND = 3
 FRAMES = 24
 KILL_AT = 8  # results in, in every stream, before b is killed
 _SEQ = re.compile(rb'name="seq"\r\n\r\n(\d+)\r\n')
@@ -71,11 +72,27 @@ def backend_id(url: str) -> str:
     return url.removeprefix("http://")
 
 
+def streams_on_both(a: str, b: str) -> list[str]:
+    """Stream ids, ``PER_BACKEND`` owned by each backend on the balancer's ring (the ports, and
+    so the ring, change from run to run)."""
+    ring = Ring([(a, 1), (b, 1)])
+    owned: dict[str, list[str]] = {a: [], b: []}
+    for i in range(1000):
+        stream = f"cam-{i}"
+        owner = owned[ring.owner(key_hash(stream.encode()))]
+        if len(owner) < PER_BACKEND:
+            owner.append(stream)
+        if all(len(v) == PER_BACKEND for v in owned.values()):
+            break
+    return owned[a] + owned[b]
+
+
 @pytest.mark.slow
 async def test_streams_stay_on_one_backend_and_move_once_it_is_killed(
     fleet: Fleet, ring: Balancer, clip_frames: list[bytes]
 ) -> None:
     a, b = backend_id(fleet.url("a")), backend_id(fleet.url("b"))
+    streams = streams_on_both(a, b)
     transport = Upstreams()
     results: dict[str, list[StreamResult]] = defaultdict(list)
     lost: list[LostFrame] = []
@@ -84,7 +101,7 @@ async def test_streams_stay_on_one_backend_and_move_once_it_is_killed(
     async def feed(client: AsyncDetectionClient, stream: str) -> None:
         async for result in client.track(stream, clip_frames, rate=6.0, on_lost=lost.append):
             results[stream].append(result)
-            if all(len(results[s]) >= KILL_AT for s in STREAMS):
+            if all(len(results[s]) >= KILL_AT for s in streams):
                 everyone_midway.set()
 
     async def chaos() -> None:
@@ -94,10 +111,10 @@ async def test_streams_stay_on_one_backend_and_move_once_it_is_killed(
     try:
         async with AsyncDetectionClient(ring.url, timeout=60.0, max_attempts=6,
                                         transport=transport) as client:
-            await asyncio.gather(chaos(), *(feed(client, s) for s in STREAMS))
+            await asyncio.gather(chaos(), *(feed(client, s) for s in streams))
         assert lost == []
         home = {}
-        for stream in STREAMS:
+        for stream in streams:
             got = results[stream]
             assert [r.stream.seq for r in got] == list(range(FRAMES)), stream  # no failed frame
             answered = [(seq, up) for seq, up, code in transport.seen[stream] if code == 200]
@@ -113,7 +130,8 @@ async def test_streams_stay_on_one_backend_and_move_once_it_is_killed(
                 moved = ups.index(a)
                 assert moved >= KILL_AT and set(ups[:moved]) == {b} and set(ups[moved:]) == {a}
                 assert started == [0, moved], (stream, ups, started)
-        assert set(home.values()) == {a, b}, home  # 6 streams spread over both backends
+        # the owners the test computed are the balancer's: ring_hash over the backends' ids
+        assert [home[s] for s in streams] == [a] * PER_BACKEND + [b] * PER_BACKEND, home
         assert sum(r.detection_count for rs in results.values() for r in rs) > 0
     finally:
         fleet.ensure_ready("b")

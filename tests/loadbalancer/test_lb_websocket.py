@@ -105,11 +105,11 @@ async def test_a_rejected_upgrade_comes_back_as_answered(ring: LBProc) -> None:
 
 
 async def test_a_backend_down_before_the_handshake_is_skipped() -> None:
-    alive = start_backends([BackendProc("ws-alive")])[0]
-    dead = BackendProc("ws-dead")  # never started: its port refuses connections
-    lb = LBProc([alive.url, dead.url], "--policy", "ring_hash", "--health-interval", "30")
+    alive, dead = start_backends([BackendProc("ws-alive"), BackendProc("ws-dead")])
+    lb = LBProc([alive.url, dead.url], "--policy", "ring_hash", "--health-interval", "60")
     try:
-        lb.start().wait_ready(healthy=1)
+        lb.start().wait_ready()
+        dead.stop()  # still healthy to the balancer: its streams' handshakes fail to connect
         upstreams = set()
         for i in range(8):  # some of these streams are the dead one's: they go to the next
             async with connect(ws_url(lb, f"/v1/streams/s{i}/ws")) as ws:
@@ -118,6 +118,7 @@ async def test_a_backend_down_before_the_handshake_is_skipped() -> None:
                 assert ws.response is not None
                 upstreams.add(ws.response.headers["X-Upstream"])
         assert upstreams == {alive.id}
+        assert await asyncio.to_thread(metric, lb, "yoloserve_lb_retries_total") >= 1
     finally:
         lb.stop()
         alive.stop()
