@@ -145,7 +145,32 @@ class StreamInfo(_Model):
 class StreamResult(DetectionResult):
     """The answer to one frame of a video stream: a ``DetectionResult`` with track ids."""
 
-    model_config = ConfigDict(json_schema_extra=None)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "image_name": "cam-1",
+                "image_dimensions": {"width": 640, "height": 480},
+                "detections": [
+                    {
+                        "class_name": "square", "class_id": 1, "confidence": 0.93,
+                        "box_2d": {"x_min": 210.4, "y_min": 96.0, "x_max": 301.7, "y_max": 188.2},
+                        "normalized_box": {"x_center": 0.4, "y_center": 0.296,
+                                           "width": 0.143, "height": 0.192},
+                        "box_area": 8417.9, "track_id": 3,
+                    }
+                ],
+                "detection_count": 1,
+                "processing_metadata": {
+                    "model_version": "3f2a9c0d1e4b", "confidence_threshold": 0.1,
+                    "iou_threshold": 0.7, "batch_size": 8, "timestamp": "2026-12-03T02:00:00Z",
+                    "timings_ms": {"queue": 4.2, "preprocess": 1.9, "inference": 22.8,
+                                   "postprocess": 0.9, "total": 30.1},
+                    "cached": False,
+                },
+                "stream": {"id": "cam-1", "seq": 42, "stream_started": False},
+            }
+        }
+    )
 
     detections: list[TrackedDetection]  # type: ignore[assignment]
     stream: StreamInfo

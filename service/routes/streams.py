@@ -52,7 +52,7 @@ def _json(payload: object, status: int = 200) -> Response:
 
 
 @router.post("/streams/{stream_id}/frames", response_model=StreamResult,
-             responses=_responses(400, 401, 409, 413, 415, 422, 429, 503, 504),
+             responses=_responses(400, 401, 404, 409, 413, 415, 422, 429, 503, 504),
              openapi_extra=_frame_body(), summary="Detect and track objects in one frame of a stream")
 async def post_frame(request: Request, stream_id: StreamId, inferencer: InferencerDep,
                      streams: StreamsDep, query: QueryParamsDep, state: StateDep,

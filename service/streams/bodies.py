@@ -126,6 +126,7 @@ async def read_frame(request: Request, settings: Settings, query: Mapping[str, A
             raise ValidationFailed("the body is not valid JSON") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("frame"), str):
             raise ValidationFailed("frame: a base64 string is required")
+        _validated(FrameJSONBody, payload, strict=True)  # JSON types, as documented
         try:
             data = base64.b64decode(payload.pop("frame"), validate=True)
         except (binascii.Error, ValueError):

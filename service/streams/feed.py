@@ -47,6 +47,7 @@ class _Feed:
         self.pending: asyncio.Queue[Pending] = asyncio.Queue()
         self.window = asyncio.Semaphore(state.settings.stream_ws_window)  # frames not yet answered
         self.in_flight: set[Pending] = set()
+        self.seq: int | None = None  # the last frame's number
 
     def parameters(self, text: str) -> StreamParams:
         try:
@@ -58,8 +59,9 @@ class _Feed:
         return stream_params({}, given, self.inferencer.engine.meta.classes, strict=True)
 
     def frame(self, data: bytes) -> Pending:
-        """Start one frame; tasks start in the order they are made, so frames are numbered in the
-        order they came."""
+        """Start one frame, numbered after the stream's last one (a frame that fails keeps its
+        number, which then counts as a gap)."""
+        self.seq = self.streams.next_seq(self.stream_id) if self.seq is None else self.seq + 1
         if len(data) > self.state.settings.max_body_bytes:
             err = PayloadTooLarge(f"the frame is over {self.state.settings.max_body_bytes} bytes")
             return asyncio.ensure_future(_raise(err))
@@ -67,7 +69,7 @@ class _Feed:
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         task = asyncio.ensure_future(process_frame(
             self.streams, self.inferencer, self.state.metrics, self.stream_id,
-            Upload(data, self.stream_id), None, self.params, deadline))
+            Upload(data, self.stream_id), self.seq, self.params, deadline))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
         return task

@@ -33,11 +33,10 @@ __all__ = ["process_frame"]
 
 async def process_frame(
     registry: StreamRegistry, inferencer: Inferencer, metrics: ServiceMetrics, stream_id: str,
-    upload: Upload, seq: int | None, params: StreamParams, deadline: float | None,
+    upload: Upload, seq: int, params: StreamParams, deadline: float | None,
 ) -> StreamResult:
-    """Detect and track one frame of ``stream_id``; ``seq`` None: the next number of the stream."""
+    """Detect and track frame ``seq`` of ``stream_id``."""
     stream = registry.get_or_start(stream_id, params.tracker)
-    seq = stream.next_seq() if seq is None else seq
     try:
         stream.admit(seq)
     except StaleFrame:

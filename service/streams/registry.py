@@ -74,6 +74,11 @@ class StreamRegistry:
         log.info("stream started", extra={"stream": stream_id, "tracker": settings.tracker})
         return stream
 
+    def next_seq(self, stream_id: str) -> int:
+        """The number after every frame of the stream tracked or in flight (1 for a new stream)."""
+        stream = self._streams.get(stream_id)
+        return 1 if stream is None else stream.next_seq()
+
     def remove(self, stream_id: str) -> None:
         if stream_id not in self._streams:
             raise StreamNotFound(f"no stream {stream_id!r} in this instance")

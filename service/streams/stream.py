@@ -39,7 +39,7 @@ class Stream:
         self.last_seen_at = datetime.now(UTC)
 
     def next_seq(self) -> int:
-        """The number after every frame tracked or in flight (frames sent over a WebSocket)."""
+        """The number after every frame tracked or in flight."""
         known = [*self._in_flight, *(() if self.last_seq is None else (self.last_seq,))]
         return max(known) + 1 if known else 1
 

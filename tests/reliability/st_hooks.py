@@ -44,9 +44,10 @@ def map_case(ctx: Any, case: Any) -> Any:
         return case
     media = (case.media_type or "").split(";")[0]
     # only where the generated value has the documented type: a negative case stays negative
-    if isinstance(body.get("image"), str | bytes):
-        body["image"] = base64.b64encode(GOOD).decode() if media == "application/json" else GOOD
-    elif isinstance(body.get("images"), list) and body["images"] and all(
+    for key in ("image", "frame"):  # /v1/detect's and a stream frame's
+        if isinstance(body.get(key), str | bytes):
+            body[key] = base64.b64encode(GOOD).decode() if media == "application/json" else GOOD
+    if isinstance(body.get("images"), list) and body["images"] and all(
             isinstance(item, str | bytes) for item in body["images"]):
         body["images"] = [GOOD for _ in body["images"][:4]]
     return case

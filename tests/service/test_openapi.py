@@ -22,6 +22,8 @@ CONTRACT_ROUTES = {
     ("post", "/v1/detect"), ("post", "/v1/detect/batch"), ("post", "/v1/annotate"),
     ("get", "/v1/model"), ("get", "/v1/classes"), ("get", "/health/live"),
     ("get", "/health/ready"), ("get", "/metrics"),
+    ("post", "/v1/streams/{stream_id}/frames"), ("get", "/v1/streams"),
+    ("delete", "/v1/streams/{stream_id}"),
 }
 
 

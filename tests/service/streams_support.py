@@ -1,0 +1,88 @@
+"""Helpers of the stream tests: clips as encoded frames, Ultralytics' own tracking of a clip, and the
+comparison of two trackings frame by frame."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from service.demo.clips import Clip, make_clip
+
+XYXY = tuple[float, float, float, float]
+Tracks = list[dict[int, tuple[int, XYXY]]]  # per frame: track id -> class id, box
+
+FRAMES = 32
+SIZE = (416, 320)
+
+
+def clip(seed: int) -> Clip:
+    return make_clip(seed, frames=FRAMES, width=SIZE[0], height=SIZE[1], objects=4)
+
+
+def encoded(c: Clip) -> list[bytes]:
+    out = []
+    for frame in c.frames:
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        assert ok
+        out.append(buf.tobytes())
+    return out
+
+
+def ultralytics_tracks(weights: Path, frames: Sequence[bytes], tracker: str, conf: float,
+                       iou: float, imgsz: int) -> Tracks:
+    """``model.track(frame, persist=True, ...)`` over one stream's frames alone, decoded as the
+    service decodes them."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights), task="detect")
+    out: Tracks = []
+    for data in frames:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        r = model.track(image, persist=True, tracker=tracker, rect=False, conf=conf, iou=iou,
+                        imgsz=imgsz, verbose=False)[0]
+        ids = [] if r.boxes.id is None else r.boxes.id.int().tolist()
+        boxes = zip(ids, r.boxes.cls.int().tolist(), r.boxes.xyxy.tolist(), strict=True)
+        out.append({i: (c, tuple(b)) for i, c, b in boxes})
+    return out
+
+
+def service_tracks(answers: Sequence[Mapping[str, object]]) -> Tracks:
+    out: Tracks = []
+    for answer in answers:
+        frame: dict[int, tuple[int, XYXY]] = {}
+        for d in answer["detections"]:  # type: ignore[attr-defined]
+            if d["track_id"] is not None:
+                b = d["box_2d"]
+                frame[d["track_id"]] = (d["class_id"], (b["x_min"], b["y_min"], b["x_max"], b["y_max"]))
+        out.append(frame)
+    return out
+
+
+def assert_same_tracking(ours: Tracks, theirs: Tracks, where: str, tolerance: float = 1.0) -> int:
+    """The same boxes (class, and corners within ``tolerance`` px) in every frame, partitioned into
+    tracks the same way: one mapping of our ids to theirs, one-to-one, for the whole clip. Returns
+    the number of tracked boxes compared."""
+    mapping: dict[int, int] = {}
+    seen = 0
+    for f, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert len(a) == len(b), f"{where} frame {f}: {len(a)} tracked boxes, Ultralytics {len(b)}"
+        for our_id, (cls, box) in a.items():
+            near = [tid for tid, (other_cls, other) in b.items()
+                    if other_cls == cls and np.abs(np.subtract(box, other)).max() <= tolerance]
+            assert near, f"{where} frame {f}: our track {our_id} {cls} at {box} is not in {b}"
+            their_id = mapping.get(our_id, near[0])
+            assert their_id in near, \
+                f"{where} frame {f}: our track {our_id} was theirs {their_id}, now one of {near}"
+            mapping[our_id] = their_id
+            seen += 1
+        taken = [mapping[i] for i in a]
+        assert len(set(taken)) == len(taken), f"{where} frame {f}: two of our tracks are one of theirs"
+    assert len(set(mapping.values())) == len(mapping), f"{where}: two of our tracks are one of theirs"
+    return seen
+
+
+def boxes_only(tracks: Tracks) -> list[dict[int, XYXY]]:
+    return [{tid: box for tid, (_, box) in frame.items()} for frame in tracks]

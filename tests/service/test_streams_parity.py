@@ -1,0 +1,75 @@
+"""Tracking parity: eight streams through one service at once, each tracked as Ultralytics'
+``model.track(frame, persist=True, rect=False)`` tracks that stream's frames alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from service.demo.clips import Clip, identity_switches
+from tests.conftest import DEMO_PT
+from tests.service.conftest import app_client
+from tests.service.streams_support import (
+    assert_same_tracking,
+    boxes_only,
+    clip,
+    encoded,
+    service_tracks,
+    ultralytics_tracks,
+)
+
+STREAMS = 8
+CONF, IOU, IMGSZ = 0.1, 0.7, 256  # model.track's default conf; the demo model's input size
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[tuple[Clip, list[bytes]]]:
+    return [(c, encoded(c)) for c in (clip(seed) for seed in range(STREAMS))]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service() -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(cache_enabled=False, max_batch_size=8) as c:
+        yield c
+
+
+async def _feed(client: httpx.AsyncClient, stream_id: str, frames: list[bytes],
+                tracker: str) -> list[dict[str, Any]]:
+    answers = []
+    for seq, data in enumerate(frames):
+        r = await client.post(f"/v1/streams/{stream_id}/frames",
+                              files={"frame": ("frame.jpg", data, "image/jpeg")},
+                              data={"seq": str(seq), "tracker": tracker, "conf": str(CONF),
+                                    "iou": str(IOU)})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    return answers
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("tracker", ["bytetrack", "botsort"])
+async def test_interleaved_streams_track_as_ultralytics_does_alone(
+        service: httpx.AsyncClient, clips: list[tuple[Clip, list[bytes]]], tracker: str) -> None:
+    answers = await asyncio.gather(*(_feed(service, f"{tracker}-{i}", frames, tracker)
+                                     for i, (_, frames) in enumerate(clips)))
+    # the streams shared forward passes
+    assert max(a["processing_metadata"]["batch_size"] for feed in answers for a in feed) > 1
+
+    compared = ours_switches = their_switches = 0
+    for i, ((c, frames), feed) in enumerate(zip(clips, answers, strict=True)):
+        assert [a["stream"]["seq"] for a in feed] == list(range(len(frames)))
+        assert [a["stream"]["stream_started"] for a in feed] == [True] + [False] * (len(frames) - 1)
+        theirs = ultralytics_tracks(DEMO_PT, frames, f"{tracker}.yaml", CONF, IOU, IMGSZ)
+        ours = service_tracks(feed)
+        compared += assert_same_tracking(ours, theirs, f"{tracker} stream {i}")
+        ours_switches += identity_switches(c.truth, boxes_only(ours))
+        their_switches += identity_switches(c.truth, boxes_only(theirs))
+    assert compared > STREAMS * len(clips[0][1])  # objects were tracked in most frames
+    assert ours_switches <= their_switches
