@@ -38,6 +38,19 @@ from bench.procs import ROOT, service
 __all__ = ["main"]
 
 HELD_SHARE = 0.95  # of the frame rate, for every stream
+WORKER_MIB = 600  # a baseline process's own memory (measured: 427 MiB private, 1 GiB resident)
+
+
+def available_mib() -> float:
+    """MemAvailable from /proc/meminfo, MiB (infinite where there is none)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
 
 
 def make_frames(count: int, frames: int, width: int, height: int) -> list[list[bytes]]:
@@ -61,12 +74,13 @@ def summarise_stream(received: list[tuple[float, float]], seconds: float) -> dic
 
 
 def row(system: str, n: int, fps: float, seconds: float, streams: list[dict[str, Any]],
-        errors: int, p99_ms: float) -> dict[str, Any]:
+        errors: int, p99_ms: float, load: float) -> dict[str, Any]:
     latencies = [lat * 1000 for s in streams for lat in s["latencies"]]
     rates = [s["fps"] for s in streams]
     held = (len(streams) == n and min(rates, default=0) >= HELD_SHARE * fps and errors == 0
             and bool(latencies) and percentile(latencies, 99) < p99_ms)
-    return {"system": system, "streams": n, "offered_fps": n * fps,
+    return {"system": system, "streams": n, "load_1m_before": round(load, 2),
+            "offered_fps": n * fps,
             "total_fps": sum(s["frames"] for s in streams) / seconds,
             "min_stream_fps": min(rates, default=0.0), "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99), "frames": len(latencies), "errors": errors,
@@ -79,6 +93,7 @@ async def run_ours(url: str, clips: list[list[bytes]], n: int, args: argparse.Na
     from clients import AsyncDetectionClient, ClientError
 
     fps, warmup, seconds = args.fps, args.warmup, args.seconds
+    load = os.getloadavg()[0]  # other jobs on the machine, just before
     total = int((warmup + seconds) * fps) + 2
     errors = 0
     async with AsyncDetectionClient(url, timeout=30.0, max_connections=n + 4,
@@ -114,7 +129,7 @@ async def run_ours(url: str, clips: list[list[bytes]], n: int, args: argparse.Na
         streams = await asyncio.gather(*(one(i) for i in range(n)))
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:  # leave nothing behind
             await asyncio.gather(*(http.delete(f"/v1/streams/{tag}-{i}") for i in range(n)))
-    return row("yoloserve", n, fps, seconds, list(streams), errors, args.p99_ms)
+    return row("yoloserve", n, fps, seconds, list(streams), errors, args.p99_ms, load)
 
 
 # -- the baseline ----------------------------------------------------------------------------
@@ -163,6 +178,7 @@ def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
             for k, data in enumerate(clip):
                 (folder / f"{k:05d}.jpg").write_bytes(data)
         folders.append(folder)
+    load = os.getloadavg()[0]  # other jobs on the machine, just before
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOSERVE_")}
     env["YOLO_OFFLINE"] = "1"
     procs = [subprocess.Popen(
@@ -195,7 +211,7 @@ def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
                 proc.kill()
                 proc.wait()
     return row("model.track, a process per stream", n, args.fps, args.seconds, streams, errors,
-               args.p99_ms)
+               args.p99_ms, load)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -218,7 +234,7 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, A
 
 def report(data: dict[str, Any]) -> str:
     s, summ = data["settings"], data["summary"]
-    columns = ["system", "streams", "offered_fps", "total_fps", "min_stream_fps", "p50_ms",
+    columns = ["system", "streams", "load_1m_before", "offered_fps", "total_fps", "min_stream_fps", "p50_ms",
                "p99_ms", "frames", "errors", "held"]
     g = summ["goal"]
     held = summ["most_streams_held"]
@@ -232,7 +248,10 @@ def report(data: dict[str, Any]) -> str:
         "## Ratios", markdown_table(summ["ratios"], ["streams", "fps_ratio", "ours_p99_ms",
                                                      "baseline_p99_ms"]), "",
         f"Most streams held (of the counts run): yoloserve {held['yoloserve']}, "
-        f"baseline {held['baseline']}.", "",
+        f"baseline {held['baseline']}.",
+        *(f"Baseline at {x['streams']} streams not run: {x['available_mib']} MiB of memory "
+          f"available, {WORKER_MIB} MiB a process needed." for x in data["baseline_not_run"]),
+        "",
         "## Goal",
         f"At {g['streams']} streams, total frames/s ≥ 2x the baseline with a lower p99: "
         f"**{g['met']}**" + (f" ({g['fps_ratio']:.2f}x)" if g["fps_ratio"] is not None else ""),
@@ -318,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"streams: {machine()}", flush=True)
     started = time.monotonic()
     clips = make_frames(args.clips, args.frames, width, height)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []  # baseline counts this machine had no memory for
     serve_args = args.serve_args.split()
     svc = service("streams-svc", *serve_args).start()
     try:
@@ -332,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         svc.stop()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         for n in baseline_counts:
+            if (free := available_mib()) < n * WORKER_MIB + 2048:
+                print(f"  baseline, {n} streams: not run, {free:.0f} MiB free", flush=True)
+                skipped.append({"streams": n, "available_mib": round(free)})
+                continue
             print(f"  baseline, {n} streams", flush=True)
             rows.append(run_baseline(clips, n, args, Path(tmp)))
             print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']:.0f} ms",
@@ -340,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "conf", "clips", "frames", "goal_streams", "shared")}
     settings.update(width=width, height=height, serve_args=serve_args,
                     model=os.path.relpath(args.model, ROOT), baseline_streams=baseline_counts)
-    data: dict[str, Any] = {"settings": settings, "rows": rows,
+    data: dict[str, Any] = {"settings": settings, "rows": rows, "baseline_not_run": skipped,
                             "wall_s": time.monotonic() - started}
     data["summary"] = summary(rows, args)
     text = report(data)
