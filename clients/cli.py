@@ -204,7 +204,7 @@ async def _detect_all(
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Write a video (mp4) with the boxes, labels and track ids drawn.",
 )
-@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold [service: 0.25].")
+@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold [service: 0.1 for streams].")
 @click.option("--iou", type=click.FloatRange(0, 1), help="NMS IoU threshold [service: 0.7].")
 @click.option("--max-det", type=click.IntRange(1, 1000), help="Most detections per frame.")
 @click.option("--classes", help="Only these classes: comma-separated ids or names.")
