@@ -16,6 +16,7 @@ SCENARIOS = {
     "scalesim": ("bench.scalesim", "the balancer in front of 2 to 32 stand-in hosts"),
     "multihost": ("bench.multihost", "faults on three namespace hosts behind the balancer"),
     "shared": ("bench.shared", "the service without and with Redis (shared cache, rate limit)"),
+    "streams": ("bench.streams", "video streams with tracking: one service vs model.track per stream"),
 }
 
 

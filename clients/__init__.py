@@ -16,6 +16,7 @@ from clients._images import ImageInput
 from clients._many import ItemError, ItemResult, Progress
 from clients._retry import Backoff, RetryBudget, parse_retry_after
 from clients._sync import DetectionClient
+from clients._track import FrameSource, LostFrame
 from clients.errors import (
     ClientError,
     ConnectError,
@@ -37,10 +38,12 @@ __all__ = [
     "DeadlineExceeded",
     "DetectOptions",
     "DetectionClient",
+    "FrameSource",
     "ImageInput",
     "InvalidRequest",
     "ItemError",
     "ItemResult",
+    "LostFrame",
     "Overloaded",
     "Progress",
     "ProtocolError",

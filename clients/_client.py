@@ -27,6 +27,14 @@ from clients._http import RequestSpec, Sender
 from clients._images import ArrayFormat, EncodedImage, ImageInput, encode_image
 from clients._many import ItemError, ItemResult, Progress, bounded_map
 from clients._retry import Backoff, RetryBudget, RetryPolicy
+from clients._track import (
+    FrameSource,
+    LostFrame,
+    TrackerValue,
+    TrackRequest,
+    track_fields,
+    track_stream,
+)
 from clients.errors import (
     ClientError,
     DeadlineExceeded,
@@ -43,6 +51,7 @@ from wire.schemas import (
     HealthResponse,
     ModelInfo,
     ModelsResponse,
+    StreamResult,
 )
 
 __all__ = ["AsyncDetectionClient", "ClientOptions", "DetectOptions"]
@@ -307,6 +316,55 @@ class AsyncDetectionClient:
                 if on_progress is not None:
                     on_progress(Progress(completed, failed, clock() - started))
                 yield outcome
+
+    def track(
+        self,
+        stream_id: str,
+        frames: FrameSource,
+        *,
+        first_seq: int = 0,
+        rate: float | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int | str] | None = None,
+        tracker: str | None = None,
+        tracker_options: Mapping[str, TrackerValue] | None = None,
+        on_lost: Callable[[LostFrame], None] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[StreamResult, None]:
+        """Track objects through a video stream: each frame's :class:`StreamResult`, in order.
+
+        ``frames`` is a video file's path (read lazily with OpenCV, frames sent as JPEG with their
+        time) or an iterable, possibly async, of images (paths, bytes, numpy BGR arrays). Frame
+        ``i`` is sent as ``seq = first_seq + i``, one at a time (the next read meanwhile), at most
+        ``rate`` frames per second when given. ``tracker`` (``bytetrack``, ``botsort``) and
+        ``tracker_options`` (Ultralytics' tracker settings by name, e.g. ``track_high_thresh``)
+        are taken by the service when the stream starts. ``timeout`` is each frame's deadline.
+
+        Retries keep the frame's ``seq``. A retried frame answered 409 ``stale_frame`` was
+        processed by an earlier try whose answer was lost: it is skipped (reported to ``on_lost``
+        as a :class:`LostFrame`) and the stream goes on; any other error is raised.
+        """
+        self._check_open()
+        request = TrackRequest(
+            stream_id,
+            first_seq,
+            rate,
+            track_fields(
+                conf=conf,
+                iou=iou,
+                max_det=max_det,
+                classes=classes,
+                tracker=tracker,
+                tracker_options=tracker_options,
+            ),
+            timeout,
+            on_lost,
+        )
+        return track_stream(
+            request, frames, self._encode, self._send, self.policy.clock, self.policy.sleep
+        )
 
     # -- model and health --------------------------------------------------------------------
 

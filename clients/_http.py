@@ -79,6 +79,7 @@ class Sender:
         try:
             response = await self._send_once(spec, call, number, remaining)
         except ClientError as exc:
+            exc.attempt = number
             if exc.retryable:
                 self._policy.budget.record_failure()
             raise

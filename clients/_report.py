@@ -76,19 +76,24 @@ class RunStats:
 
 
 class _RateColumn(ProgressColumn):
-    """Images per second, as rich measures it over its recent samples."""
+    """Items (images, frames) per second, as rich measures it over its recent samples."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(
-            "-- img/s" if speed is None else f"{speed:.1f} img/s", style="progress.data.speed"
+            f"-- {self.unit}/s" if speed is None else f"{speed:.1f} {self.unit}/s",
+            style="progress.data.speed",
         )
 
 
 class _Bar:
-    def __init__(self, progress: RichProgress | None, total: int | None) -> None:
+    def __init__(self, progress: RichProgress | None, total: int | None, what: str) -> None:
         self._progress = progress
-        self._task = progress.add_task("detect", total=total, failed=0) if progress else None
+        self._task = progress.add_task(what, total=total, failed=0) if progress else None
 
     def update(self, state: Progress) -> None:
         if self._progress is not None and self._task is not None:
@@ -96,20 +101,28 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(console: Console, *, enabled: bool, total: int | None) -> Iterator[_Bar]:
-    """A rich bar with count, rate and ETA on ``console``; a no-op one when not ``enabled``."""
+def progress_bar(
+    console: Console,
+    *,
+    enabled: bool,
+    total: int | None,
+    what: str = "detect",
+    unit: str = "img",
+) -> Iterator[_Bar]:
+    """A rich bar with count, rate (``unit``/s) and ETA on ``console``; a no-op one when not
+    ``enabled``."""
     if not enabled:
-        yield _Bar(None, None)
+        yield _Bar(None, None, what)
         return
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        _RateColumn(unit),
         TextColumn("failed: {task.fields[failed]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     with RichProgress(*columns, console=console, transient=False) as progress:
-        yield _Bar(progress, total)
+        yield _Bar(progress, total, what)

@@ -2,8 +2,9 @@
 anyio's blocking portal.
 
 Each public method is the async method wrapped once by :func:`_blocking` (or :func:`_blocking_iter`
-for ``detect_many``), so the two clients cannot drift apart. It works from plain scripts and from
-code that already runs an event loop (a notebook), since the portal's loop never is the caller's.
+for ``detect_many`` and ``track``), so the two clients cannot drift apart. It works from plain
+scripts and from code that already runs an event loop (a notebook), since the portal's loop never
+is the caller's.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ async def _next(agen: AsyncGenerator[T, None]) -> T | _End:
 class DetectionClient:
     """The synchronous :class:`AsyncDetectionClient`: same arguments, same methods, blocking.
 
-    Use it as a context manager or call :meth:`close`. ``detect_many`` returns an iterator; its
-    ``on_progress`` callback runs on the client's thread and must not call the client. Close a
-    ``detect_many`` generator you leave early (``contextlib.closing``) to cancel its work at once.
+    Use it as a context manager or call :meth:`close`. ``detect_many`` and ``track`` return
+    iterators; their callbacks (``on_progress``, ``on_lost``) run on the client's thread and must
+    not call the client. Close such a generator you leave early (``contextlib.closing``) to cancel
+    its work at once.
     """
 
     def __init__(self, base_url: str, **options: Unpack[ClientOptions]) -> None:
@@ -154,6 +156,7 @@ class DetectionClient:
     annotate = _blocking(AsyncDetectionClient.annotate)
     detect_batch = _blocking(AsyncDetectionClient.detect_batch)
     detect_many = _blocking_iter(AsyncDetectionClient.detect_many)
+    track = _blocking_iter(AsyncDetectionClient.track)
     model_info = _blocking(AsyncDetectionClient.model_info)
     list_models = _blocking(AsyncDetectionClient.list_models)
     health = _blocking(AsyncDetectionClient.health)

@@ -3,6 +3,9 @@
 One line per image on stdout (or ``--out``): the ``DetectionResult`` plus ``path``, or
 ``{"path": ..., "error": {...}}``. A progress bar (on a terminal) and a summary go to stderr.
 The exit status is 1 when any image failed.
+
+``yoloserve track``: a video (or a folder or glob of frames) through one stream, one JSON line
+per frame (the stream result plus ``frame``), optionally an annotated video.
 """
 
 from __future__ import annotations
@@ -23,8 +26,20 @@ from clients._client import AsyncDetectionClient, DetectOptions
 from clients._many import Progress
 from clients._paths import count_images, iter_image_paths, missing_paths
 from clients._report import RunStats, json_line, progress_bar
+from clients._trackrun import (
+    TrackJob,
+    TrackStats,
+    count_frames,
+    default_stream_id,
+    is_video,
+    run_track,
+    source_fps,
+)
+from clients._video import MISSING_OPENCV, import_cv2
+from clients.errors import InvalidRequest
+from wire.schemas import valid_stream_id
 
-__all__ = ["detect_command"]
+__all__ = ["detect_command", "track_command"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +185,144 @@ async def _detect_all(
                 stats.add(outcome)
                 sink.write(json_line(outcome) + "\n")
     sink.flush()
+
+
+@click.command("track", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source")
+@click.option(
+    "--url",
+    envvar="YOLOSERVE_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The service or load balancer [env YOLOSERVE_URL].",
+)
+@click.option("--stream-id", help="The stream's id [default: the source's name + a random suffix].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the JSON lines to this file instead of stdout.",
+)
+@click.option(
+    "--annotate",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write a video (mp4) with the boxes, labels and track ids drawn.",
+)
+@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold [service: 0.1 for streams].")
+@click.option("--iou", type=click.FloatRange(0, 1), help="NMS IoU threshold [service: 0.7].")
+@click.option("--max-det", type=click.IntRange(1, 1000), help="Most detections per frame.")
+@click.option("--classes", help="Only these classes: comma-separated ids or names.")
+@click.option("--tracker", type=click.Choice(["bytetrack", "botsort"]), help="[service: bytetrack]")
+@click.option(
+    "--tracker-option",
+    "tracker_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A tracker setting by Ultralytics' name, e.g. track_buffer=60 (repeatable).",
+)
+@click.option("--rate", type=click.FloatRange(0, min_open=True), help="Send at most this many frames/s.")
+@click.option(
+    "--fps",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Frame rate of the annotated video for a folder of frames (a video keeps its own).",
+)
+@click.option("--retries", type=click.IntRange(0, 20), default=3, show_default=True,
+              help="Retries per frame after the first try (retryable failures only).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=30.0,
+              show_default=True, help="Seconds per frame, retries included.")
+@click.option("--api-key", envvar="YOLOSERVE_API_KEY", help="Bearer token [env YOLOSERVE_API_KEY].")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar [default: when stderr is a terminal].")
+def track_command(
+    source: str,
+    url: str,
+    stream_id: str | None,
+    out: Path | None,
+    annotate: Path | None,
+    conf: float | None,
+    iou: float | None,
+    max_det: int | None,
+    classes: str | None,
+    tracker: str | None,
+    tracker_options: tuple[str, ...],
+    rate: float | None,
+    fps: float,
+    retries: int,
+    timeout: float,
+    api_key: str | None,
+    progress: bool | None,
+) -> None:
+    """Track objects through a video: SOURCE is a video file, or a folder or glob of frames
+    (sorted by name). Needs OpenCV for a video file and for --annotate."""
+    if missing_paths([source]):
+        raise click.BadParameter(f"no such file or folder: {source}", param_hint="SOURCE")
+    if stream_id is not None and not valid_stream_id(stream_id):
+        raise click.BadParameter("1-128 characters of [A-Za-z0-9._-]", param_hint="--stream-id")
+    if (is_video(source) or annotate is not None) and not _has_opencv():
+        raise click.ClickException(MISSING_OPENCV)
+    if not is_video(source) and next(iter_image_paths([source]), None) is None:
+        raise click.UsageError("no video or images found in SOURCE")
+    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    options = {"conf": conf, "iou": iou, "max_det": max_det, "classes": class_list, "tracker": tracker}
+    job = TrackJob(
+        source,
+        url,
+        stream_id or default_stream_id(source),
+        annotate,
+        rate,
+        retries + 1,
+        timeout,
+        api_key,
+        options,
+        _tracker_options(tracker_options),
+    )
+    console = Console(stderr=True)
+    show = console.is_terminal if progress is None else progress
+    stream = out.open("w", encoding="utf-8") if out else None
+    try:
+        stats = _track_job(job, stream or sys.stdout, console, show, fps)
+    finally:
+        if stream:
+            stream.close()
+    console.print(f"stream: {job.stream_id}  " + stats.summary(), highlight=False, soft_wrap=True)
+    sys.exit(1 if stats.failed else 0)
+
+
+def _has_opencv() -> bool:
+    try:
+        import_cv2()
+    except InvalidRequest:
+        return False
+    return True
+
+
+def _tracker_options(pairs: tuple[str, ...]) -> dict[str, str | int | float | bool]:
+    options: dict[str, str | int | float | bool] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--tracker-option")
+        options[name.strip()] = value.strip()
+    return options
+
+
+def _track_job(job: TrackJob, sink: TextIO, console: Console, show: bool, fps: float) -> TrackStats:
+    from clients._annotate import AnnotatedVideo
+
+    started = time.monotonic()
+    total = count_frames(job.source) if show else None
+    video = AnnotatedVideo(job.annotate, source_fps(job.source, fps)) if job.annotate else None
+    try:
+        with progress_bar(console, enabled=show, total=total, what="track", unit="frames") as bar:
+            stats = asyncio.run(run_track(job, sink, bar.update, video))
+    except KeyboardInterrupt:
+        console.print("interrupted", style="bold red")
+        sys.exit(130)
+    except InvalidRequest as exc:  # the source itself (unreadable video): nothing was sent
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if video is not None:
+            video.close()
+    stats.elapsed_s = stats.elapsed_s or time.monotonic() - started
+    return stats

@@ -71,6 +71,7 @@ class ClientError(Exception):
         self.request_id = request_id
         self.retryable = retryable
         self.retry_after = retry_after
+        self.attempt: int | None = None  # the try (1-based) that failed, once a call made it
 
     def __str__(self) -> str:
         parts = [self.code]

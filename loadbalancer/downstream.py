@@ -1,6 +1,7 @@
 """The client side: an asyncio Protocol parsing requests with httptools. Each request becomes an
 :class:`Exchange` (pipelined ones queue behind it); answers go out through a small buffer
-flushed once per upstream read, so that a small answer leaves in one write."""
+flushed once per upstream read, so that a small answer leaves in one write. A WebSocket upgrade
+(when nothing is pipelined ahead of it) becomes a :class:`Tunnel` and the connection a pipe."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from loadbalancer.errors import (
 from loadbalancer.exchange import Exchange
 from loadbalancer.messages import REQUEST_DROP, Request, error_response
 from loadbalancer.proxy import Proxy
+from loadbalancer.tunnel import Tunnel, is_websocket_upgrade
 from loadbalancer.upstream import UpstreamConnection
 from wire.headers import REQUEST_ID, REQUEST_TIMEOUT_MS
 from wire.ids import new_request_id_bytes, valid_request_id
@@ -64,6 +66,9 @@ class ClientConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._chunked = False
         self._close = False
+        self._upgrade = b""  # the request's Upgrade header
+        self._upgrading: Request | None = None  # a WebSocket upgrade request, read whole
+        self._tunnel: Tunnel | None = None
         self.started = False  # the current answer has begun
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -91,12 +96,21 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
         if self._exchange is not None:
             self._exchange.cancel()  # the client left: stop its upstream exchange
+        if self._tunnel is not None:
+            self._tunnel.client_closed()
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            return self._tunnel.from_client(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.closing = True  # no protocol upgrades: answer what was read, then close
+        except httptools.HttpParserUpgrade as exc:
+            request, self._upgrading = self._upgrading, None
+            if request is not None and self._exchange is None and not self._queue:
+                return self._open_tunnel(request, data[int(exc.args[0]) :])
+            self.closing = True  # other upgrades: answer what was read, then close
+            if request is not None:
+                self._queue.append(request)  # pipelined behind a request: an ordinary GET
             self._pause_reading()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -106,11 +120,15 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._tunnel is not None:
+            self._tunnel.pause_upstream(True)
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._tunnel is not None:
+            self._tunnel.pause_upstream(False)
         if self._upstream is not None and self._upstream.transport is not None:
             self._upstream.transport.resume_reading()
 
@@ -121,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
         self._body_size = 0
         self._length = -1
         self._expect = False
+        self._upgrade = b""
         self._req = Request(b"", b"", True, True, b"", self.client, monotonic())
 
     def on_url(self, url: bytes) -> None:
@@ -156,6 +175,8 @@ class ClientConnection(asyncio.Protocol):
             req.timeout_ms = _parse_timeout(value)
         elif lname == b"x-forwarded-for":
             req.forwarded_for = value
+        elif lname == b"upgrade":
+            self._upgrade = value
         elif lname == b"host":
             req.has_host = True
             req.headers.append((name, value))
@@ -189,6 +210,9 @@ class ClientConnection(asyncio.Protocol):
         req.body = body[0] if len(body) == 1 else b"".join(body)
         self._body = []
         req.build_prefix()
+        if self._parser.should_upgrade() and is_websocket_upgrade(req.method, self._upgrade):
+            self._upgrading = req  # the parser stops next (HttpParserUpgrade)
+            return
         if self._exchange is None and not self._queue:
             self._begin(req)
             return
@@ -224,6 +248,23 @@ class ClientConnection(asyncio.Protocol):
                 self._read_paused = False
                 transport.resume_reading()
             self.loop.call_soon(self._begin, self._queue.popleft())
+
+    def _open_tunnel(self, request: Request, early: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._out = []
+        self._last_active = monotonic()
+        tunnel = self._tunnel = Tunnel(self.proxy, request, self, early)
+        tunnel.start()
+
+    def tunnel_done(self, tunnel: Tunnel) -> None:
+        """The tunnel has ended (or its handshake failed): what is buffered goes, then close."""
+        if tunnel is not self._tunnel:
+            return
+        self._tunnel = None
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def answer_error(self, request: Request, error: Exception, status: int, code: str) -> None:
         """Writes the balancer's own JSON error (the exchange has not started an answer)."""
@@ -276,7 +317,9 @@ class ClientConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful: close now if idle, else after the current answer."""
         self.closing = True
-        if self._exchange is None and self._req is None and self.transport is not None:
+        if self._tunnel is not None:
+            self._tunnel.close()  # an open WebSocket holds no request to finish
+        elif self._exchange is None and self._req is None and self.transport is not None:
             self.transport.close()
 
     def _refuse(self, error: RequestError) -> None:
@@ -301,8 +344,8 @@ class ClientConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         """One lazy timer per connection: request-read timeout and keep-alive idle timeout."""
         self._timer = None
-        if self.transport is None:
-            return
+        if self.transport is None or self._tunnel is not None:
+            return  # a tunnel times itself
         now, s = monotonic(), self.settings
         if self._req is not None and now - self._req.started >= s.client_request_timeout:
             return self._refuse(RequestTimeout("the request was not received in time"))

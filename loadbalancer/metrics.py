@@ -64,6 +64,7 @@ class LBCollector(Collector):
             "Open client connections.",
             value=stats.client_connections,
         )
+        yield from _websockets(stats)
         yield GaugeMetricFamily(
             PREFIX + "panic",
             "1 while in panic mode (routing to all).",
@@ -130,6 +131,27 @@ class LBCollector(Collector):
             found.add_metric(url, len(name.addresses))
             failing.add_metric(url, float(name.failing > 0))
         yield from (resolutions, failures, found, failing)
+
+
+def _websockets(stats: ProxyStats) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        PREFIX + "websockets_active", "WebSockets handshaking or open.", value=stats.websockets_active
+    )
+    outcomes = CounterMetricFamily(
+        PREFIX + "websockets",
+        "WebSocket upgrades: opened, rejected (a non-101 answer), failed (no backend took it), "
+        "refused (over max_websockets), idle_timeout.",
+        labels=["outcome"],
+    )
+    for outcome, count in sorted(stats.websockets.items()):
+        outcomes.add_metric([outcome], count)
+    yield outcomes
+    piped = CounterMetricFamily(
+        PREFIX + "websocket_bytes", "Bytes piped through open WebSockets.", labels=["direction"]
+    )
+    piped.add_metric(["to_backend"], stats.websocket_bytes_in)
+    piped.add_metric(["to_client"], stats.websocket_bytes_out)
+    yield piped
 
 
 def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:

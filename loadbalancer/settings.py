@@ -263,6 +263,10 @@ class LBSettings(BaseSettings):
     max_header_bytes: int = Field(32_768, ge=1024, description="Request line plus headers.")
     max_headers: int = Field(100, ge=8, description="Header count per message.")
     max_inflight: int = Field(1024, ge=1, description="Requests in flight in total.")
+    max_websockets: int = Field(1024, ge=1, description="WebSockets open at once.")
+    websocket_idle_timeout: float = Field(
+        300.0, gt=0, description="Seconds a WebSocket may pass no byte either way."
+    )
     max_client_connections: int = Field(4096, ge=1, description="Open client connections.")
     max_connections_per_backend: int = Field(256, ge=1, description="Pool size per backend.")
     upstream_idle_timeout: float = Field(4.0, gt=0, description="Idle pooled connection lifetime.")

@@ -58,6 +58,10 @@ class ProxyStats:
         "duration",
         "responses",
         "retries",
+        "websocket_bytes_in",
+        "websocket_bytes_out",
+        "websockets",
+        "websockets_active",
     )
 
     def __init__(self) -> None:
@@ -67,6 +71,10 @@ class ProxyStats:
         self.retries: dict[str, int] = {}  # by reason (bounded: UpstreamError kinds)
         self.budget_exhausted = 0
         self.duration = Histogram()
+        self.websockets_active = 0  # tunnels handshaking or open
+        self.websockets: dict[str, int] = {}  # by outcome (bounded: opened, rejected, ...)
+        self.websocket_bytes_in = 0  # client to backend, once joined
+        self.websocket_bytes_out = 0  # backend to client, once joined
 
     def count_response(self, status: int, seconds: float) -> None:
         self.responses[status] = self.responses.get(status, 0) + 1
@@ -74,3 +82,6 @@ class ProxyStats:
 
     def count_retry(self, reason: str) -> None:
         self.retries[reason] = self.retries.get(reason, 0) + 1
+
+    def count_websocket(self, outcome: str) -> None:
+        self.websockets[outcome] = self.websockets.get(outcome, 0) + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from bench.cli import bench_command
-from clients.cli import detect_command
+from clients.cli import detect_command, track_command
 from loadbalancer.cli import lb_command
 from service.cli import export_command, monitor_command, serve_command, train_demo_command
 
@@ -25,6 +25,7 @@ def main() -> None:
 main.add_command(serve_command, "serve")
 main.add_command(lb_command, "lb")
 main.add_command(detect_command, "detect")
+main.add_command(track_command, "track")
 main.add_command(export_command, "export")
 main.add_command(bench_command, "bench")
 main.add_command(train_demo_command, "train-demo")

@@ -2,6 +2,8 @@
 
 ``/v1/detect`` answers a valid ``DetectionResult`` for anything Pillow can open (one box per image,
 the whole image) and 400 ``invalid_image`` otherwise, echoing ``X-Request-ID``.
+``/v1/streams/{id}/frames`` answers a ``StreamResult`` the same way (the box as track 1), and 409
+``stale_frame`` for a ``seq`` not above the stream's last.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from wire.schemas import (
     ImageDimensions,
     NormalizedBox,
     ProcessingMetadata,
+    StreamInfo,
+    StreamResult,
+    TrackedDetection,
 )
 
 __all__ = ["create_app", "serve"]
@@ -85,6 +90,31 @@ def create_app() -> FastAPI:
             }
             return JSONResponse(body, status_code=400, headers={"X-Request-ID": request_id})
         return _result(image.filename or "image", width, height, conf)
+
+    last_seq: dict[str, int] = {}
+
+    @app.post("/v1/streams/{stream_id}/frames", response_model=None)
+    async def frame(
+        stream_id: str,
+        frame: Annotated[UploadFile, File()],
+        seq: Annotated[int, Form()],
+    ) -> StreamResult | JSONResponse:
+        if seq <= last_seq.get(stream_id, -1):
+            body = {"error": {"code": "stale_frame", "message": "stale", "request_id": None}}
+            return JSONResponse(body, status_code=409)
+        started = stream_id not in last_seq
+        last_seq[stream_id] = seq
+        with Image.open(io.BytesIO(await frame.read())) as picture:
+            width, height = picture.size
+        result = _result(frame.filename or "frame", width, height, 0.25)
+        tracked = [
+            TrackedDetection(**d.model_dump(), track_id=1) for d in result.detections
+        ]
+        return StreamResult(
+            **result.model_dump(exclude={"detections"}),
+            detections=tracked,
+            stream=StreamInfo(id=stream_id, seq=seq, stream_started=started),
+        )
 
     return app
 

@@ -9,7 +9,8 @@ Behaviour from the environment:
   BACKEND_RETRY_AFTER  Retry-After seconds in overloaded mode (default 1)
 
 Routes: GET /health/live, GET /health/ready, POST /v1/detect (echoes what it received),
-GET /stream?chunks=N (a chunked answer).
+GET /stream?chunks=N (a chunked answer), WebSocket /ws and /v1/streams/{id}/ws (echoes each
+message as ``{"backend", "path", "text"|"bytes"}``; "close" closes), WebSocket /ws-reject (403).
 """
 
 from __future__ import annotations
@@ -117,7 +118,34 @@ async def _stream(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if scope["path"] == "/ws-reject":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") == "close":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        echo: dict[str, Any] = {"backend": NAME, "path": scope["path"]}
+        if message.get("text") is not None:
+            echo["text"] = message["text"]
+        else:
+            data = message.get("bytes") or b""
+            echo["bytes"] = len(data)
+            echo["sha256"] = hashlib.sha256(data).hexdigest()
+        await send({"type": "websocket.send", "text": json.dumps(echo)})
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await _websocket(scope, receive, send)
+        return
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})

@@ -1,0 +1,380 @@
+"""``python -m bench streams``: N video streams with tracking, each at a set frame rate, through
+one service, against the way users track many streams today: one process per stream, each
+running Ultralytics' ``model.track(frame, persist=True)`` in a loop.
+
+Both sides get the same frames (the test clips of :mod:`service.demo.clips`, one clip per
+stream, played forwards then backwards so that motion never jumps), paced the same way: stream
+``i`` starts ``i / (N x fps)`` s after the others (cameras are not in step) and frame ``k`` is
+due ``k / fps`` s after its stream's start; a frame is sent (or, in the baseline, passed to
+``model.track``) at its due time or, when the previous one was late, as soon as that one is
+answered. A frame's latency is from that moment to its answer. Counted: the frames answered in a
+window of ``--seconds`` after ``--warmup`` s. A stream count is *held* when every stream got at
+least 95 % of its frame rate and the p99 latency was under ``--p99-ms``.
+
+Ours: ``AsyncDetectionClient.track`` (one client in this process, one stream per stream id), the
+service started once by ``yoloserve serve SERVE_ARGS``. The baseline's processes load the
+checkpoint ``--model`` with Ultralytics' defaults (torch, its own thread count) and decode the
+frames before the clock starts; they start together and wait for a common start time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import RESULTS, machine, markdown_table, percentile, save
+from bench.procs import ROOT, service
+
+__all__ = ["main"]
+
+HELD_SHARE = 0.95  # of the frame rate, for every stream
+WORKER_MIB = 600  # a baseline process's own memory (measured: 427 MiB private, 1 GiB resident)
+
+
+def available_mib() -> float:
+    """MemAvailable from /proc/meminfo, MiB (infinite where there is none)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def make_frames(count: int, frames: int, width: int, height: int) -> list[list[bytes]]:
+    """``count`` clips as JPEG frames, each played forwards then backwards."""
+    import cv2
+
+    from service.demo.clips import make_clip
+
+    clips = []
+    for seed in range(count):
+        clip = make_clip(seed, frames=frames, width=width, height=height)
+        encoded = [bytes(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]) for f in clip.frames]
+        clips.append(encoded + encoded[-2:0:-1])
+    return clips
+
+
+def summarise_stream(received: list[tuple[float, float]], seconds: float) -> dict[str, Any]:
+    """One stream's frames answered in the window: ``(answered_at, latency_s)`` pairs."""
+    return {"frames": len(received), "fps": len(received) / seconds,
+            "latencies": [lat for _, lat in received]}
+
+
+def row(system: str, n: int, fps: float, seconds: float, streams: list[dict[str, Any]],
+        errors: int, p99_ms: float, load: float) -> dict[str, Any]:
+    latencies = [lat * 1000 for s in streams for lat in s["latencies"]]
+    rates = [s["fps"] for s in streams]
+    held = (len(streams) == n and min(rates, default=0) >= HELD_SHARE * fps and errors == 0
+            and bool(latencies) and percentile(latencies, 99) < p99_ms)
+    return {"system": system, "streams": n, "load_1m_before": round(load, 2),
+            "offered_fps": n * fps,
+            "total_fps": sum(s["frames"] for s in streams) / seconds,
+            "min_stream_fps": min(rates, default=0.0), "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99), "frames": len(latencies), "errors": errors,
+            "held": held}
+
+
+# -- ours ------------------------------------------------------------------------------------
+async def run_ours(url: str, clips: list[list[bytes]], n: int, args: argparse.Namespace,
+                   tag: str) -> dict[str, Any]:
+    from clients import AsyncDetectionClient, ClientError
+
+    fps, warmup, seconds = args.fps, args.warmup, args.seconds
+    load = os.getloadavg()[0]  # other jobs on the machine, just before
+    total = int((warmup + seconds) * fps) + 2
+    errors = 0
+    async with AsyncDetectionClient(url, timeout=30.0, max_connections=n + 4,
+                                    max_keepalive_connections=n + 4) as client:
+        loop_start = time.monotonic() + 0.5
+
+        async def one(i: int) -> dict[str, Any]:
+            nonlocal errors
+            clip = clips[i % len(clips)]
+            frames = [clip[k % len(clip)] for k in range(total)]
+            await asyncio.sleep(max(0.0, loop_start + i / (n * fps) - time.monotonic()))
+            t0 = time.monotonic()
+            window = (t0 + warmup, t0 + warmup + seconds)
+            received: list[tuple[float, float]] = []
+            previous = t0
+            track = client.track(f"{tag}-{i}", frames, rate=fps, conf=args.conf)
+            try:
+                async for result in track:
+                    now = time.monotonic()
+                    sent = max(t0 + result.stream.seq / fps, previous)
+                    previous = now
+                    if now >= window[1]:
+                        break
+                    if now >= window[0]:
+                        received.append((now, now - sent))
+            except ClientError as exc:
+                errors += 1
+                print(f"  stream {i}: {exc}", flush=True)
+            finally:
+                await track.aclose()
+            return summarise_stream(received, seconds)
+
+        streams = await asyncio.gather(*(one(i) for i in range(n)))
+        async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:  # leave nothing behind
+            await asyncio.gather(*(http.delete(f"/v1/streams/{tag}-{i}") for i in range(n)))
+    return row("yoloserve", n, fps, seconds, list(streams), errors, args.p99_ms, load)
+
+
+# -- the baseline ----------------------------------------------------------------------------
+def worker(argv: list[str]) -> int:
+    """One baseline stream: ``--worker FRAMES_DIR MODEL FPS WARMUP SECONDS PHASE CONF``."""
+    folder, model_path, fps, warmup, seconds, phase, conf = argv
+    import cv2
+    from ultralytics import YOLO  # type: ignore[attr-defined]
+
+    names = sorted(Path(folder).iterdir())
+    frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in names]
+    model = YOLO(model_path, task="detect")
+    model.predict(frames[0], verbose=False, conf=float(conf))  # load and fuse before the clock
+    print("ready", flush=True)
+    start = float(sys.stdin.readline())  # a common time.time() to begin at
+    time.sleep(max(0.0, start + float(phase) - time.time()))
+    rate, warm, window = float(fps), float(warmup), float(seconds)
+    t0 = time.monotonic()
+    received: list[tuple[float, float]] = []
+    k = 0
+    while True:
+        due = t0 + k / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        sent = time.monotonic()
+        model.track(frames[k % len(frames)], persist=True, tracker="bytetrack.yaml",
+                    conf=float(conf), verbose=False)
+        done = time.monotonic()
+        if done >= t0 + warm + window:
+            break
+        if done >= t0 + warm:
+            received.append((done, done - sent))
+        k += 1
+    print(json.dumps(summarise_stream(received, window)), flush=True)
+    return 0
+
+
+def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
+                 workdir: Path) -> dict[str, Any]:
+    folders = []
+    for c, clip in enumerate(clips):
+        folder = workdir / f"clip{c}"
+        if not folder.exists():
+            folder.mkdir()
+            for k, data in enumerate(clip):
+                (folder / f"{k:05d}.jpg").write_bytes(data)
+        folders.append(folder)
+    load = os.getloadavg()[0]  # other jobs on the machine, just before
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOSERVE_")}
+    env["YOLO_OFFLINE"] = "1"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bench.streams", "--worker", str(folders[i % len(folders)]),
+         str(args.model), str(args.fps), str(args.warmup), str(args.seconds),
+         str(i / (n * args.fps)), str(args.conf)],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for i in range(n)]
+    streams, errors = [], 0
+    try:
+        for proc in procs:  # every one loaded and warm before any starts
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"a baseline worker did not start: {line!r}")
+        start = time.time() + 1.0
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{start}\n")
+            proc.stdin.flush()
+        for proc in procs:
+            out, _ = proc.communicate(timeout=args.warmup + args.seconds + 120)
+            try:
+                streams.append(json.loads(out.strip().splitlines()[-1]))
+            except (IndexError, ValueError):
+                errors += 1
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return row("model.track, a process per stream", n, args.fps, args.seconds, streams, errors,
+               args.p99_ms, load)
+
+
+# -- the report ------------------------------------------------------------------------------
+def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    ours = {r["streams"]: r for r in rows if r["system"] == "yoloserve"}
+    base = {r["streams"]: r for r in rows if r["system"] != "yoloserve"}
+    ratios = [{"streams": n, "fps_ratio": ours[n]["total_fps"] / base[n]["total_fps"],
+               "ours_p99_ms": ours[n]["p99_ms"], "baseline_p99_ms": base[n]["p99_ms"]}
+              for n in sorted(ours) if n in base and base[n]["total_fps"] > 0]
+    held = {name: max((n for n, r in rs.items() if r["held"]), default=0)
+            for name, rs in (("yoloserve", ours), ("baseline", base))}
+    goal_n = args.goal_streams
+    at = next((r for r in ratios if r["streams"] == goal_n), None)
+    goal = {"streams": goal_n, "fps_ratio": at["fps_ratio"] if at else None,
+            "met": "not run" if at is None else
+            ("met" if at["fps_ratio"] >= 2 and at["ours_p99_ms"] < at["baseline_p99_ms"]
+             else "NOT met")}
+    return {"ratios": ratios, "most_streams_held": held, "goal": goal}
+
+
+def report(data: dict[str, Any]) -> str:
+    s, summ = data["settings"], data["summary"]
+    columns = ["system", "streams", "load_1m_before", "offered_fps", "total_fps", "min_stream_fps", "p50_ms",
+               "p99_ms", "frames", "errors", "held"]
+    g = summ["goal"]
+    held = summ["most_streams_held"]
+    lines = [
+        "## How it was measured",
+        f"{s['fps']} frames/s per stream, {s['warmup']} s warm-up then {s['seconds']} s counted; "
+        f"clips {s['width']}x{s['height']}, JPEG; conf {s['conf']}; service: `yoloserve serve "
+        f"{' '.join(s['serve_args'])}`; baseline: `{s['model']}` with Ultralytics' defaults, "
+        f"ByteTrack. Held: every stream ≥ {HELD_SHARE:.0%} of its rate and p99 < {s['p99_ms']} ms.",
+        "", "## Results", markdown_table(data["rows"], columns), "",
+        "## Ratios", markdown_table(summ["ratios"], ["streams", "fps_ratio", "ours_p99_ms",
+                                                     "baseline_p99_ms"]), "",
+        f"Most streams held (of the counts run): yoloserve {held['yoloserve']}, "
+        f"baseline {held['baseline']}.",
+        *(f"Baseline at {x['streams']} streams not run: {x['available_mib']} MiB of memory "
+          f"available, {WORKER_MIB} MiB a process needed." for x in data["baseline_not_run"]),
+        "",
+        "## Goal",
+        f"At {g['streams']} streams, total frames/s ≥ 2x the baseline with a lower p99: "
+        f"**{g['met']}**" + (f" ({g['fps_ratio']:.2f}x)" if g["fps_ratio"] is not None else ""),
+    ]
+    return "\n".join(lines)
+
+
+def draw(data: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    systems = sorted({r["system"] for r in data["rows"]}, key=lambda s: s != "yoloserve")
+    for system, colour in zip(systems, ("tab:blue", "tab:orange"), strict=False):
+        rows = [r for r in data["rows"] if r["system"] == system]
+        ns = [r["streams"] for r in rows]
+        axes[0].plot(ns, [r["total_fps"] for r in rows], marker="o", color=colour, label=system)
+        axes[1].plot(ns, [r["p99_ms"] for r in rows], marker="o", color=colour,
+                     label=f"{system} p99")
+        axes[1].plot(ns, [r["p50_ms"] for r in rows], marker=".", linestyle=":", color=colour,
+                     label=f"{system} p50")
+    ns = sorted({r["streams"] for r in data["rows"]})
+    axes[0].plot(ns, [n * data["settings"]["fps"] for n in ns], color="grey", linestyle="--",
+                 label="offered")
+    axes[0].set_ylabel("frames/s, all streams")
+    axes[1].axhline(data["settings"]["p99_ms"], color="red", linestyle="--", alpha=0.5,
+                    label="p99 bound")
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[1].set_ylabel("per-frame latency, ms")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("streams")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Streams with tracking at {data['settings']['fps']} frames/s each: one service "
+                 "against a model.track process per stream")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return worker(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m bench streams", description=__doc__.split("\n")[0])
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 32])
+    ap.add_argument("--baseline-streams", type=int, nargs="*", default=None,
+                    help="stream counts the baseline runs (default: the same)")
+    ap.add_argument("--fps", type=float, default=10.0, help="frames/s per stream")
+    ap.add_argument("--seconds", type=float, default=15.0, help="counted window per run")
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--p99-ms", type=float, default=200.0)
+    ap.add_argument("--conf", type=float, default=0.1, help="Ultralytics' track default")
+    ap.add_argument("--clips", type=int, default=8, help="distinct clips, shared round-robin")
+    ap.add_argument("--frames", type=int, default=48, help="frames per clip before it reverses")
+    ap.add_argument("--size", default="480x360", help="WxH of the frames")
+    ap.add_argument("--model", default=str(ROOT / "models" / "demo.pt"))
+    ap.add_argument("--serve-args", default="--max-batch-size 16",
+                    help="extra arguments of yoloserve serve")
+    ap.add_argument("--goal-streams", type=int, default=16)
+    ap.add_argument("--shared", default="", help="a note on other jobs on the machine")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--quick", action="store_true", help="a smoke run (results under raw/)")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.streams, args.seconds, args.warmup, args.fps = [1, 2], 2.0, 1.0, 5.0
+        args.clips, args.frames, args.size, args.goal_streams = 2, 8, "160x128", 2
+    name = args.name or ("raw/streams_quick" if args.quick else "streams")
+    if args.replot:
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        print(f"wrote {draw(saved, RESULTS / f'{name}.png')}")
+        return 0
+    baseline_counts = args.streams if args.baseline_streams is None else args.baseline_streams
+    width, height = (int(x) for x in args.size.lower().split("x"))
+    print(f"streams: {machine()}", flush=True)
+    started = time.monotonic()
+    clips = make_frames(args.clips, args.frames, width, height)
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []  # baseline counts this machine had no memory for
+    serve_args = args.serve_args.split()
+    svc = service("streams-svc", *serve_args).start()
+    try:
+        svc.wait_ready()
+        for n in args.streams:
+            print(f"  yoloserve, {n} streams", flush=True)
+            rows.append(asyncio.run(run_ours(svc.url, clips, n, args, f"b{n}")))
+            print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']:.0f} ms",
+                  flush=True)
+    finally:
+        svc.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
+        for n in baseline_counts:
+            if (free := available_mib()) < n * WORKER_MIB + 2048:
+                print(f"  baseline, {n} streams: not run, {free:.0f} MiB free", flush=True)
+                skipped.append({"streams": n, "available_mib": round(free)})
+                continue
+            print(f"  baseline, {n} streams", flush=True)
+            rows.append(run_baseline(clips, n, args, Path(tmp)))
+            print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']:.0f} ms",
+                  flush=True)
+    settings = {k: getattr(args, k) for k in ("streams", "fps", "seconds", "warmup", "p99_ms",
+                                              "conf", "clips", "frames", "goal_streams", "shared")}
+    settings.update(width=width, height=height, serve_args=serve_args,
+                    model=os.path.relpath(args.model, ROOT), baseline_streams=baseline_counts)
+    data: dict[str, Any] = {"settings": settings, "rows": rows, "baseline_not_run": skipped,
+                            "wall_s": time.monotonic() - started}
+    data["summary"] = summary(rows, args)
+    text = report(data)
+    print(text)
+    md = save(name, data, text, "Video streams with tracking: one service against a "
+              "model.track process per stream")
+    png = draw(data, RESULTS / f"{name}.png")
+    print(f"wrote {png.relative_to(ROOT)}, {md.relative_to(ROOT)} in {data['wall_s']:.0f} s")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
