@@ -10,14 +10,20 @@ the same for a bounded run, such as a load generator's in a process that has loa
 own collections would otherwise be counted as the server's latency.
 
 ``GcPauses`` times every collection (``gc.callbacks``) into a histogram by generation, so that a
-pause that does come shows on ``/metrics`` as ``gc_pause_seconds``.
+pause that does come shows on ``/metrics`` as ``gc_pause_seconds``. The callback only records:
+a collection can start inside any allocation, also one made while a metrics lock is held (a
+labelled child being created in Prometheus's multiprocess mode), and observing there would take
+that lock again and deadlock the thread. The records reach the sink from ``flush``: every second
+on the event loop, and before each scrape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -54,21 +60,47 @@ class _PauseSink(Protocol):
 class GcPauses:
     """Reports the length of each garbage collection to ``sink`` while started."""
 
+    FLUSH_EVERY_S = 1.0
+    MAX_PENDING = 4096  # pauses kept between flushes; older ones are dropped past it
+
     def __init__(self, sink: _PauseSink) -> None:
         self._sink = sink
         self._started_at = 0.0
+        # deque.append is atomic and takes no lock: safe inside a collection
+        self._pending: deque[tuple[int, float]] = deque(maxlen=self.MAX_PENDING)
+        self._flusher: asyncio.Task[None] | None = None
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started_at = time.perf_counter()
         elif self._started_at:
-            self._sink.on_gc_pause(int(info["generation"]), time.perf_counter() - self._started_at)
+            self._pending.append((int(info["generation"]), time.perf_counter() - self._started_at))
             self._started_at = 0.0
 
+    def flush(self) -> None:
+        """Hand the pauses recorded since the last flush to the sink."""
+        while self._pending:
+            generation, seconds = self._pending.popleft()
+            self._sink.on_gc_pause(generation, seconds)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH_EVERY_S)
+            self.flush()
+
     def start(self) -> None:
+        """Time collections from now on; on a running event loop, also flush every second."""
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
+        with contextlib.suppress(RuntimeError):  # no running loop: flush() is called by hand
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(
+                    self._flush_periodically(), name="gc-pause-flush")
 
     def stop(self) -> None:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        self.flush()

@@ -53,4 +53,5 @@ async def ready(state: StateDep, response: Response) -> HealthResponse:
 async def metrics(state: StateDep) -> Response:
     if state.inferencer is not None:
         state.metrics.update_gpu_memory(state.inferencer.engine.meta.device)
+    state.gc_pauses.flush()  # the collections since the last periodic flush
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -57,6 +57,8 @@ def test_gc_pauses_are_reported_by_generation_while_started() -> None:
     try:
         gc.collect(1)
         gc.collect()
+        assert sink.pauses == []  # recorded, not reported from inside a collection
+        pauses.flush()
     finally:
         pauses.stop()
     assert [g for g, _ in sink.pauses] == [1, 2]
@@ -64,3 +66,25 @@ def test_gc_pauses_are_reported_by_generation_while_started() -> None:
     gc.collect()
     assert len(sink.pauses) == 2  # stopped
     pauses.stop()  # idempotent
+
+
+def test_a_collection_inside_a_metrics_lock_does_not_deadlock() -> None:
+    """A collection that starts while Prometheus's value lock is held (creating a labelled child
+    allocates) must not observe into a metric there: the lock is not reentrant."""
+    import threading
+
+    lock = threading.Lock()
+
+    class _Locking:
+        def on_gc_pause(self, generation: int, seconds: float) -> None:
+            with lock:
+                pass
+
+    pauses = GcPauses(_Locking())
+    pauses.start()
+    try:
+        with lock:  # as MmapedValue.__init__ holds it while it allocates
+            gc.collect()
+        pauses.flush()
+    finally:
+        pauses.stop()
