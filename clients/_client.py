@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from clients._http import RequestSpec, Sender
+from clients._http import RequestSpec, Sender, parse_answer
 from clients._images import ArrayFormat, EncodedImage, ImageInput, encode_image
 from clients._many import ItemError, ItemResult, Progress, bounded_map
 from clients._retry import Backoff, RetryBudget, RetryPolicy
@@ -228,7 +228,7 @@ class AsyncDetectionClient:
         form = _form(conf, iou, max_det, classes)
         spec = RequestSpec("POST", self._route("/detect", model), [("image", upload.as_file())],
                            form)
-        return _parse(DetectionResult, await self._send(spec, timeout))
+        return parse_answer(DetectionResult, await self._send(spec, timeout))
 
     async def annotate(
         self,
@@ -271,7 +271,7 @@ class AsyncDetectionClient:
         files = [("images", upload.as_file()) for upload in uploads]
         spec = RequestSpec("POST", self._route("/detect/batch", model), files,
                            _form(conf, iou, max_det, classes))
-        batch = _parse(BatchResponse, await self._send(spec, timeout))
+        batch = parse_answer(BatchResponse, await self._send(spec, timeout))
         if len(batch.results) != len(images):
             raise ProtocolError(f"{len(images)} images sent, {len(batch.results)} results received")
         return [
@@ -373,11 +373,11 @@ class AsyncDetectionClient:
         """The served model: name, version, backend, device, classes, batching settings."""
         model = model or self.model
         path = "/v1/model" if model is None else f"/v1/models/{quote(model, safe='')}"
-        return _parse(ModelInfo, await self._send(RequestSpec("GET", path), timeout))
+        return parse_answer(ModelInfo, await self._send(RequestSpec("GET", path), timeout))
 
     async def list_models(self, *, timeout: float | None = None) -> ModelsResponse:  # noqa: ASYNC109
         """Every model the service serves, its default and its aliases."""
-        return _parse(ModelsResponse, await self._send(RequestSpec("GET", "/v1/models"), timeout))
+        return parse_answer(ModelsResponse, await self._send(RequestSpec("GET", "/v1/models"), timeout))
 
     async def health(self, *, timeout: float | None = None) -> HealthResponse:  # noqa: ASYNC109
         """The readiness probe, in one try: ``status`` is "ready", or why not ("starting"...)."""
@@ -459,16 +459,3 @@ def _form(
     if classes is not None:
         fields["classes"] = ",".join(str(c) for c in classes)
     return fields
-
-
-def _parse(model: type[M], response: httpx.Response) -> M:
-    """A 2xx answer as ``model``, or a :class:`ProtocolError` naming what was wrong."""
-    try:
-        return model.model_validate_json(response.content)
-    except ValidationError as exc:
-        raise ProtocolError(
-            f"answer is not a valid {model.__name__}: {exc.error_count()} error(s), first: "
-            f"{exc.errors()[0]['msg']}",
-            status=response.status_code,
-            request_id=response.headers.get("x-request-id"),
-        ) from exc

@@ -6,26 +6,31 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from clients._retry import RetryPolicy, parse_retry_after
 from clients.errors import (
     ClientError,
     DeadlineExceeded,
+    ProtocolError,
     error_from_response,
     error_from_transport,
 )
 from wire.headers import REQUEST_ID, REQUEST_TIMEOUT_MS, RETRY_AFTER
 from wire.ids import new_request_id
 
-__all__ = ["ATTEMPT_HEADER", "REQUEST_ID_HEADER", "TIMEOUT_HEADER", "RequestSpec", "Sender"]
+__all__ = ["ATTEMPT_HEADER", "REQUEST_ID_HEADER", "TIMEOUT_HEADER", "RequestSpec", "Sender",
+           "parse_answer"]
 
 REQUEST_ID_HEADER = REQUEST_ID
 ATTEMPT_HEADER = "x-attempt"
 TIMEOUT_HEADER = REQUEST_TIMEOUT_MS
 
 FileField = tuple[str, tuple[str, bytes, str]]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +126,16 @@ class Sender:
             return response
         retry_after = parse_retry_after(response.headers.get(RETRY_AFTER), now=time.time())
         raise error_from_response(response, request_id=call.request_id, retry_after=retry_after)
+
+
+def parse_answer(model: type[M], response: httpx.Response) -> M:
+    """A 2xx answer as ``model``, or a :class:`ProtocolError` naming what was wrong."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ProtocolError(
+            f"answer is not a valid {model.__name__}: {exc.error_count()} error(s), first: "
+            f"{exc.errors()[0]['msg']}",
+            status=response.status_code,
+            request_id=response.headers.get("x-request-id"),
+        ) from exc

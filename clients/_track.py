@@ -33,12 +33,11 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 import httpx
-from pydantic import ValidationError
 
-from clients._http import RequestSpec
+from clients._http import RequestSpec, parse_answer
 from clients._images import EncodedImage, ImageInput
 from clients._video import encode_jpeg, video_frames
-from clients.errors import ClientError, InvalidRequest, ProtocolError
+from clients.errors import ClientError, InvalidRequest
 from wire.errors import STALE_FRAME
 from wire.schemas import StreamResult, valid_stream_id
 
@@ -171,15 +170,7 @@ async def _send_frame(
         if request.on_lost is not None:
             request.on_lost(lost)
         return None
-    try:
-        return StreamResult.model_validate_json(response.content)
-    except ValidationError as exc:
-        raise ProtocolError(
-            f"answer is not a valid StreamResult: {exc.error_count()} error(s), first: "
-            f"{exc.errors()[0]['msg']}",
-            status=response.status_code,
-            request_id=response.headers.get("x-request-id"),
-        ) from exc
+    return parse_answer(StreamResult, response)
 
 
 async def _encoded(
