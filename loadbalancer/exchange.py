@@ -29,9 +29,7 @@ from loadbalancer.errors import (
     UpstreamOverloaded,
     UpstreamTimeout,
 )
-from loadbalancer.hashing import request_key
 from loadbalancer.messages import Request, response_head, upstream_request
-from loadbalancer.policies import ConsistentHash
 from loadbalancer.proxy import Proxy
 from loadbalancer.upstream import Framing, ResponseHead, UpstreamConnection
 from wire import errors as codes
@@ -124,12 +122,8 @@ class Exchange:
             return
         proxy.stats.active += 1
         proxy.budget.enter()
-        timeout = proxy.default_timeout
-        if request.timeout_ms is not None:
-            timeout = min(request.timeout_ms / 1000.0, proxy.max_timeout)
-        self.deadline = request.started + timeout
-        if isinstance(proxy.cluster.policy, ConsistentHash):
-            self.key = request_key(request.target, request.headers, proxy.settings.hash_header.encode())
+        self.deadline = proxy.deadline_of(request)
+        self.key = proxy.hash_key(request)
         self._attempt()
 
     def _attempt(self) -> None:

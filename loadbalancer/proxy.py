@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 
 from loadbalancer.budget import RetryBudget
 from loadbalancer.cluster import Cluster
+from loadbalancer.hashing import request_key
 from loadbalancer.latency import HeadLatency
+from loadbalancer.policies import ConsistentHash
 from loadbalancer.stats import ProxyStats
 
 if TYPE_CHECKING:
     from loadbalancer.exchange import Exchange
+    from loadbalancer.messages import Request
     from loadbalancer.settings import LBSettings
 
 __all__ = ["TICK", "Proxy"]
@@ -44,6 +47,20 @@ class Proxy:
         self.idle: asyncio.Event | None = None
         self._timed: set[Exchange] = set()  # bounded by max_inflight
         self._ticker: asyncio.TimerHandle | None = None
+
+    def deadline_of(self, request: Request) -> float:
+        """When ``request`` must be answered: the time its caller gave (``X-Request-Timeout-Ms``)
+        up to ``max_request_timeout``, else ``request_timeout``, from its arrival."""
+        timeout = self.default_timeout
+        if request.timeout_ms is not None:
+            timeout = min(request.timeout_ms / 1000.0, self.max_timeout)
+        return request.started + timeout
+
+    def hash_key(self, request: Request) -> bytes | None:
+        """The key a consistent-hash policy places ``request`` by; None under other policies."""
+        if not isinstance(self.cluster.policy, ConsistentHash):
+            return None
+        return request_key(request.target, request.headers, self.settings.hash_header.encode())
 
     @property
     def per_try(self) -> float:

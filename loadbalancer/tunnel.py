@@ -31,9 +31,7 @@ from loadbalancer.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from loadbalancer.hashing import request_key
 from loadbalancer.messages import Request
-from loadbalancer.policies import ConsistentHash
 from loadbalancer.tunnel_upstream import TunnelUpstream
 from wire.headers import REQUEST_TIMEOUT_MS, UPSTREAM
 
@@ -99,12 +97,8 @@ class Tunnel:
             stats.count_websocket("refused")
             return self._refuse(Overloaded("the load balancer has too many WebSockets open"))
         stats.websockets_active += 1
-        timeout = proxy.default_timeout
-        if request.timeout_ms is not None:
-            timeout = min(request.timeout_ms / 1000.0, proxy.max_timeout)
-        self.deadline = request.started + timeout
-        if isinstance(proxy.cluster.policy, ConsistentHash):
-            self.key = request_key(request.target, request.headers, proxy.settings.hash_header.encode())
+        self.deadline = proxy.deadline_of(request)
+        self.key = proxy.hash_key(request)
         self._attempt()
 
     def _attempt(self) -> None:
