@@ -11,12 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = ["batch_histograms", "grouped_bars", "latency_vs_load", "throughput_vs_concurrency"]
+__all__ = ["batch_histograms", "grouped_bars", "latency_vs_load", "save_figure",
+           "throughput_vs_concurrency"]
 
 _DPI = 110
 
 
-def _finish(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (PNG) and free it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
@@ -43,7 +45,7 @@ def throughput_vs_concurrency(series: Mapping[str, Sequence[tuple[float, float]]
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def latency_vs_load(series: Mapping[str, Sequence[tuple[float, float, float, float]]],
@@ -70,7 +72,7 @@ def latency_vs_load(series: Mapping[str, Sequence[tuple[float, float, float, flo
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def batch_histograms(panels: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path,
@@ -95,7 +97,7 @@ def batch_histograms(panels: Mapping[str, Mapping[str, Mapping[str, float]]], pa
         if configs:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def grouped_bars(groups: Mapping[str, Mapping[str, float]], path: Path, title: str,
@@ -116,4 +118,4 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], path: Path, title: s
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(names))
-    return _finish(fig, path)
+    return save_figure(fig, path)

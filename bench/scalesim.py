@@ -546,10 +546,9 @@ def report(data: dict[str, Any]) -> str:
 
 
 def draw(data: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from bench.plots import save_figure  # sets the Agg backend
 
     summary = data["summary"]
     hosts = [x["hosts"] for x in summary]
@@ -589,11 +588,7 @@ def draw(data: dict[str, Any], path: Path) -> Path:
     s = data["settings"]
     fig.suptitle(f"Scale simulation: yoloserve lb ({s['policy']}) in front of stand-in hosts, "
                  f"{s['service_ms']} ms × concurrency {s['concurrency']} each")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,10 +145,9 @@ def run_soak(*, requests: int, concurrency: int = 16, images: int = 256, size: i
 
 
 def _figure(result: SoakResult, path: Path, max_growth: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from bench.plots import save_figure  # sets the Agg backend
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = list(result.samples[0][1])
@@ -163,11 +162,7 @@ def _figure(result: SoakResult, path: Path, max_growth: float) -> Path:
     ax.set_title(f"Soak: {result.requests} requests, balancer + 2 services "
                  f"(errors: {sum(result.errors.values())}; bound +{max_growth:g} %)")
     ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _table(summary: dict[str, Any], after_warmup: dict[str, float], last: dict[str, float],

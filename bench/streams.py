@@ -260,10 +260,10 @@ def report(data: dict[str, Any]) -> str:
 
 
 def draw(data: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from bench.plots import save_figure  # sets the Agg backend
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     systems = sorted({r["system"] for r in data["rows"]}, key=lambda s: s != "yoloserve")
@@ -292,11 +292,7 @@ def draw(data: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"Streams with tracking at {data['settings']['fps']} frames/s each: one service "
                  "against a model.track process per stream")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
