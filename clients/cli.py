@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -42,6 +42,42 @@ from wire.schemas import valid_stream_id
 __all__ = ["detect_command", "track_command"]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+# options that detect and track share
+_URL = click.option(
+    "--url",
+    envvar="YOLOSERVE_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The service or load balancer [env YOLOSERVE_URL].",
+)
+_OUT = click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the JSON lines to this file instead of stdout.",
+)
+_API_KEY = click.option("--api-key", envvar="YOLOSERVE_API_KEY",
+                        help="Bearer token [env YOLOSERVE_API_KEY].")
+
+
+def _thresholds(conf_default: str, item: str) -> Callable[[F], F]:
+    """``--conf``, ``--iou``, ``--max-det`` and ``--classes``, in that order."""
+
+    def apply(command: F) -> F:
+        for option in reversed((
+            click.option("--conf", type=click.FloatRange(0, 1),
+                         help=f"Confidence threshold [service: {conf_default}]."),
+            click.option("--iou", type=click.FloatRange(0, 1), help="NMS IoU threshold [service: 0.7]."),
+            click.option("--max-det", type=click.IntRange(1, 1000), help=f"Most detections per {item}."),
+            click.option("--classes", help="Only these classes: comma-separated ids or names."),
+        )):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     paths: tuple[str, ...]
@@ -56,13 +92,7 @@ class _Job:
 
 @click.command("detect", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True)
-@click.option(
-    "--url",
-    envvar="YOLOSERVE_URL",
-    default="http://127.0.0.1:8000",
-    show_default=True,
-    help="The service or load balancer [env YOLOSERVE_URL].",
-)
+@_URL
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 1024),
@@ -70,15 +100,8 @@ class _Job:
     show_default=True,
     help="Images in flight at once.",
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write the JSON lines to this file instead of stdout.",
-)
-@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold [service: 0.25].")
-@click.option("--iou", type=click.FloatRange(0, 1), help="NMS IoU threshold [service: 0.7].")
-@click.option("--max-det", type=click.IntRange(1, 1000), help="Most detections per image.")
-@click.option("--classes", help="Only these classes: comma-separated ids or names.")
+@_OUT
+@_thresholds(conf_default="0.25", item="image")
 @click.option("--model", default=None,
               help="One of the service's models, or an alias [the service's default].")
 @click.option(
@@ -95,7 +118,7 @@ class _Job:
     show_default=True,
     help="Seconds per image, retries included.",
 )
-@click.option("--api-key", envvar="YOLOSERVE_API_KEY", help="Bearer token [env YOLOSERVE_API_KEY].")
+@_API_KEY
 @click.option(
     "--ordered/--unordered",
     default=False,
@@ -189,28 +212,15 @@ async def _detect_all(
 
 @click.command("track", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source")
-@click.option(
-    "--url",
-    envvar="YOLOSERVE_URL",
-    default="http://127.0.0.1:8000",
-    show_default=True,
-    help="The service or load balancer [env YOLOSERVE_URL].",
-)
+@_URL
 @click.option("--stream-id", help="The stream's id [default: the source's name + a random suffix].")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write the JSON lines to this file instead of stdout.",
-)
+@_OUT
 @click.option(
     "--annotate",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Write a video (mp4) with the boxes, labels and track ids drawn.",
 )
-@click.option("--conf", type=click.FloatRange(0, 1), help="Confidence threshold [service: 0.1 for streams].")
-@click.option("--iou", type=click.FloatRange(0, 1), help="NMS IoU threshold [service: 0.7].")
-@click.option("--max-det", type=click.IntRange(1, 1000), help="Most detections per frame.")
-@click.option("--classes", help="Only these classes: comma-separated ids or names.")
+@_thresholds(conf_default="0.1 for streams", item="frame")
 @click.option("--tracker", type=click.Choice(["bytetrack", "botsort"]), help="[service: bytetrack]")
 @click.option(
     "--tracker-option",
@@ -231,7 +241,7 @@ async def _detect_all(
               help="Retries per frame after the first try (retryable failures only).")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=30.0,
               show_default=True, help="Seconds per frame, retries included.")
-@click.option("--api-key", envvar="YOLOSERVE_API_KEY", help="Bearer token [env YOLOSERVE_API_KEY].")
+@_API_KEY
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar [default: when stderr is a terminal].")
 def track_command(
