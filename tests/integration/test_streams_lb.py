@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.procs import Balancer, start_all
+from bench.procs import Balancer, start_all, wait_all_healthy
 from clients import AsyncDetectionClient, LostFrame
 from loadbalancer.hashing import Ring, key_hash
 from tests.integration.stack import Fleet
@@ -40,13 +40,23 @@ def clip_frames() -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def ring(fleet: Fleet) -> Iterator[Balancer]:
+def balancer(fleet: Fleet) -> Iterator[Balancer]:
     lb = Balancer("streams-lb", [fleet.url("a"), fleet.url("b")], "--policy", "ring_hash",
                   "--health-interval", "0.5", "--per-try-timeout", "30", "--log-level", "warning",
                   cli=("yoloserve", "lb"), stderr=None)
     start_all([lb], 60)
     yield lb
     lb.stop()
+
+
+@pytest.fixture()
+def ring(fleet: Fleet, balancer: Balancer) -> Balancer:
+    """The balancer once it sees both backends healthy: a test before may have restarted one, and
+    until the balancer's health checks see it back, its keys hash to the other."""
+    fleet.ensure_ready("a")
+    fleet.ensure_ready("b")
+    wait_all_healthy(balancer, 60)
+    return balancer
 
 
 class Upstreams(httpx.AsyncBaseTransport):
