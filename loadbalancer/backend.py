@@ -21,6 +21,10 @@ __all__ = ["ROUTABLE", "Backend", "Health", "Tuning"]
 
 EWMA_DECAY_S = 10.0  # Finagle's peak-EWMA decay time
 EWMA_INITIAL_S = 0.010
+# The typical latency (a plain EWMA per answer) behind the load-aware policies' speed factors: one
+# answer moves it by this fraction, so a single stall barely moves it and a lasting change takes
+# some tens of answers to show.
+TYPICAL_ALPHA = 0.04
 
 
 class Health(StrEnum):
@@ -99,6 +103,8 @@ class Backend:
         "requests",
         "retiring",
         "tuning",
+        "typical",
+        "typical_n",
         "url",
         "weight",
     )
@@ -136,6 +142,8 @@ class Backend:
         self.active_since = -math.inf if warm else now  # slow start origin
         self.ewma = EWMA_INITIAL_S
         self.ewma_stamp = now
+        self.typical = 0.0  # seconds; meaningful once ``typical_n`` answers were seen
+        self.typical_n = 0
         self.requests = 0
         self.errors: dict[str, int] = {}
         self.latency = Histogram()
@@ -179,8 +187,11 @@ class Backend:
 
     # -- passive observations ------------------------------------------------------------------
     def observe_latency(self, seconds: float, now: float) -> None:
-        """Records an answer's latency: histogram and peak-sensitive EWMA (Finagle's)."""
+        """Records an answer's latency: histogram, peak-sensitive EWMA (Finagle's) and the
+        typical latency."""
         self.latency.observe(seconds)
+        self.typical_n += 1
+        self.typical += (seconds - self.typical) * max(TYPICAL_ALPHA, 1.0 / self.typical_n)
         if seconds > self.ewma:
             self.ewma = seconds
         else:
@@ -271,6 +282,7 @@ class Backend:
             "backoff_until": wall_now + (self.backoff_until - now) if self.backoff_until > now else None,
             "slow_start": self.slow_start_factor(now) < 1.0,
             "ewma_ms": round(self.ewma_cost(now) * 1000.0, 3),
+            "typical_ms": round(self.typical * 1000.0, 3) if self.typical_n else None,
             "totals": {"requests": self.requests, "errors": dict(self.errors)},
         }
 

@@ -15,6 +15,7 @@ from typing import ClassVar, Protocol, TypeVar
 from loadbalancer.backend import Backend
 from loadbalancer.errors import ConfigError
 from loadbalancer.hashing import HashSpace, Maglev, Ring, key_hash
+from loadbalancer.speed import SpeedFactors
 
 __all__ = [
     "POLICIES",
@@ -110,6 +111,7 @@ class LeastRequest(_Sampling):
     first *after* taking the request. Under load this is Envoy's least request (a slow backend
     piles up requests in flight and loses the comparison); when backends are equally fast the
     ratios are the weights exactly, even at low concurrency, where two random draws drift.
+    A backend markedly slower than the fastest has its weight scaled down (:mod:`loadbalancer.speed`).
     """
 
     name: ClassVar[str] = "least_request"
@@ -117,8 +119,10 @@ class LeastRequest(_Sampling):
     def __init__(self) -> None:
         super().__init__()
         self._order = RoundRobin()
+        self.speed = SpeedFactors()
 
     def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
+        weights = self.speed.adjust(candidates, weights, now)
         first = self._order.pick(candidates, weights)
         if len(candidates) == 1:
             return candidates[first]
@@ -131,11 +135,17 @@ class LeastRequest(_Sampling):
 
 @register
 class PeakEwma(_Sampling):
-    """Finagle/Linkerd peak EWMA: power of two choices on latency x (in-flight + 1) / weight."""
+    """Finagle/Linkerd peak EWMA: power of two choices on latency x (in-flight + 1) / weight, the
+    weight of a markedly slower backend scaled down as in ``least_request``."""
 
     name: ClassVar[str] = "peak_ewma"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.speed = SpeedFactors()
+
     def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
+        weights = self.speed.adjust(candidates, weights, now)
         return self._p2c(
             candidates,
             weights,

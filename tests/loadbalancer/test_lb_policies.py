@@ -35,7 +35,7 @@ def simulate(
     policy = make_policy(policy_name, rng=random.Random(seed))
     index = {b.id: i for i, b in enumerate(pool)}
     counts = [0] * len(pool)
-    events: list[tuple[float, int, int]] = []
+    events: list[tuple[float, int, int, float]] = []
     now, sequence = 0.0, 0
 
     def dispatch() -> None:
@@ -45,15 +45,16 @@ def simulate(
         backend.inflight += 1
         counts[i] += 1
         sequence += 1
-        heapq.heappush(events, (now + latencies[i] * rng.uniform(0.8, 1.2), sequence, i))
+        took = latencies[i] * rng.uniform(0.8, 1.2)
+        heapq.heappush(events, (now + took, sequence, i, took))
 
     for _ in range(concurrency):
         dispatch()
     while sum(counts) < requests:
-        finished_at, _, i = heapq.heappop(events)
+        finished_at, _, i, took = heapq.heappop(events)
         now = finished_at
         pool[i].inflight -= 1
-        pool[i].observe_latency(latencies[i], now)
+        pool[i].observe_latency(took, now)
         dispatch()
     return [c / sum(counts) for c in counts]
 
@@ -77,6 +78,33 @@ def test_round_robin_matches_nginx_smooth_weighted_sequence() -> None:
 def test_slow_backend_gets_less_traffic(policy: str, concurrency: int) -> None:
     shares = simulate(policy, backends(1, 1), [0.010, 0.050], concurrency=concurrency)
     assert shares[1] < 0.3, shares  # 5x slower: well under its equal-weight half
+
+
+@pytest.mark.parametrize("policy", ["least_request", "peak_ewma"])
+@pytest.mark.parametrize(("concurrency", "slowdown"), [(3, 1.8), (8, 1.8), (8, 2.6), (32, 1.8)])
+def test_a_host_slower_by_a_bad_link_gets_at_most_a_third_of_its_fair_share(
+        policy: str, concurrency: int, slowdown: float) -> None:
+    # Three equal hosts, one of them slower by a fixed delay (a bad link): in-flight balancing
+    # alone would give it 3 / (2r + 1) of its fair share, 0.65 at r = 1.8.
+    shares = simulate(policy, backends(1, 1, 1), [0.060, 0.060, 0.060 * slowdown],
+                      concurrency=concurrency, requests=6000)
+    assert shares[2] <= (1 / 3) * (1 / 3), shares
+
+
+@pytest.mark.parametrize("policy", ["least_request", "peak_ewma"])
+def test_speed_factors_leave_equally_fast_hosts_at_their_weights(policy: str) -> None:
+    # Jitter of +-20% around the same latency stays inside the band: the weights hold.
+    shares = simulate(policy, backends(2, 1, 1), [0.050, 0.050, 0.050], concurrency=16, requests=6000)
+    assert abs(shares[0] - 0.5) <= 0.03 and abs(shares[1] - shares[2]) <= 0.03, shares
+
+
+def test_a_slow_host_that_recovers_gets_its_share_back() -> None:
+    pool = backends(1, 1)
+    simulate("least_request", pool, [0.020, 0.080], concurrency=8, requests=3000)
+    for backend in pool:
+        backend.inflight = 0  # the first run's last requests never end
+    shares = simulate("least_request", pool, [0.020, 0.020], concurrency=8, requests=6000)
+    assert shares[1] > 0.4, shares
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "random"])

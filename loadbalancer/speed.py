@@ -1,0 +1,64 @@
+"""Speed factors: the load-aware policies (``least_request``, ``peak_ewma``) scale a backend's
+weight down when it answers markedly slower than the fastest candidate.
+
+Balancing requests in flight alone gives each backend a share proportional to 1 / latency
+(Little's law), so a host twice as slow still gets half a fast one's requests: too many when the
+slowness is a bad link or a sick machine rather than work. A backend whose typical latency
+(:attr:`Backend.typical`) is more than ``BAND`` times the fastest candidate's gets its weight
+multiplied by ``(BAND x fastest / its own) ** POWER`` (continuous at the band's edge, so a host
+near it does not flip between two weights; never below ``FLOOR``, so that it keeps getting
+answers to be measured by): 0.64 at 1.4 times slower, 0.23 at 1.8, 0.05 from 2.6 on. Together
+with balancing in flight per unit of weight, a host 1.8 times slower (a +100 ms link in front
+of a service answering in 120 ms) then gets about a fifth of its fair share. Backends within
+the band keep their weights exactly: equally fast hosts jitter, and configured weights must hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from loadbalancer.backend import Backend
+
+__all__ = ["BAND", "FLOOR", "MIN_ANSWERS", "POWER", "SpeedFactors"]
+
+BAND = 1.25  # slower than this x the fastest candidate's typical latency: weight scaled down
+POWER = 4.0
+FLOOR = 0.05
+MIN_ANSWERS = 16  # a backend's typical latency counts once it has this many answers
+REFRESH_S = 0.1  # the factors are recomputed at most this often
+
+
+class SpeedFactors:
+    """Per-policy cache of the factors; :meth:`adjust` is called on every choice."""
+
+    __slots__ = ("_count", "_due", "_factors")
+
+    def __init__(self) -> None:
+        self._due = -1.0
+        self._factors: dict[str, float] = {}
+        self._count = 0
+
+    def adjust(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Sequence[float]:
+        """``weights`` scaled by the candidates' speed factors (the same list when none is slow)."""
+        if now >= self._due or len(candidates) != self._count:
+            self._refresh(candidates, now)
+        factors = self._factors
+        if not factors:
+            return weights
+        return [w * factors.get(b.id, 1.0) for b, w in zip(candidates, weights, strict=True)]
+
+    def factor(self, backend: Backend) -> float:
+        """The factor last computed for ``backend`` (1 when it is not slow)."""
+        return self._factors.get(backend.id, 1.0)
+
+    def _refresh(self, candidates: Sequence[Backend], now: float) -> None:
+        self._due = now + REFRESH_S
+        self._count = len(candidates)
+        measured = [b for b in candidates if b.typical_n >= MIN_ANSWERS and b.typical > 0.0]
+        self._factors = {}
+        if len(measured) < 2:
+            return
+        fastest = min(b.typical for b in measured)
+        for b in measured:
+            if b.typical > BAND * fastest:
+                self._factors[b.id] = max(FLOOR, (BAND * fastest / b.typical) ** POWER)
