@@ -4,13 +4,14 @@ weight down when it answers markedly slower than the fastest candidate.
 Balancing requests in flight alone gives each backend a share proportional to 1 / latency
 (Little's law), so a host twice as slow still gets half a fast one's requests: too many when the
 slowness is a bad link or a sick machine rather than work. A backend whose typical latency
-(:attr:`Backend.typical`) is more than ``BAND`` times the fastest candidate's gets its weight
-multiplied by ``(BAND x fastest / its own) ** POWER`` (continuous at the band's edge, so a host
-near it does not flip between two weights; never below ``FLOOR``, so that it keeps getting
-answers to be measured by): 0.64 at 1.4 times slower, 0.23 at 1.8, 0.05 from 2.6 on. Together
-with balancing in flight per unit of weight, a host 1.8 times slower (a +100 ms link in front
-of a service answering in 120 ms) then gets about a fifth of its fair share. Backends within
-the band keep their weights exactly: equally fast hosts jitter, and configured weights must hold.
+(:attr:`Backend.typical`) is beyond an edge, ``BAND`` times the fastest candidate's and at least
+``MIN_GAP_S`` more, gets its weight multiplied by ``(edge / its own) ** POWER``: continuous at the
+edge, so a host near it does not flip between two weights, and never below ``FLOOR``, so that it
+keeps getting answers to be measured by. That is 0.64 at 1.4 times slower, 0.23 at 1.8, 0.05
+from 2.6 on. Together with balancing in flight per unit of weight, a host 1.8 times slower (a
++100 ms link in front of a service answering in 120 ms) gets about a fifth of its fair share.
+Backends within the edge keep their weights exactly: equally fast hosts jitter, and configured
+weights must hold.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from collections.abc import Sequence
 
 from loadbalancer.backend import Backend
 
-__all__ = ["BAND", "FLOOR", "MIN_ANSWERS", "POWER", "SpeedFactors"]
+__all__ = ["BAND", "FLOOR", "MIN_ANSWERS", "MIN_GAP_S", "POWER", "SpeedFactors"]
 
 BAND = 1.25  # slower than this x the fastest candidate's typical latency: weight scaled down
 POWER = 4.0
+MIN_GAP_S = 0.005  # ... and slower by more than this: sub-millisecond answers are mostly noise
 FLOOR = 0.05
 MIN_ANSWERS = 16  # a backend's typical latency counts once it has this many answers
 REFRESH_S = 0.1  # the factors are recomputed at most this often
@@ -59,6 +61,7 @@ class SpeedFactors:
         if len(measured) < 2:
             return
         fastest = min(b.typical for b in measured)
+        edge = max(BAND * fastest, fastest + MIN_GAP_S)
         for b in measured:
-            if b.typical > BAND * fastest:
-                self._factors[b.id] = max(FLOOR, (BAND * fastest / b.typical) ** POWER)
+            if b.typical > edge:
+                self._factors[b.id] = max(FLOOR, (edge / b.typical) ** POWER)

@@ -239,8 +239,11 @@ def test_status_shows_every_backend(lb: tuple[LBProc, dict[str, str]]) -> None:
             "inflight",
             "ejected_until",
             "totals",
+            "typical_ms",
+            "speed_factor",
         } <= set(backend)
         assert backend["health"] == "healthy" and backend["ejected_until"] is None
+        assert backend["speed_factor"] == 1.0  # equally fast stand-ins keep their weights
     assert sum(b["totals"]["requests"] for b in status["backends"]) - before >= 20
 
 

@@ -12,6 +12,7 @@ from loadbalancer.backend import Backend, Tuning
 from loadbalancer.errors import ConfigError
 from loadbalancer.policies import POLICIES, make_policy
 from loadbalancer.settings import BackendSpec
+from loadbalancer.speed import FLOOR, MIN_ANSWERS, SpeedFactors
 
 
 def backends(*weights: int) -> list[Backend]:
@@ -137,3 +138,16 @@ def test_single_candidate_is_returned() -> None:
     pool = backends(1)
     for name in POLICIES:
         assert make_policy(name).choose(pool, [1.0], 0.0) is pool[0]
+
+
+def test_speed_factors_ignore_sub_millisecond_differences_and_unmeasured_hosts() -> None:
+    pool = backends(1, 1, 1)
+    for _ in range(MIN_ANSWERS):
+        pool[0].observe_latency(0.0004, 0.0)
+        pool[1].observe_latency(0.0012, 0.0)  # three times slower, but by under a millisecond
+    pool[2].observe_latency(0.5, 0.0)  # one answer says little
+    speed = SpeedFactors()
+    assert list(speed.adjust(pool, [1.0, 1.0, 1.0], 0.0)) == [1.0, 1.0, 1.0]
+    for _ in range(MIN_ANSWERS):
+        pool[1].observe_latency(0.040, 1.0)
+    assert speed.adjust(pool, [1.0, 1.0, 1.0], 1.0)[1] == FLOOR
