@@ -24,7 +24,20 @@ from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from service.settings import Settings
 from wire.params import CONF, IOU, MAX_DET
 
-__all__ = ["DetectJSONBody", "Upload", "read_batch", "read_single", "resolve_params"]
+__all__ = [
+    "CLASSES_SCHEMA",
+    "DetectJSONBody",
+    "ParamFields",
+    "Upload",
+    "form_file",
+    "form_params",
+    "media_type",
+    "read_batch",
+    "read_form",
+    "read_single",
+    "resolve_params",
+    "validation_message",
+]
 
 
 MAX_NAME = 512  # longest image name (echoed in the answer): JSON ``image_name`` or a file name
@@ -57,7 +70,7 @@ class ParamFields(BaseModel):
 
 
 _ID_OR_NAME: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
-_CLASSES_SCHEMA: dict[str, Any] = {
+CLASSES_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "array", "items": _ID_OR_NAME}, *_ID_OR_NAME["anyOf"], {"type": "null"}],
     "description": "Class ids or names to keep: a list, or a comma-separated string",
 }
@@ -69,10 +82,10 @@ class DetectJSONBody(ParamFields):
     image: str = Field(description="The image file's bytes, base64-encoded")
     image_name: str | None = Field(None, max_length=MAX_NAME)
     # what the validator accepts, documented as such (the field type is the result: names)
-    classes: Annotated[list[str] | None, WithJsonSchema(_CLASSES_SCHEMA)] = None
+    classes: Annotated[list[str] | None, WithJsonSchema(CLASSES_SCHEMA)] = None
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ())) or "body"
     return f"{where}: {first.get('msg', 'invalid value')}"
@@ -91,7 +104,7 @@ def _resolve(values: Mapping[str, Any], names: Mapping[int, str]) -> DetectParam
     try:
         fields = ParamFields.model_validate(dict(values))
     except ValidationError as exc:
-        raise ValidationFailed(_validation_message(exc)) from None
+        raise ValidationFailed(validation_message(exc)) from None
     classes: frozenset[int] | None = None
     if fields.classes:
         by_name = {v: k for k, v in names.items()}
@@ -105,11 +118,11 @@ def _resolve(values: Mapping[str, Any], names: Mapping[int, str]) -> DetectParam
     return DetectParams(conf=fields.conf, iou=fields.iou, max_det=fields.max_det, classes=classes)
 
 
-def _media_type(request: Request) -> str:
+def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _form(request: Request, settings: Settings) -> Any:
+async def read_form(request: Request, settings: Settings) -> Any:
     try:
         return await request.form(
             max_files=settings.max_batch_items, max_fields=settings.max_parts,
@@ -121,7 +134,7 @@ async def _form(request: Request, settings: Settings) -> Any:
         raise ValidationFailed(f"malformed multipart body: {exc.detail}") from None
 
 
-async def _file(value: Any, field: str) -> Upload:
+async def form_file(value: Any, field: str) -> Upload:
     if not isinstance(value, UploadFile):
         raise ValidationFailed(f"{field}: expected a file part")
     if value.filename is not None and len(value.filename) > MAX_NAME:
@@ -129,7 +142,7 @@ async def _file(value: Any, field: str) -> Upload:
     return Upload(await value.read(), value.filename or "image")
 
 
-def _form_params(form: Any, skip: str) -> dict[str, Any]:
+def form_params(form: Any, skip: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key, value in form.multi_items():
         if key == skip:
@@ -149,7 +162,7 @@ def _decode_json(body: bytes) -> tuple[Upload, dict[str, Any]]:
     except orjson.JSONDecodeError:
         raise ValidationFailed("the body is not valid JSON") from None
     except ValidationError as exc:
-        raise ValidationFailed(_validation_message(exc)) from None
+        raise ValidationFailed(validation_message(exc)) from None
     try:
         data = base64.b64decode(payload.image, validate=True)
     except (binascii.Error, ValueError):
@@ -160,14 +173,14 @@ def _decode_json(body: bytes) -> tuple[Upload, dict[str, Any]]:
 
 async def read_single(request: Request, settings: Settings) -> tuple[Upload, dict[str, Any]]:
     """The one image of a detect/annotate request and the parameters sent in its body."""
-    media = _media_type(request)
+    media = media_type(request)
     if media == "multipart/form-data":
-        form = await _form(request, settings)
+        form = await read_form(request, settings)
         if "image" not in form:
             raise ValidationFailed("image: a file part named 'image' is required")
         if len(form.getlist("image")) > 1:
             raise ValidationFailed("image: send one image here, or use /v1/detect/batch")
-        return await _file(form["image"], "image"), _form_params(form, "image")
+        return await form_file(form["image"], "image"), form_params(form, "image")
     if media == "application/json" or media.endswith("+json"):
         return _decode_json(await request.body())
     raise UnsupportedMediaType("send multipart/form-data (field 'image') or application/json")
@@ -175,13 +188,13 @@ async def read_single(request: Request, settings: Settings) -> tuple[Upload, dic
 
 async def read_batch(request: Request, settings: Settings) -> tuple[list[Upload], dict[str, Any]]:
     """The images of a batch request (repeated field ``images``) and its parameters."""
-    if _media_type(request) != "multipart/form-data":
+    if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaType("send multipart/form-data with repeated file parts 'images'")
-    form = await _form(request, settings)
+    form = await read_form(request, settings)
     files = form.getlist("images")
     if not files:
         raise ValidationFailed("images: at least one file part named 'images' is required")
     if len(files) > settings.max_batch_items:
         raise ValidationFailed(f"images: at most {settings.max_batch_items} images per request")
-    uploads = [await _file(f, "images") for f in files]
-    return uploads, _form_params(form, "images")
+    uploads = [await form_file(f, "images") for f in files]
+    return uploads, form_params(form, "images")

@@ -20,15 +20,15 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from service.bodies import (
-    _CLASSES_SCHEMA,
+    CLASSES_SCHEMA,
     ParamFields,
     Upload,
-    _file,
-    _form,
-    _form_params,
-    _media_type,
-    _validation_message,
+    form_file,
+    form_params,
+    media_type,
+    read_form,
     resolve_params,
+    validation_message,
 )
 from service.engine.types import DetectParams
 from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
@@ -60,7 +60,7 @@ class FrameJSONBody(FrameFields, TrackerSettings, ParamFields):
     frame: str = Field(description="The encoded frame (JPEG, PNG, ...), base64")
     conf: float = Field(STREAM_CONF, ge=0.0, le=1.0, allow_inf_nan=False,
                         description="Confidence threshold (0.1 for streams, as in Ultralytics' track)")
-    classes: Annotated[list[str] | None, WithJsonSchema(_CLASSES_SCHEMA)] = None
+    classes: Annotated[list[str] | None, WithJsonSchema(CLASSES_SCHEMA)] = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _validated(model: type[BaseModel], values: Mapping[str, Any], *, strict: boo
     try:
         return model.model_validate(dict(values), strict=strict)
     except ValidationError as exc:
-        raise ValidationFailed(_validation_message(exc)) from None
+        raise ValidationFailed(validation_message(exc)) from None
 
 
 def stream_params(query: Mapping[str, Any], body: Mapping[str, Any], names: Mapping[int, str], *,
@@ -111,13 +111,13 @@ def _frame_request(upload: Upload, fields: dict[str, Any], query: Mapping[str, A
 async def read_frame(request: Request, settings: Settings, query: Mapping[str, Any],
                      names: Mapping[int, str], stream_id: str) -> FrameRequest:
     """One frame of ``POST /v1/streams/{id}/frames`` and what it is to be processed with."""
-    media = _media_type(request)
+    media = media_type(request)
     if media == "multipart/form-data":
-        form = await _form(request, settings)
+        form = await read_form(request, settings)
         if len(form.getlist("frame")) != 1:
             raise ValidationFailed("frame: one file part named 'frame' is required")
-        upload = await _file(form["frame"], "frame")
-        fields = _form_params(form, "frame")
+        upload = await form_file(form["frame"], "frame")
+        fields = form_params(form, "frame")
         return _frame_request(Upload(upload.data, stream_id), fields, query, names, strict=False)
     if media == "application/json" or media.endswith("+json"):
         try:
