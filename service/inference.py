@@ -118,7 +118,7 @@ class Inferencer:
             m.record([(d.class_id, d.confidence) for d in det.items]
                      for job, det in zip(jobs, out.detections, strict=True)
                      if m.counts(job.params.conf, job.params.classes))
-            self.metrics.set_drift(m.scores())
+            self.metrics.set_drift(self.engine.meta.name, m.scores())
         return [Outcome(d, out.inference_ms, out.postprocess_ms) for d in out.detections]
 
     # the request path ---------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class ServiceMetrics:
             "loaded", registry=r, multiprocess_mode="liveall")
         self.drift = Gauge(
             "model_drift_score", "Population stability index of a class's detections per image "
-            "and confidences, sliding window against the baseline", ["class_name"], registry=r,
+            "and confidences, sliding window against the baseline", ["model", "class_name"], registry=r,
             multiprocess_mode="livemax")
         self.live = LiveStats()
         # video streams
@@ -122,9 +122,9 @@ class ServiceMetrics:
     def on_queue_depth(self, depth: int) -> None:
         self.for_model(self.model_name).on_queue_depth(depth)
 
-    def set_drift(self, scores: dict[str, float]) -> None:
+    def set_drift(self, model: str, scores: dict[str, float]) -> None:
         for name, score in scores.items():
-            self.drift.labels(name).set(score)
+            self.drift.labels(model, name).set(score)
 
     # garbage collector (service.heap) ----------------------------------------------------------
     def on_gc_pause(self, generation: int, seconds: float) -> None:

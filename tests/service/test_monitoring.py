@@ -46,8 +46,10 @@ async def _send(client: httpx.AsyncClient, images: list[bytes]) -> None:
 
 async def _drift(client: httpx.AsyncClient) -> dict[str, float]:
     text = (await client.get("/metrics")).text
-    return {s.labels["class_name"]: s.value for family in text_string_to_metric_families(text)
-            if family.name == "model_drift_score" for s in family.samples}
+    samples = [s for family in text_string_to_metric_families(text)
+               if family.name == "model_drift_score" for s in family.samples]
+    assert all(s.labels["model"] for s in samples)  # each served model has its own series
+    return {s.labels["class_name"]: s.value for s in samples}
 
 
 def _warnings(caplog: pytest.LogCaptureFixture, class_name: str) -> int:
