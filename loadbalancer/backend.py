@@ -22,9 +22,12 @@ __all__ = ["ROUTABLE", "Backend", "Health", "Tuning"]
 EWMA_DECAY_S = 10.0  # Finagle's peak-EWMA decay time
 EWMA_INITIAL_S = 0.010
 # The typical latency (a plain EWMA per answer) behind the load-aware policies' speed factors: one
-# answer moves it by this fraction, so a single stall barely moves it and a lasting change takes
-# some tens of answers to show.
+# answer moves it by at least this fraction, so that a single stall barely moves it and a lasting
+# change takes some tens of answers to show ...
 TYPICAL_ALPHA = 0.04
+# ... and by more when answers are rare (1 - exp(-gap / this)): a backend that gets few requests
+# because it was slow is re-measured within a few answers once it is fast again.
+TYPICAL_TAU_S = 5.0
 
 
 class Health(StrEnum):
@@ -191,7 +194,9 @@ class Backend:
         typical latency."""
         self.latency.observe(seconds)
         self.typical_n += 1
-        self.typical += (seconds - self.typical) * max(TYPICAL_ALPHA, 1.0 / self.typical_n)
+        gap = max(now - self.ewma_stamp, 0.0)  # since the previous answer
+        weight = max(TYPICAL_ALPHA, 1.0 / self.typical_n, -math.expm1(-gap / TYPICAL_TAU_S))
+        self.typical += (seconds - self.typical) * weight
         if seconds > self.ewma:
             self.ewma = seconds
         else:

@@ -30,6 +30,7 @@ def simulate(
     concurrency: int,
     requests: int = 4000,
     seed: int = 7,
+    start: float = 0.0,
 ) -> list[float]:
     """Shares of ``requests`` per backend; backend i answers in ``latencies[i]`` seconds."""
     rng = random.Random(seed)
@@ -37,7 +38,7 @@ def simulate(
     index = {b.id: i for i, b in enumerate(pool)}
     counts = [0] * len(pool)
     events: list[tuple[float, int, int, float]] = []
-    now, sequence = 0.0, 0
+    now, sequence = start, 0
 
     def dispatch() -> None:
         nonlocal sequence
@@ -99,13 +100,18 @@ def test_speed_factors_leave_equally_fast_hosts_at_their_weights(policy: str) ->
     assert abs(shares[0] - 0.5) <= 0.03 and abs(shares[1] - shares[2]) <= 0.03, shares
 
 
-def test_a_slow_host_that_recovers_gets_its_share_back() -> None:
-    pool = backends(1, 1)
-    simulate("least_request", pool, [0.020, 0.080], concurrency=8, requests=3000)
+@pytest.mark.parametrize("policy", ["least_request", "peak_ewma"])
+def test_a_slow_host_that_recovers_gets_its_share_back(policy: str) -> None:
+    pool = backends(1, 1, 1)
+    slowed = simulate(policy, pool, [0.060, 0.060, 0.160], concurrency=8, requests=3000)
+    assert slowed[2] < 0.05, slowed  # starved while slow: few answers to re-measure it by
     for backend in pool:
         backend.inflight = 0  # the first run's last requests never end
-    shares = simulate("least_request", pool, [0.020, 0.020], concurrency=8, requests=6000)
-    assert shares[1] > 0.4, shares
+    # Fast again: 3000 requests are about 22 s of this simulated time, and the third host is
+    # re-measured by the few answers it still gets.
+    recovered = simulate(policy, pool, [0.060, 0.060, 0.060], concurrency=8, requests=3000,
+                         start=pool[0].ewma_stamp)
+    assert recovered[2] > 0.25, recovered
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "random"])
