@@ -16,10 +16,12 @@ is counted. In one run, on the same ground:
 3. ``link cut``: h2's veth down for 10 s, then up, until the balancer sends it requests again;
 4. ``frozen``: h3's service SIGSTOPped for 10 s with requests in flight, then SIGCONTed;
 5. ``SIGKILL``: h1's service killed with requests in flight, started again 3 s later;
-6. per policy, ``+100 ms``: a balancer reaching h3 through a proxy that delays every byte by
+6. ``loss``: 5 % of h2's packets dropped each way for 10 s (an nftables rule in its namespace;
+   needs ``nft``);
+7. per policy, ``+100 ms``: a balancer reaching h3 through a proxy that delays every byte by
    50 ms each way against one reaching it directly, the load through each in turn (3 rounds of
    1 s warm-up + 6 s measured). ``tc netem`` does not exist on this project's kernels: the delay is
-   emulated in user space (``tests/multihost/delayproxy.py``); loss is not emulated.
+   emulated in user space (``tests/multihost/delayproxy.py``).
 
 Writes ``bench/results/multihost.{json,md,png}`` (``--quick``: under ``raw/``); exits 1 if any
 call failed or a scenario could not finish.
@@ -56,7 +58,9 @@ succeeded, from the client's side (its retries included), over the whole scenari
 the recovery included); `failed` counts every call that raised. Requests per host are the \
 balancer's own totals (`GET /lb/status`, tries included) over the same window. Delay rows: \
 +100 ms is emulated by a user-space TCP proxy (the kernel has no `netem`), and the healthy row \
-beside it is measured through a balancer with the same policy in alternating rounds."""
+beside it is measured through a balancer with the same policy in alternating rounds. Loss: an \
+nftables rule in the host's namespace drops that share of its packets on its link, each way, \
+at random (`numgen random`)."""
 
 
 def _fmt(x: float) -> str:
@@ -118,6 +122,7 @@ def draw(rows: list[dict[str, Any]], stem: Path) -> Path:
 
 async def scenarios(ground: Ground, args: argparse.Namespace) -> tuple[list[Outcome], dict[str, str]]:
     from tests.multihost import harness as h
+    from tests.multihost.netns import loss_unavailable
 
     quick = args.quick
     steps: list[tuple[str, Callable[[], Awaitable[Outcome | tuple[Outcome, Outcome]]]]] = [
@@ -126,6 +131,7 @@ async def scenarios(ground: Ground, args: argparse.Namespace) -> tuple[list[Outc
         ("link cut", lambda: h.link_cut(ground, "h2", args.cut_seconds)),
         ("frozen", lambda: h.freeze(ground, "h3", args.freeze_seconds)),
         ("SIGKILL", lambda: h.kill(ground, "h1")),
+        ("loss", lambda: h.lossy(ground, "h2", args.loss_percent, args.loss_seconds)),
     ]
     for policy in args.policies:
         steps.append((f"+{args.delay_ms:g} ms, {policy}", functools.partial(
@@ -136,6 +142,9 @@ async def scenarios(ground: Ground, args: argparse.Namespace) -> tuple[list[Outc
     for name, step in steps:
         if quick and name == "rolling restart":
             continue  # three model loads: minutes
+        if name == "loss" and (why := loss_unavailable()) is not None:
+            failures[name] = f"skipped: {why}"
+            continue
         try:
             result = await step()
         except Exception as exc:  # one scenario's failure is reported, the others still run
@@ -154,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay-ms", type=float, default=100.0)
     ap.add_argument("--cut-seconds", type=float, default=10.0)
     ap.add_argument("--freeze-seconds", type=float, default=10.0)
+    ap.add_argument("--loss-percent", type=float, default=5.0, help="of h2's packets, each way")
+    ap.add_argument("--loss-seconds", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: no rolling restart, short windows (results under raw/)")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON")

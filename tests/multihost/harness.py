@@ -18,9 +18,11 @@ The hosts are ``netns.py``'s, the processes in them ``procs.py``'s, the load and
 - link cut: a host's veth set down for 10 s, then up;
 - frozen host: its service SIGSTOPped for 10 s, then SIGCONTed;
 - SIGKILL of a host's service, then a start again;
+- a lossy link: 5 % of a host's packets dropped each way for 10 s (an nftables rule in its
+  namespace; ``netns.py``);
 - +100 ms on one host: ``tc netem`` does not exist on this project's kernels, so the delay is
   emulated by a user-space TCP proxy in the host's namespace (``tests/multihost/delayproxy.py``,
-  50 ms each way) that the balancer reaches that host through. Packet loss is not emulated.
+  50 ms each way) that the balancer reaches that host through.
 
 Timed waits are faults' durations or measurement windows (the load runs meanwhile); every wait for
 a state is a poll with a deadline.
@@ -53,6 +55,7 @@ __all__ = [
     "healthy",
     "kill",
     "link_cut",
+    "lossy",
     "rolling_restart",
 ]
 
@@ -117,6 +120,8 @@ class Ground:
         for name, service in self.services.items():
             if not self.network.is_up(name):
                 self.network.restore(name)
+            if self.network.is_losing(name):
+                self.network.unlose(name)
             if service.running():
                 service.signal(signal.SIGCONT)
             else:
@@ -272,6 +277,14 @@ async def link_cut(ground: Ground, host: str = "h2", seconds: float = 10.0) -> O
     return await _timed_fault(ground, host, f"link cut {seconds:g}s", seconds,
                               ("cut", lambda: ground.network.cut(host)),
                               ("restored", lambda: ground.network.restore(host)), "cut")
+
+
+async def lossy(ground: Ground, host: str = "h2", percent: float = 5.0,
+                seconds: float = 10.0) -> Outcome:
+    """``percent`` % of the host's packets dropped each way for ``seconds``, then none."""
+    return await _timed_fault(ground, host, f"{percent:g}% loss {seconds:g}s", seconds,
+                              ("loss on", lambda: ground.network.lose(host, percent)),
+                              ("loss off", lambda: ground.network.unlose(host)), "losing packets")
 
 
 async def freeze(ground: Ground, host: str = "h3", seconds: float = 10.0) -> Outcome:

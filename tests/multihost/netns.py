@@ -7,12 +7,15 @@ bridge, with addresses in 198.18.0.0/15 (RFC 2544's range for network benchmarks
       └─ ...
 
 A host's link is cut by setting its bridge-side veth down (``Network.cut``): its packets are then
-dropped silently, as when a cable is pulled, and nothing answers with a reset. Everything made
+dropped silently, as when a cable is pulled, and nothing answers with a reset. A lossy link
+(``Network.lose``) drops a share of the host's packets each way at random with an nftables rule
+in its namespace (``numgen random``), since this project's kernels have no ``netem``. Everything made
 here is named ``ysmh-*``; ``Network`` removes it all on every exit path, and removes what a run
 that was killed left behind before it starts (``remove_leftovers``). One run at a time holds the
 lock file (``LOCK``), so that two runs cannot tear down each other's hosts.
 
-Needs root and iproute2 (``ip``); ``unavailable()`` says why the tests must skip otherwise.
+Needs root and iproute2 (``ip``), and nftables (``nft``) for loss; ``unavailable()`` and
+``loss_unavailable()`` say why the tests must skip otherwise.
 """
 
 from __future__ import annotations
@@ -32,10 +35,21 @@ from typing import IO, Self
 
 from bench.procs import wait_until
 
-__all__ = ["BRIDGE", "GATEWAY", "LOCK", "PREFIX", "Host", "Network", "remove_leftovers", "unavailable"]
+__all__ = [
+    "BRIDGE",
+    "GATEWAY",
+    "LOCK",
+    "PREFIX",
+    "Host",
+    "Network",
+    "loss_unavailable",
+    "remove_leftovers",
+    "unavailable",
+]
 
 PREFIX = "ysmh-"
 BRIDGE = f"{PREFIX}br"
+LOSS_TABLE = "ysmh_loss"  # the nftables table of a lossy host's rules, in its namespace
 GATEWAY = "198.18.0.1"  # the root namespace's address on the bridge: where the client sends from
 NETMASK = 24
 LOCK = Path(tempfile.gettempdir()) / "ysmh.lock"
@@ -49,6 +63,22 @@ def ip(*args: str, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
+
+
+def nft(ns: str, *args: str, script: str | None = None, check: bool = True) -> None:
+    """Run ``nft ARGS`` inside namespace ``ns`` (``script`` on its standard input)."""
+    done = subprocess.run(["ip", "netns", "exec", ns, "nft", *args], input=script,
+                          capture_output=True, text=True, timeout=IP_TIMEOUT)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"nft {' '.join(args)} in {ns} failed ({done.returncode}): "
+                           f"{done.stderr.strip()}")
+
+
+def loss_unavailable() -> str | None:
+    """Why packet loss cannot be made here (no ``nft``), or None when it can."""
+    if shutil.which("nft") is None:
+        return "nftables' `nft` is not installed"
+    return unavailable()
 
 
 def unavailable() -> str | None:
@@ -125,6 +155,7 @@ class Network:
         self.hosts = {h.name: h for h in hosts}
         self.lock_timeout = lock_timeout
         self._lock: IO[bytes] | None = None
+        self._losing: set[str] = set()  # hosts with a loss rule (gone with their namespace)
 
     def __getitem__(self, name: str) -> Host:
         return self.hosts[name]
@@ -157,6 +188,25 @@ class Network:
 
     def restore(self, name: str) -> None:
         ip("link", "set", self.hosts[name].link, "up")
+
+    def lose(self, name: str, percent: float) -> None:
+        """Drop ``percent`` % of host ``name``'s packets on its link, each way, at random."""
+        per_mille = round(percent * 10)
+        drop = f"numgen random mod 1000 < {per_mille} drop"
+        script = (f"table inet {LOSS_TABLE} {{\n"
+                  f"  chain inbound {{ type filter hook input priority 0; iifname eth0 {drop}; }}\n"
+                  f"  chain outbound {{ type filter hook output priority 0; oifname eth0 {drop}; }}\n"
+                  "}\n")
+        nft(self.hosts[name].ns, "-f", "-", script=script)
+        self._losing.add(name)
+
+    def unlose(self, name: str) -> None:
+        """Stop dropping host ``name``'s packets."""
+        nft(self.hosts[name].ns, "delete", "table", "inet", LOSS_TABLE)
+        self._losing.discard(name)
+
+    def is_losing(self, name: str) -> bool:
+        return name in self._losing
 
     def is_up(self, name: str) -> bool:
         return "state DOWN" not in ip("-o", "link", "show", self.hosts[name].link)

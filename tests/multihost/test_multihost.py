@@ -19,8 +19,10 @@ from tests.multihost.harness import (
     freeze,
     kill,
     link_cut,
+    lossy,
     rolling_restart,
 )
+from tests.multihost.netns import loss_unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -60,6 +62,15 @@ async def test_frozen_host_requests_are_retried_elsewhere_in_time(ground: Ground
     assert result.notes["in flight on the host when frozen"] > 0
     assert result.max_ms < 10_000, result.summary()  # within the client's deadline
     assert "h3 receives again" in result.events
+
+
+async def test_5_percent_packet_loss_on_a_host_for_10s_fails_no_call(ground: Ground) -> None:
+    if (why := loss_unavailable()) is not None:
+        pytest.skip(why)
+    result = await lossy(ground, "h2", percent=5.0, seconds=10.0)
+    _no_failures(result)
+    assert result.notes["in flight on the host when losing packets"] > 0
+    assert "h2 receives again" in result.events
 
 
 async def test_sigkill_of_a_host_fails_no_call(ground: Ground) -> None:
