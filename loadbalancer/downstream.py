@@ -292,6 +292,10 @@ class ClientConnection(asyncio.Protocol):
         if self._chunked:
             self._out.append(b"0\r\n\r\n")
 
+    def retract(self) -> None:
+        """Forgets an answer begun but not written (the exchange held it back)."""
+        self.started, self._chunked, self._close, self._out = False, False, False, []
+
     def flush(self) -> None:
         out = self._out
         if out and self.transport is not None and not self.transport.is_closing():

@@ -2,9 +2,14 @@
 callbacks of both connections (no task, future or coroutine per request on the fast path).
 
 Retried, on a different backend: failed to connect, reset before the answer started, per-try
-timeout, 503 with Retry-After while another backend can take it. Never retried: anything once
-the answer has started to stream back. Deadlines are ``time.monotonic()`` seconds measured from
-the request's arrival; the remaining budget is forwarded in ``X-Request-Timeout-Ms``.
+timeout, 503 with Retry-After while another backend can take it, and a backend that dies in the
+middle of an answer none of which has reached the client yet: an answer with a Content-Length up
+to ``HOLD_MAX_BYTES`` (a detection's JSON) is held until it is complete, since a server writes
+its head and its body apart and can die in between. Never retried: anything once bytes of the
+answer have gone to the client (longer or streamed answers go as they come).
+
+Deadlines are ``time.monotonic()`` seconds measured from the request's arrival; the remaining
+budget is forwarded in ``X-Request-Timeout-Ms``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from loadbalancer.errors import (
     StaleConnection,
     UpstreamError,
     UpstreamOverloaded,
+    UpstreamReset,
     UpstreamTimeout,
 )
 from loadbalancer.messages import Request, response_head, upstream_request
@@ -38,6 +44,7 @@ __all__ = ["ClientSide", "Exchange", "Phase"]
 
 log = logging.getLogger("loadbalancer.exchange")
 DEADLINE_SLACK = 0.005  # a try with less time left than this cannot succeed
+HOLD_MAX_BYTES = 65_536  # answers with a Content-Length up to this reach the client whole or not at all
 
 
 class ClientSide(Protocol):
@@ -52,6 +59,8 @@ class ClientSide(Protocol):
     def end(self) -> None: ...
 
     def flush(self) -> None: ...
+
+    def retract(self) -> None: ...
 
     def bind_upstream(self, conn: UpstreamConnection | None) -> None: ...
 
@@ -79,6 +88,7 @@ class Exchange:
         "conn",
         "deadline",
         "fresh",
+        "held",
         "key",
         "last",
         "pending",
@@ -103,6 +113,7 @@ class Exchange:
         self.last: UpstreamError | None = None
         self.retrying = False
         self.fresh = False
+        self.held = False  # the answer so far is buffered, none of it sent: still retryable
         self.key: bytes | None = None  # what a consistent-hash policy hashes (a stream id)
         self.backend: Backend | None = None  # the attempt in flight counts on it
         self.conn: UpstreamConnection | None = None
@@ -248,6 +259,7 @@ class Exchange:
 
     def _stream(self, head: ResponseHead, backend: Backend) -> None:
         self.phase = Phase.STREAM
+        self.held = head.framing is Framing.LENGTH and head.content_length <= HOLD_MAX_BYTES
         self.status = head.status
         request, client = self.request, self.client
         streamed = head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE
@@ -273,6 +285,8 @@ class Exchange:
 
     def upstream_failed(self, error: UpstreamError) -> None:
         self.conn = None  # the connection is gone already
+        if self._retract() and isinstance(error, ResponseAborted):
+            error = UpstreamReset(f"{error}, before any of the answer reached the client")
         if self.phase is not Phase.STREAM:
             return self._attempt_failed(error)
         backend = self.backend
@@ -282,7 +296,18 @@ class Exchange:
         self._fail(error)
 
     def flush(self) -> None:
-        self.client.flush()
+        if not self.held:  # a held answer is written whole, when the exchange is done
+            self.client.flush()
+
+    def _retract(self) -> bool:
+        """Takes back a held answer (none of it was sent): the try failed before its answer."""
+        if self.phase is not Phase.STREAM or not self.held:
+            return False
+        self.client.retract()
+        self.phase = Phase.ATTEMPT
+        self.held = False
+        self.status = 0
+        return True
 
     # -- time ----------------------------------------------------------------------------------
     def _arm(self, when: float) -> None:
@@ -338,6 +363,7 @@ class Exchange:
                 self.proxy.cluster.idle(backend)  # drained: removed now
 
     def _fail(self, error: RequestError | UpstreamError) -> None:
+        self._retract()
         if self.phase is Phase.STREAM:
             self.client.abort()  # an answer has begun: all we can do is cut it
             self.status = self.status or 502

@@ -5,7 +5,8 @@ Behaviour from the environment:
   BACKEND_DELAY_MS     delay before answering /v1/detect (default 0)
   BACKEND_MODE         ok | overloaded (503 + Retry-After, health "overloaded") | hang (detect
                        never answers) | draining | starting (health 503 with that status) |
-                       error (detect answers 500)
+                       error (detect answers 500) | cut (detect sends its head, then the
+                       connection is closed before the body)
   BACKEND_RETRY_AFTER  Retry-After seconds in overloaded mode (default 1)
 
 Routes: GET /health/live, GET /health/ready, POST /v1/detect (echoes what it received),
@@ -89,6 +90,10 @@ async def _detect(scope: Scope, receive: Receive, send: Send) -> None:
     if MODE == "error":
         await _json(send, 500, {"error": {"code": "internal"}, "backend": NAME}, request_id=rid)
         return
+    if MODE == "cut":  # as a server that dies between writing its head and its body
+        head = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        raise ConnectionAbortedError("cut mid-answer")  # uvicorn closes the connection
     if DELAY:
         await asyncio.sleep(DELAY)
     echo = {k.decode(): v.decode() for k, v in headers.items() if k in ECHOED}

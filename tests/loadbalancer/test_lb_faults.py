@@ -27,6 +27,7 @@ def fleet() -> Iterator[dict[str, BackendProc]]:
         BackendProc("over2", mode="overloaded"),
         BackendProc("hang", mode="hang"),
         BackendProc("slow", delay_ms=500),
+        BackendProc("cut", mode="cut"),
     ]
     start_backends(procs)
     yield {p.name: p for p in procs}
@@ -115,6 +116,17 @@ async def test_hanging_backend_times_out_per_try_and_succeeds_elsewhere(
     assert metric(lb, "yoloserve_lb_retries_total", reason="timeout") > timeouts_before
     # Timeouts in a row ejected the hanging backend.
     assert lb.backend(hang.id)["totals"]["errors"].get("timeout", 0) >= 1
+
+
+def test_an_answer_cut_before_any_of_it_reached_the_client_is_retried(
+        lb: LBProc, fleet: dict[str, BackendProc]) -> None:
+    use(lb, fleet["cut"], fleet["ok1"])
+    before = metric(lb, "yoloserve_lb_retries_total")
+    with httpx.Client(base_url=lb.url, timeout=10.0) as client:
+        answers = [client.post("/v1/detect", content=b"img") for _ in range(20)]
+    assert [a.status_code for a in answers] == [200] * 20
+    assert {a.json()["backend"] for a in answers} == {"ok1"}
+    assert metric(lb, "yoloserve_lb_retries_total") > before  # the cut ones were tried again
 
 
 def test_all_backends_down_gives_a_clear_502_quickly(lb: LBProc) -> None:
