@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=48, help="frames per clip before it reverses")
     ap.add_argument("--size", default="480x360", help="WxH of the frames")
     ap.add_argument("--model", default=str(ROOT / "models" / "demo.pt"))
-    ap.add_argument("--serve-args", default="--max-batch-size 16",
+    ap.add_argument("--serve-args", default="",
                     help="extra arguments of yoloserve serve")
     ap.add_argument("--goal-streams", type=int, default=16)
     ap.add_argument("--shared", default="", help="a note on other jobs on the machine")
