@@ -24,7 +24,7 @@ from loadbalancer.discovery import Discovery
 from loadbalancer.errors import AdminError
 from loadbalancer.metrics import CONTENT_TYPE, render
 from loadbalancer.settings import BackendSpec
-from loadbalancer.speed import SpeedFactors
+from loadbalancer.speed import speed_factor
 from loadbalancer.stats import ProxyStats
 from wire import errors as codes
 from wire.errors import ErrorCode
@@ -141,10 +141,10 @@ async def status(request: web.Request) -> web.Response:
     cluster, stats = request.app[CLUSTER], request.app[STATS]
     now, wall = time.monotonic(), time.time()
     backends = [b.snapshot(now, wall) for b in cluster.backends.values()]
-    speed = getattr(cluster.policy, "speed", None)
-    if isinstance(speed, SpeedFactors):  # the load-aware policies: slower backends weigh less
-        for backend, snapshot in zip(cluster.backends.values(), backends, strict=True):
-            snapshot["speed_factor"] = round(speed.factor(backend), 4)
+    for backend, snapshot in zip(cluster.backends.values(), backends, strict=True):
+        factor = speed_factor(cluster.policy, backend)  # the load-aware policies: slower weigh less
+        if factor is not None:
+            snapshot["speed_factor"] = round(factor, 4)
     cluster.candidates(now)  # refreshes the panic flag
     body: dict[str, Any] = {
         "policy": cluster.policy.name,

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from loadbalancer.backend import Health
 from loadbalancer.cluster import Cluster
 from loadbalancer.discovery import Discovery
+from loadbalancer.speed import speed_factor
 from loadbalancer.stats import Histogram, ProxyStats
 
 __all__ = ["CONTENT_TYPE", "LBCollector", "make_registry", "render"]
@@ -84,6 +85,12 @@ class LBCollector(Collector):
             PREFIX + "backend_effective_weight", "Weight after slow start and overload.", labels=lab
         )
         ejected = GaugeMetricFamily(PREFIX + "backend_ejected", "1 while ejected.", labels=lab)
+        speed = GaugeMetricFamily(
+            PREFIX + "backend_speed_factor",
+            "What the load-aware policies multiply the weight by for being slower than the fastest "
+            "backend (1: not slower).",
+            labels=lab,
+        )
         health = GaugeMetricFamily(
             PREFIX + "backend_health",
             "1 for the current health state.",
@@ -101,10 +108,12 @@ class LBCollector(Collector):
             inflight.add_metric(bid, backend.inflight)
             weight.add_metric(bid, backend.effective_weight(now))
             ejected.add_metric(bid, float(backend.ejected(now)))
+            factor = speed_factor(self.cluster.policy, backend)
+            speed.add_metric(bid, 1.0 if factor is None else factor)
             for state in Health:
                 health.add_metric([backend.id, state.value], float(backend.health is state))
             _add_histogram(latency, bid, backend.latency)
-        yield from (sent, errors, ejections, inflight, weight, ejected, health, latency)
+        yield from (sent, errors, ejections, inflight, weight, ejected, speed, health, latency)
 
 
     def _discovery(self, discovery: Discovery) -> Iterator[Metric]:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from loadbalancer.backend import Backend
 
-__all__ = ["BAND", "FLOOR", "MIN_ANSWERS", "MIN_GAP_S", "POWER", "SpeedFactors"]
+__all__ = ["BAND", "FLOOR", "MIN_ANSWERS", "MIN_GAP_S", "POWER", "SpeedFactors", "speed_factor"]
 
 BAND = 1.25  # slower than this x the fastest candidate's typical latency: weight scaled down
 POWER = 4.0
@@ -65,3 +65,9 @@ class SpeedFactors:
         for b in measured:
             if b.typical > edge:
                 self._factors[b.id] = max(FLOOR, (edge / b.typical) ** POWER)
+
+
+def speed_factor(policy: object, backend: Backend) -> float | None:
+    """``backend``'s speed factor under ``policy``; None for a policy that does not follow speed."""
+    speed = getattr(policy, "speed", None)
+    return speed.factor(backend) if isinstance(speed, SpeedFactors) else None
