@@ -11,10 +11,18 @@ answered. A frame's latency is from that moment to its answer. Counted: the fram
 window of ``--seconds`` after ``--warmup`` s. A stream count is *held* when every stream got at
 least 95 % of its frame rate and the p99 latency was under ``--p99-ms``.
 
-Ours: ``AsyncDetectionClient.track`` (one client in this process, one stream per stream id), the
-service started once by ``yoloserve serve SERVE_ARGS``. The baseline's processes load the
+Ours, the service started once by ``yoloserve serve SERVE_ARGS``, fed in this process by one of
+two transports (``--transports``): ``http``, ``AsyncDetectionClient.track`` (one client, a
+``POST /v1/streams/{id}/frames`` per frame); ``ws``, one ``WS /v1/streams/{id}/ws`` connection
+per stream (the feed for video at a steady rate; no HTTP request per frame on either side). Both
+keep one frame of a stream in flight. The baseline's processes load the
 checkpoint ``--model`` with Ultralytics' defaults (torch, its own thread count) and decode the
 frames before the clock starts; they start together and wait for a common start time.
+
+The ceiling: before the service starts and again after the baseline, the forward pass alone of
+each backend at the service's batch size on the clips' first frames (``bench served``'s
+measurement, the service's compute plan included), so that the report can say, from figures of
+the same run, whether the goal's frame rate fits in this machine's forward pass at all.
 """
 
 from __future__ import annotations
@@ -34,10 +42,13 @@ import httpx
 
 from bench.common import RESULTS, machine, markdown_table, percentile, save
 from bench.procs import ROOT, service
+from bench.served import measure_ceiling
 
 __all__ = ["main"]
 
 HELD_SHARE = 0.95  # of the frame rate, for every stream
+BASELINE = "model.track, a process per stream"
+CEILING_BATCH = 8  # the service's default max batch size
 WORKER_MIB = 600  # a baseline process's own memory (measured: 427 MiB private, 1 GiB resident)
 
 
@@ -129,7 +140,51 @@ async def run_ours(url: str, clips: list[list[bytes]], n: int, args: argparse.Na
         streams = await asyncio.gather(*(one(i) for i in range(n)))
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:  # leave nothing behind
             await asyncio.gather(*(http.delete(f"/v1/streams/{tag}-{i}") for i in range(n)))
-    return row("yoloserve", n, fps, seconds, list(streams), errors, args.p99_ms, load)
+    return row("yoloserve (HTTP)", n, fps, seconds, list(streams), errors, args.p99_ms, load)
+
+
+async def run_ours_ws(url: str, clips: list[list[bytes]], n: int, args: argparse.Namespace,
+                      tag: str) -> dict[str, Any]:
+    """As :func:`run_ours`, each stream over its own WebSocket feed, one frame in flight."""
+    import websockets
+
+    fps, warmup, seconds = args.fps, args.warmup, args.seconds
+    load = os.getloadavg()[0]
+    total = int((warmup + seconds) * fps) + 2
+    errors = 0
+    ws_url = url.replace("http://", "ws://", 1)
+    loop_start = time.monotonic() + 0.5
+
+    async def one(i: int) -> dict[str, Any]:
+        nonlocal errors
+        clip = clips[i % len(clips)]
+        received: list[tuple[float, float]] = []
+        async with websockets.connect(f"{ws_url}/v1/streams/{tag}-{i}/ws",
+                                      max_size=None) as ws:
+            await ws.send(json.dumps({"conf": args.conf}))
+            await asyncio.sleep(max(0.0, loop_start + i / (n * fps) - time.monotonic()))
+            t0 = time.monotonic()
+            window = (t0 + warmup, t0 + warmup + seconds)
+            for k in range(total):
+                await asyncio.sleep(max(0.0, t0 + k / fps - time.monotonic()))
+                sent = time.monotonic()
+                await ws.send(clip[k % len(clip)])
+                answer = json.loads(await ws.recv())
+                now = time.monotonic()
+                if "error" in answer:
+                    errors += 1
+                    print(f"  stream {i}: {answer['error']}", flush=True)
+                    break
+                if now >= window[1]:
+                    break
+                if now >= window[0]:
+                    received.append((now, now - sent))
+        return summarise_stream(received, seconds)
+
+    streams = await asyncio.gather(*(one(i) for i in range(n)))
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:  # leave nothing behind
+        await asyncio.gather(*(http.delete(f"/v1/streams/{tag}-{i}") for i in range(n)))
+    return row("yoloserve (WebSocket)", n, fps, seconds, list(streams), errors, args.p99_ms, load)
 
 
 # -- the baseline ----------------------------------------------------------------------------
@@ -210,25 +265,51 @@ def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return row("model.track, a process per stream", n, args.fps, args.seconds, streams, errors,
+    return row(BASELINE, n, args.fps, args.seconds, streams, errors,
                args.p99_ms, load)
 
 
+# -- the ceiling -----------------------------------------------------------------------------
+def _ceiling(args: argparse.Namespace, clips: list[list[bytes]]) -> list[dict[str, Any]]:
+    """The forward pass alone of each backend on the clips' first frames (none when
+    ``--ceiling-seconds`` is 0)."""
+    if args.ceiling_seconds <= 0:
+        return []
+    images = [clip[0] for clip in clips]
+    return measure_ceiling(Path(args.model), "auto", None, CEILING_BATCH, args.ceiling_seconds,
+                           images)
+
+
 # -- the report ------------------------------------------------------------------------------
-def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    ours = {r["streams"]: r for r in rows if r["system"] == "yoloserve"}
-    base = {r["streams"]: r for r in rows if r["system"] != "yoloserve"}
-    ratios = [{"streams": n, "fps_ratio": ours[n]["total_fps"] / base[n]["total_fps"],
-               "ours_p99_ms": ours[n]["p99_ms"], "baseline_p99_ms": base[n]["p99_ms"]}
-              for n in sorted(ours) if n in base and base[n]["total_fps"] > 0]
+def summary(rows: list[dict[str, Any]], ceiling: list[dict[str, Any]],
+            args: argparse.Namespace) -> dict[str, Any]:
+    """Ratios at each stream count for each transport of ours, the most streams each system
+    held, and the goal (met by a transport that meets it); with the fastest forward pass alone
+    of the run (``ceiling``: every backend, the service's plan included)."""
+    base = {r["streams"]: r for r in rows if r["system"] == BASELINE}
+    ours: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        if r["system"] != BASELINE:
+            ours.setdefault(r["system"], {})[r["streams"]] = r
+    ratios = [{"system": system, "streams": n,
+               "fps_ratio": by_n[n]["total_fps"] / base[n]["total_fps"],
+               "ours_p99_ms": by_n[n]["p99_ms"], "baseline_p99_ms": base[n]["p99_ms"]}
+              for system, by_n in ours.items()
+              for n in sorted(by_n) if n in base and base[n]["total_fps"] > 0]
     held = {name: max((n for n, r in rs.items() if r["held"]), default=0)
-            for name, rs in (("yoloserve", ours), ("baseline", base))}
+            for name, rs in (*ours.items(), ("baseline", base))}
     goal_n = args.goal_streams
-    at = next((r for r in ratios if r["streams"] == goal_n), None)
+    at = max((r for r in ratios if r["streams"] == goal_n), key=lambda r: r["fps_ratio"],
+             default=None)
     goal = {"streams": goal_n, "fps_ratio": at["fps_ratio"] if at else None,
+            "system": at["system"] if at else None,
             "met": "not run" if at is None else
             ("met" if at["fps_ratio"] >= 2 and at["ours_p99_ms"] < at["baseline_p99_ms"]
              else "NOT met")}
+    if goal_n in base:
+        goal["needed_fps"] = 2 * base[goal_n]["total_fps"]
+    if ceiling:
+        goal["forward_ceiling_ips"] = max(r["forward_ips"] for r in ceiling)
     return {"ratios": ratios, "most_streams_held": held, "goal": goal}
 
 
@@ -242,20 +323,31 @@ def report(data: dict[str, Any]) -> str:
         "## How it was measured",
         f"{s['fps']} frames/s per stream, {s['warmup']} s warm-up then {s['seconds']} s counted; "
         f"clips {s['width']}x{s['height']}, JPEG; conf {s['conf']}; service: `yoloserve serve "
-        f"{' '.join(s['serve_args'])}`; baseline: `{s['model']}` with Ultralytics' defaults, "
+        f"{' '.join(s['serve_args'])}`, fed over {', '.join(s['transports'])} (one frame of a "
+        f"stream in flight); baseline: `{s['model']}` with Ultralytics' defaults, "
         f"ByteTrack. Held: every stream ≥ {HELD_SHARE:.0%} of its rate and p99 < {s['p99_ms']} ms.",
         "", "## Results", markdown_table(data["rows"], columns), "",
-        "## Ratios", markdown_table(summ["ratios"], ["streams", "fps_ratio", "ours_p99_ms",
-                                                     "baseline_p99_ms"]), "",
-        f"Most streams held (of the counts run): yoloserve {held['yoloserve']}, "
-        f"baseline {held['baseline']}.",
+        "## Ratios", markdown_table(summ["ratios"], ["system", "streams", "fps_ratio",
+                                                     "ours_p99_ms", "baseline_p99_ms"]), "",
+        "Most streams held (of the counts run): "
+        + ", ".join(f"{name} {n}" for name, n in held.items()) + ".",
         *(f"Baseline at {x['streams']} streams not run: {x['available_mib']} MiB of memory "
           f"available, {WORKER_MIB} MiB a process needed." for x in data["baseline_not_run"]),
         "",
         "## Goal",
         f"At {g['streams']} streams, total frames/s ≥ 2x the baseline with a lower p99: "
-        f"**{g['met']}**" + (f" ({g['fps_ratio']:.2f}x)" if g["fps_ratio"] is not None else ""),
+        f"**{g['met']}**" + (f" ({g['fps_ratio']:.2f}x, {g['system']})"
+                             if g["fps_ratio"] is not None else ""),
     ]
+    if "needed_fps" in g and "forward_ceiling_ips" in g:
+        lines += ["", f"2x the baseline is {g['needed_fps']:.1f} frames/s; the fastest forward pass "
+                  f"alone measured in this run (no decoding, tracking or HTTP) did "
+                  f"{g['forward_ceiling_ips']:.1f} images/s "
+                  f"({g['forward_ceiling_ips'] / g['needed_fps']:.2f} of what the goal needs)."]
+    if data.get("ceiling"):
+        lines += ["", "## Forward pass alone (before the service and after the baseline)",
+                  markdown_table(data["ceiling"], ["when", "backend", "precision", "batch", "mode",
+                                                   "forward_ips", "infer_ips"])]
     return "\n".join(lines)
 
 
@@ -266,8 +358,8 @@ def draw(data: dict[str, Any], path: Path) -> Path:
     from bench.plots import save_figure  # sets the Agg backend
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    systems = sorted({r["system"] for r in data["rows"]}, key=lambda s: s != "yoloserve")
-    for system, colour in zip(systems, ("tab:blue", "tab:orange"), strict=False):
+    systems = sorted({r["system"] for r in data["rows"]}, key=lambda s: (s == BASELINE, s))
+    for system, colour in zip(systems, ("tab:blue", "tab:green", "tab:orange"), strict=False):
         rows = [r for r in data["rows"] if r["system"] == system]
         ns = [r["streams"] for r in rows]
         axes[0].plot(ns, [r["total_fps"] for r in rows], marker="o", color=colour, label=system)
@@ -314,7 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(ROOT / "models" / "demo.pt"))
     ap.add_argument("--serve-args", default="",
                     help="extra arguments of yoloserve serve")
+    ap.add_argument("--transports", nargs="+", choices=("http", "ws"), default=["http", "ws"],
+                    help="how this process feeds the service: the client's POST per frame, "
+                    "or a WebSocket per stream")
     ap.add_argument("--goal-streams", type=int, default=16)
+    ap.add_argument("--ceiling-seconds", type=float, default=4.0,
+                    help="seconds per forward-pass-alone measurement; 0: none")
     ap.add_argument("--shared", default="", help="a note on other jobs on the machine")
     ap.add_argument("--name", default=None)
     ap.add_argument("--quick", action="store_true", help="a smoke run (results under raw/)")
@@ -323,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.streams, args.seconds, args.warmup, args.fps = [1, 2], 2.0, 1.0, 5.0
         args.clips, args.frames, args.size, args.goal_streams = 2, 8, "160x128", 2
+        args.ceiling_seconds = min(args.ceiling_seconds, 1.0)
     name = args.name or ("raw/streams_quick" if args.quick else "streams")
     if args.replot:
         saved = json.loads((RESULTS / f"{name}.json").read_text())
@@ -336,14 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []  # baseline counts this machine had no memory for
     serve_args = args.serve_args.split()
+    ceiling = [{"when": "before", **r} for r in _ceiling(args, clips)]
     svc = service("streams-svc", *serve_args).start()
     try:
         svc.wait_ready()
-        for n in args.streams:
-            print(f"  yoloserve, {n} streams", flush=True)
-            rows.append(asyncio.run(run_ours(svc.url, clips, n, args, f"b{n}")))
-            print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']:.0f} ms",
-                  flush=True)
+        for transport in args.transports:
+            run = run_ours if transport == "http" else run_ours_ws
+            for n in args.streams:
+                print(f"  yoloserve over {transport}, {n} streams", flush=True)
+                rows.append(asyncio.run(run(svc.url, clips, n, args, f"{transport}{n}")))
+                print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 "
+                      f"{rows[-1]['p99_ms']:.0f} ms", flush=True)
     finally:
         svc.stop()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
@@ -356,13 +457,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_baseline(clips, n, args, Path(tmp)))
             print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']:.0f} ms",
                   flush=True)
+    ceiling += [{"when": "after", **r} for r in _ceiling(args, clips)]
     settings = {k: getattr(args, k) for k in ("streams", "fps", "seconds", "warmup", "p99_ms",
-                                              "conf", "clips", "frames", "goal_streams", "shared")}
+                                              "conf", "clips", "frames", "goal_streams", "shared",
+                                              "transports")}
     settings.update(width=width, height=height, serve_args=serve_args,
                     model=os.path.relpath(args.model, ROOT), baseline_streams=baseline_counts)
     data: dict[str, Any] = {"settings": settings, "rows": rows, "baseline_not_run": skipped,
-                            "wall_s": time.monotonic() - started}
-    data["summary"] = summary(rows, args)
+                            "ceiling": ceiling, "wall_s": time.monotonic() - started}
+    data["summary"] = summary(rows, ceiling, args)
     text = report(data)
     print(text)
     md = save(name, data, text, "Video streams with tracking: one service against a "

@@ -12,6 +12,7 @@ import pytest
 
 from bench.common import RESULTS
 from bench.procs import ROOT
+from bench.streams import BASELINE
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,8 @@ def test_quick_run_writes_every_figure_for_both_systems() -> None:
     counts = data["settings"]["streams"]
     assert counts == [1, 2]
     systems = {r["system"] for r in data["rows"]}
-    assert systems == {"yoloserve", "model.track, a process per stream"}
+    ours = {"yoloserve (HTTP)", "yoloserve (WebSocket)"}  # both transports by default
+    assert systems == {*ours, BASELINE}
     assert {(r["system"], r["streams"]) for r in data["rows"]} == {
         (s, n) for s in systems for n in counts}
     for row in data["rows"]:
@@ -39,11 +41,19 @@ def test_quick_run_writes_every_figure_for_both_systems() -> None:
                 "held"} <= set(row)
         assert 0 < row["p50_ms"] <= row["p99_ms"]
     summary = data["summary"]
-    assert [r["streams"] for r in summary["ratios"]] == counts
-    assert set(summary["most_streams_held"]) == {"yoloserve", "baseline"}
+    assert sorted((r["system"], r["streams"]) for r in summary["ratios"]) == sorted(
+        (s, n) for s in ours for n in counts)
+    assert set(summary["most_streams_held"]) == {*ours, "baseline"}
+    assert summary["goal"]["system"] in ours
     assert summary["goal"]["met"] in ("met", "NOT met")
+    # the forward pass alone, before and after, of the backends that load (torch and ONNX here)
+    assert {r["when"] for r in data["ceiling"]} == {"before", "after"}
+    assert all(r["forward_ips"] > 0 for r in data["ceiling"])
+    assert summary["goal"]["forward_ceiling_ips"] == max(r["forward_ips"] for r in data["ceiling"])
+    assert summary["goal"]["needed_fps"] > 0
 
     md = stem.with_suffix(".md").read_text()
-    for heading in ("## How it was measured", "## Results", "## Ratios", "## Goal"):
+    for heading in ("## How it was measured", "## Results", "## Ratios", "## Goal",
+                    "## Forward pass alone"):
         assert heading in md
     assert stem.with_suffix(".png").stat().st_size > 0
