@@ -370,11 +370,19 @@ def draw(data: dict[str, Any], path: Path) -> Path:
     ns = sorted({r["streams"] for r in data["rows"]})
     axes[0].plot(ns, [n * data["settings"]["fps"] for n in ns], color="grey", linestyle="--",
                  label="offered")
+    goal = data.get("summary", {}).get("goal", {})
+    if "forward_ceiling_ips" in goal:
+        axes[0].axhline(goal["forward_ceiling_ips"], color="black", linestyle=":",
+                        label="forward pass alone, fastest")
+    if "needed_fps" in goal:
+        axes[0].plot([goal["streams"]], [goal["needed_fps"]], marker="*", markersize=11,
+                     color="red", linestyle="none", label="goal: 2x the baseline")
     axes[0].set_ylabel("frames/s, all streams")
     axes[1].axhline(data["settings"]["p99_ms"], color="red", linestyle="--", alpha=0.5,
                     label="p99 bound")
     axes[1].set_yscale("log")
     axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     axes[1].set_ylabel("per-frame latency, ms")
     for ax in axes:
         ax.set_xscale("log", base=2)
