@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         return worker(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench streams", description=__doc__.split("\n")[0])
-    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 32])
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 12, 16, 32])
     ap.add_argument("--baseline-streams", type=int, nargs="*", default=None,
                     help="stream counts the baseline runs (default: the same)")
     ap.add_argument("--fps", type=float, default=10.0, help="frames/s per stream")
