@@ -76,9 +76,10 @@ async def serving(target: ProbeTarget) -> AsyncIterator[ProbeTarget]:
             await asyncio.wait_for(server.wait_closed(), 2)
 
 
-async def probe_n(port: int, n: int, *, timeout: float = 1.0) -> list[Health]:
+async def probe_n(port: int, n: int, *, probe_timeout: float = 1.0) -> list[Health]:
     cluster = Cluster(make_policy("round_robin"), Tuning())
-    checker = HealthChecker(cluster, path="/health/ready", interval=3600, jitter=0, timeout=timeout)
+    checker = HealthChecker(cluster, path="/health/ready", interval=3600, jitter=0,
+                            timeout=probe_timeout)
     async with checker:
         backend = cluster.add(BackendSpec(url=f"http://127.0.0.1:{port}"), monotonic(), warm=True)
         checker.removed(backend)  # no background loop: the probes below, one after another
@@ -115,5 +116,5 @@ async def test_refused_and_silent_backends_fail() -> None:
     assert await probe_n(port, 2) == [Health.UNHEALTHY] * 2  # closed: refused
     async with serving(ProbeTarget(silent=True)) as target:
         started = monotonic()
-        assert await probe_n(target.port, 1, timeout=0.3) == [Health.UNHEALTHY]
+        assert await probe_n(target.port, 1, probe_timeout=0.3) == [Health.UNHEALTHY]
         assert monotonic() - started < 5
