@@ -299,13 +299,15 @@ def summary(rows: list[dict[str, Any]], ceiling: list[dict[str, Any]],
     held = {name: max((n for n, r in rs.items() if r["held"]), default=0)
             for name, rs in (*ours.items(), ("baseline", base))}
     goal_n = args.goal_streams
-    at = max((r for r in ratios if r["streams"] == goal_n), key=lambda r: r["fps_ratio"],
-             default=None)
+    def meets(r: dict[str, Any]) -> bool:
+        return bool(r["fps_ratio"] >= 2 and r["ours_p99_ms"] < r["baseline_p99_ms"])
+
+    # the transport that meets the goal, else the one with the highest ratio
+    at = max((r for r in ratios if r["streams"] == goal_n),
+             key=lambda r: (meets(r), r["fps_ratio"]), default=None)
     goal = {"streams": goal_n, "fps_ratio": at["fps_ratio"] if at else None,
             "system": at["system"] if at else None,
-            "met": "not run" if at is None else
-            ("met" if at["fps_ratio"] >= 2 and at["ours_p99_ms"] < at["baseline_p99_ms"]
-             else "NOT met")}
+            "met": "not run" if at is None else ("met" if meets(at) else "NOT met")}
     if goal_n in base:
         goal["needed_fps"] = 2 * base[goal_n]["total_fps"]
     if ceiling:
