@@ -230,6 +230,8 @@ def test_demo_page_detects_filters_and_redraws(service: ServiceProcess, browser:
     ])
     article = 'article[data-name="shapes.jpg"]'
     page.wait_for_selector(f'{article}[data-state="error"] p.status:has-text("API key")')
+    # both refused before 401s count as problems again (the second one's can come later)
+    page.wait_for_selector('article[data-name="more.jpg"][data-state="error"]')
     w.expected_errors.clear()
     # with the key, kept in the tab's session only, both are drawn and listed
     page.fill("#api-key", API_KEY)
