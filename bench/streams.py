@@ -99,6 +99,12 @@ def row(system: str, n: int, fps: float, seconds: float, streams: list[dict[str,
 
 
 # -- ours ------------------------------------------------------------------------------------
+async def delete_streams(url: str, tag: str, n: int) -> None:
+    """Ends the streams ``{tag}-0`` to ``{tag}-{n-1}``, so that a step leaves nothing behind."""
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
+        await asyncio.gather(*(http.delete(f"/v1/streams/{tag}-{i}") for i in range(n)))
+
+
 async def run_ours(url: str, clips: list[list[bytes]], n: int, args: argparse.Namespace,
                    tag: str) -> dict[str, Any]:
     from clients import AsyncDetectionClient, ClientError
@@ -138,8 +144,7 @@ async def run_ours(url: str, clips: list[list[bytes]], n: int, args: argparse.Na
             return summarise_stream(received, seconds)
 
         streams = await asyncio.gather(*(one(i) for i in range(n)))
-        async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:  # leave nothing behind
-            await asyncio.gather(*(http.delete(f"/v1/streams/{tag}-{i}") for i in range(n)))
+    await delete_streams(url, tag, n)
     return row("yoloserve (HTTP)", n, fps, seconds, list(streams), errors, args.p99_ms, load)
 
 
@@ -182,8 +187,7 @@ async def run_ours_ws(url: str, clips: list[list[bytes]], n: int, args: argparse
         return summarise_stream(received, seconds)
 
     streams = await asyncio.gather(*(one(i) for i in range(n)))
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:  # leave nothing behind
-        await asyncio.gather(*(http.delete(f"/v1/streams/{tag}-{i}") for i in range(n)))
+    await delete_streams(url, tag, n)
     return row("yoloserve (WebSocket)", n, fps, seconds, list(streams), errors, args.p99_ms, load)
 
 
