@@ -45,15 +45,30 @@ def serve_command(**flags: Any) -> None:
 
     models = _model_flags(flags.pop("model", ()))
     settings = Settings(**given_options(flags), **models)
-    try:  # a wrong model list stops here, before the port opens
-        resolve_specs(settings.model, settings.models, settings.model_alias)
-    except ModelConfigError as exc:
+    try:  # a wrong model list, or a precision this machine lacks, stops here, before the port opens
+        specs, _ = resolve_specs(settings.model, settings.models, settings.model_alias)
+        _check_precisions(settings, [spec.path for spec in specs])
+    except (ModelConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if settings.workers > 1:
         _exec_gunicorn(settings)
     from service.server import run
 
     run(settings)
+
+
+def _check_precisions(settings: Settings, models: list[Path]) -> None:
+    """Refuse a precision (or a backend's file) that this hardware or these models lack."""
+    from service.compute import plan_compute
+    from service.engine import ModelLoadError
+    from service.engine.engine import check_precision
+
+    for model in models:
+        try:
+            plan = plan_compute(settings, model)
+            check_precision(plan.precision, plan.device, plan.backend)
+        except ModelLoadError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 def _exec_gunicorn(settings: Settings) -> None:
@@ -76,9 +91,18 @@ def _exec_gunicorn(settings: Settings) -> None:
 
 @click.command("export", context_settings={"show_default": True})
 @click.option("--model", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--format", "fmt", type=click.Choice(["onnx", "triton"]), default="onnx",
+@click.option("--format", "fmt", type=click.Choice(["onnx", "triton", "openvino"]), default="onnx",
               help="onnx: an ONNX file, checked against the source; triton: a Triton model "
-                   "repository (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx)")
+                   "repository (DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx); openvino: an IR "
+                   "(DIR/STEM.xml, .bin, metadata.yaml)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default="fp32",
+              help="openvino: int8 quantizes (NNCF) on --calibration images; bf16 is chosen at "
+                   "run time over the FP32 IR")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="openvino int8: a folder of images like those served "
+                                 "[the demo's synthetic training images]")
+@click.option("--calibration-images", type=click.IntRange(1), default=300,
+              help="openvino int8: images to calibrate on at most")
 @click.option("--half", is_flag=True, help="Also write an FP16 copy (for GPUs)")
 @click.option("--int8", is_flag=True, help="Also write a dynamically quantised INT8 copy (CPUs)")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -92,11 +116,15 @@ def _exec_gunicorn(settings: Settings) -> None:
 @click.option("--gpu", is_flag=True, help="triton: instances on GPUs (KIND_GPU)")
 @click.option("--tensorrt-fp16", is_flag=True,
               help="triton: run the ONNX model through TensorRT in FP16 (implies --gpu)")
-def export_command(model: Path, fmt: str, half: bool, int8: bool, out: Path | None,
+def export_command(model: Path, fmt: str, precision: str, calibration: Path | None,
+                   calibration_images: int, half: bool, int8: bool, out: Path | None,
                    check_images: int, name: str | None, max_batch_size: int, max_wait_ms: float,
                    instances: int, gpu: bool, tensorrt_fp16: bool) -> None:
-    """Export weights to ONNX and check parity and mAP against the source model, or write a
-    Triton model repository."""
+    """Export weights to ONNX and check parity and mAP against the source model, write a
+    Triton model repository, or an OpenVINO IR (INT8 by post-training quantization)."""
+    if fmt == "openvino":
+        _export_openvino(model, precision, calibration, calibration_images, out, check_images)
+        return
     if fmt == "triton":
         from service.engine.export import TritonOptions, export_triton
 
@@ -114,6 +142,35 @@ def export_command(model: Path, fmt: str, half: bool, int8: bool, out: Path | No
     click.echo(report.to_markdown())
     if not report.ok:
         raise SystemExit(1)
+
+
+def _export_openvino(model: Path, precision: str, calibration: Path | None, images: int,
+                     out: Path | None, check_images: int) -> None:
+    """Write the IR, then say how closely it follows FP32 on generated images."""
+    from service.engine import Engine, ModelLoadError
+    from service.engine.evaluation import agreement
+    from service.engine.openvino_export import calibration_images, export_openvino
+
+    try:
+        xml = export_openvino(model, precision=precision, out=out, calibration=calibration,
+                              calibration_images_count=images)
+        served = Engine.load(xml, backend="openvino", device="cpu",
+                             precision="int8" if precision == "int8" else "fp32")
+    except (ModelLoadError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    reference = Engine.load(model, device="cpu")
+    sample = list(calibration_images(calibration, check_images))
+    matched, total = agreement(_detect_each(reference, sample), _detect_each(served, sample))
+    click.echo(f"wrote {xml}; against FP32 on {len(sample)} images: {matched}/{total} boxes "
+               f"agree (same class, IoU >= 0.9). Measure its mAP with "
+               f"`yoloserve evaluate --model {model} --precision {precision}`")
+
+
+def _detect_each(engine: Any, images: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(images), 8):
+        out.extend(engine.infer([engine.prepare_array(im) for im in images[i:i + 8]]).detections)
+    return out
 
 
 @click.command("train-demo")

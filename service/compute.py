@@ -6,7 +6,8 @@ operator for its slowest thread, and on a machine that also decodes images and s
 thread is always being preempted. Both the forward pass alone and the served throughput
 measured higher that way; see ``bench/README.md`` ("CPU compute plan"). So by default
 a CPU process with ONNX Runtime runs one single-threaded pass per core (like OpenVINO's streams
-or Triton's CPU model instances, sharing one session), and everything else one pass at a time.
+or Triton's CPU model instances, sharing one session), and so does OpenVINO (one stream per
+pass); everything else runs one pass at a time.
 """
 
 from __future__ import annotations
@@ -18,27 +19,80 @@ from typing import Literal
 
 from service.engine.backends import resolve_device
 from service.engine.engine import choose_backend
+from service.engine.errors import ModelLoadError
+from service.engine.evaluation import entry_for, variant
+from service.engine.precision import detect_hardware, missing_for, precision_preference
 from service.settings import Settings
 
-__all__ = ["ComputePlan", "plan_compute"]
+__all__ = ["ComputePlan", "plan_compute", "resolve_precision"]
+
+BackendKind = Literal["torch", "onnx", "openvino"]
 
 
 @dataclass(frozen=True)
 class ComputePlan:
-    backend: Literal["torch", "onnx"]
+    backend: BackendKind
     device: str  # cpu or cuda:N
     concurrent_batches: int  # forward passes in flight at once
-    threads: int  # ONNX Runtime intra-op threads of one forward pass on a CPU
+    threads: int  # intra-op threads of one forward pass on a CPU (ONNX Runtime, OpenVINO)
+    precision: str = "fp32"
+    why: str | None = None  # what --precision auto passed over, and why
+
+
+def _stored_loss(model: Path, precision: str, letterbox: str) -> float | None:
+    """Points of mAP50-95 lost against FP32 in the model's stored evaluation (negative: gained),
+    if there is one."""
+    entry = entry_for(model, precision, letterbox)
+    if entry is None or entry.get("delta_map50_95") is None:
+        return None
+    return -float(entry["delta_map50_95"])
+
+
+def resolve_precision(settings: Settings, model: Path, device: str) -> tuple[str, str | None]:
+    """The precision to serve at, and for ``auto`` why faster ones were passed over.
+
+    ``auto`` takes the fastest precision this hardware has whose stored evaluation (``yoloserve
+    evaluate``) is within ``accuracy_budget`` points of mAP50-95 of FP32; else FP32.
+    """
+    if settings.precision != "auto":
+        return settings.precision, None
+    hw = detect_hardware(device)
+    passed: list[str] = []
+    for precision in precision_preference(hw, device):
+        if precision == "fp32":
+            break
+        try:
+            kind, _ = choose_backend(model, settings.backend, device, precision)
+        except ModelLoadError as exc:
+            passed.append(f"{precision}: {exc}")
+            continue
+        missing = missing_for(precision, hw, device, kind)
+        if missing is not None:
+            passed.append(f"{precision}: {missing}")
+            continue
+        loss = _stored_loss(model, precision, variant(settings.letterbox, settings.decode_reduce))
+        if loss is None:
+            passed.append(f"{precision}: no stored evaluation; run `yoloserve evaluate --model "
+                          f"{model} --precision {precision}`")
+        elif loss > settings.accuracy_budget:
+            passed.append(f"{precision}: loses {loss:.2f} points of mAP50-95, over the budget "
+                          f"of {settings.accuracy_budget:g}")
+        else:
+            return precision, "; ".join(passed) or None
+    return "fp32", "; ".join(passed) or "no faster precision on this hardware"
 
 
 def plan_compute(settings: Settings, model: Path | None = None) -> ComputePlan:
     """The settings' choices, with ``None`` (automatic) resolved for this machine and ``model``
     (the settings' default model when not given)."""
     device = resolve_device(settings.device)
-    chosen, _ = choose_backend(model or settings.model, settings.backend, device)
-    backend: Literal["torch", "onnx"] = "onnx" if chosen == "onnx" else "torch"
+    path = model or settings.model
+    precision, why = resolve_precision(settings, path, device)
+    chosen, _ = choose_backend(path, settings.backend, device, precision)
+    backend: BackendKind = "onnx" if chosen == "onnx" else (
+        "openvino" if chosen == "openvino" else "torch")
     cores = settings.cores or os.cpu_count() or 1
-    streams = backend == "onnx" and device == "cpu"
+    streams = backend in {"onnx", "openvino"} and device == "cpu"
     concurrent = settings.max_concurrent_batches or (cores if streams else 1)
     threads = settings.threads or max(1, cores // concurrent)
-    return ComputePlan(backend, device, concurrent, threads)
+    return ComputePlan(backend, device, concurrent, threads, precision, why)

@@ -23,7 +23,7 @@ from service.engine.types import Detections, DetectParams, Prepared
 from service.errors import DeadlineExceeded
 from service.monitoring import monitor_from_settings
 from service.result_cache import ResultCache, cache_key
-from service.results import to_result
+from service.results import stored_evaluation, to_result
 from service.shared import SharedResults, TwoLevelCache, decode, encode
 from wire.schemas import DetectionResult, Timings
 
@@ -66,6 +66,9 @@ class Inferencer:
                  concurrent_batches: int = 1, decode_executor: Executor | None = None,
                  store: SharedStore | None = None) -> None:
         self.engine = engine
+        meta = engine.meta
+        self.evaluation = stored_evaluation(meta.source, meta.precision, meta.letterbox,
+                                            meta.backend, engine.decode_reduce)
         self.settings = settings
         self.metrics = metrics
         self.concurrent_batches = concurrent_batches

@@ -103,9 +103,15 @@ async def _load_one(spec: ModelSpec, settings: Settings, metrics: ServiceMetrics
     limits = ImageLimits(max_pixels=s.max_pixels, min_side=s.min_side, max_side=s.max_side)
     plan = await asyncio.to_thread(plan_compute, s, spec.path)  # may import torch for CUDA
     engine = await asyncio.to_thread(
-        Engine.load, spec.path, backend=plan.backend, device=plan.device, half=s.half,
-        limits=limits, threads=plan.threads, spin=s.spin, name=spec.name,
+        Engine.load, spec.path, backend=plan.backend, device=plan.device,
+        precision=plan.precision, limits=limits, threads=plan.threads,
+        streams=plan.concurrent_batches, spin=s.spin, name=spec.name, rect=s.letterbox == "rect",
+        decode_reduce=s.decode_reduce,
     )
+    if s.precision == "auto":
+        because = f" ({plan.why})" if plan.why else ""
+        log.info(f"precision auto: serving {plan.precision}{because}",
+                 extra={"model": spec.name, "precision": plan.precision})
     if s.warmup:
         await asyncio.to_thread(engine.warmup, s.max_batch_size)
     metrics.set_model(engine.meta)

@@ -1,8 +1,9 @@
-"""Engine detections to the contract's ``DetectionResult``."""
+"""Engine detections to the contract's ``DetectionResult``; a stored evaluation to ``ModelEvaluation``."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from service.engine.types import Detection as EngineDetection
 from service.engine.types import Detections, DetectParams
@@ -11,12 +12,13 @@ from wire.schemas import (
     Detection,
     DetectionResult,
     ImageDimensions,
+    ModelEvaluation,
     NormalizedBox,
     ProcessingMetadata,
     Timings,
 )
 
-__all__ = ["to_detection", "to_result"]
+__all__ = ["stored_evaluation", "to_detection", "to_result"]
 
 
 def to_detection(d: EngineDetection, width: int, height: int) -> Detection:
@@ -52,3 +54,19 @@ def to_result(
             batch_size=batch_size, timestamp=datetime.now(UTC), timings_ms=timings, cached=cached,
         ),
     )
+
+
+def stored_evaluation(source: Path | None, precision: str, letterbox: str, backend: str,
+                      decode_reduce: bool = False) -> ModelEvaluation | None:
+    """The model's stored evaluation at ``precision`` (``yoloserve evaluate``), if there is one."""
+    from service.engine.evaluation import entry_for, variant
+
+    entry = None if source is None else entry_for(
+        source, precision, variant(letterbox, decode_reduce), backend)
+    if entry is None:
+        return None
+    return ModelEvaluation(
+        precision=precision, map50=entry.get("map50"), map50_95=entry.get("map50_95"),
+        fp32_map50_95=entry.get("fp32_map50_95"), delta_map50_95=entry.get("delta_map50_95"),
+        box_agreement=entry.get("agreement"), images=entry.get("images"), data=entry.get("data"),
+        cpu=entry.get("cpu"))

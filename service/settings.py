@@ -35,10 +35,23 @@ class Settings(BaseSettings):
     model_alias: list[str] = Field(
         default_factory=list, description="ALIAS=NAME:WEIGHT,NAME:WEIGHT: a name that splits "
         "requests among models by weight (a canary)")
-    backend: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="auto: ONNX Runtime for .onnx, and on a CPU when an .onnx lies beside the .pt")
+    backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        "auto", description="auto: OpenVINO for an IR and for bf16/fp16/int8 on a CPU; ONNX "
+        "Runtime for .onnx, and on a CPU when an .onnx lies beside the .pt; else PyTorch")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu or cuda:N")
-    half: bool | None = Field(None, description="FP16 on CUDA; None: on when the device is CUDA")
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = Field(
+        "fp32", description="fp16 on CUDA; bf16 on CPUs with AMX or AVX512-BF16 (and CUDA); int8 "
+        "from a quantized OpenVINO model; auto: the fastest this hardware has whose stored "
+        "evaluation is within --accuracy-budget, else fp32")
+    half: bool | None = Field(None, description="Same as --precision fp16")
+    accuracy_budget: float = Field(0.5, ge=0.0, le=100.0, description="Points of mAP50-95 below "
+                                   "FP32 that --precision auto accepts")
+    letterbox: Literal["square", "rect"] = Field(
+        "square", description="square: every image padded to the input size; rect: padded to "
+        "the stride multiple only (Ultralytics' rect=True), images of one shape batched together")
+    decode_reduce: bool = Field(False, description="Decode a JPEG at 1/2, 1/4 or 1/8 scale when "
+                                "its long side is at least twice the input size (faster; changes "
+                                "pixels: judge it with `yoloserve evaluate --decode-reduce`)")
     cores: int | None = Field(None, ge=1, description="CPU cores this process may use for "
                               "forward passes; None: all of them (divided among --workers)")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime's threads for one forward "
@@ -122,6 +135,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="JSON lines or plain text")
     log_level: str = Field("INFO", description="Logging level")
     access_log: bool = Field(True, description="One log line per request")
+
+    @model_validator(mode="after")
+    def _half_is_fp16(self) -> Settings:
+        """``--half`` is a synonym of ``--precision fp16``."""
+        if self.half:
+            self.precision = "fp16"
+        return self
 
     @model_validator(mode="after")
     def _default_model(self) -> Settings:

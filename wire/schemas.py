@@ -209,16 +209,35 @@ class BatchResponse(_Model):
     )
 
 
+class ModelEvaluation(_Model):
+    """The model's stored accuracy (``yoloserve evaluate``) at the precision it is served at."""
+
+    precision: str
+    map50: float | None = None
+    map50_95: float | None = Field(None, description="mAP50-95 at this precision.")
+    fp32_map50_95: float | None = Field(None, description="mAP50-95 of the same model at FP32.")
+    delta_map50_95: float | None = Field(
+        None, description="mAP50-95 at this precision minus FP32's, in points (x100).")
+    box_agreement: float | None = Field(
+        None, description="Share of FP32's boxes found at this precision (same class, IoU >= 0.9).")
+    images: int | None = Field(None, description="Labelled images the evaluation ran on.")
+    data: str | None = Field(None, description="The labelled folder's name.")
+    cpu: str | None = Field(None, description="The CPU (and its matrix flags) it was measured on.")
+
+
 class ModelInfo(_Model):
     name: str
     version: str = Field(description="First 12 hex digits of the sha256 of the weights file.")
-    backend: str
+    backend: str = Field(description="torch, onnx or openvino.")
     device: str
-    precision: str
+    precision: str = Field(description="fp32, fp16, bf16 or int8: what the forward pass runs at.")
     input_size: int = Field(description="Side of the square letterbox the model reads.")
+    letterbox: str = Field("square", description="square, or rect: padded to the stride multiple only.")
     classes: dict[str, str]
     max_batch_size: int
     max_wait_ms: float
+    evaluation: ModelEvaluation | None = Field(
+        None, description="Stored accuracy at this precision and at FP32, when evaluated.")
 
 
 class ModelsResponse(_Model):

@@ -12,6 +12,7 @@ from bench.cli import bench_command
 from clients.cli import detect_command, track_command
 from loadbalancer.cli import lb_command
 from service.cli import export_command, monitor_command, serve_command, train_demo_command
+from service.evaluate_cmd import evaluate_command
 
 __all__ = ["main"]
 
@@ -27,6 +28,7 @@ main.add_command(lb_command, "lb")
 main.add_command(detect_command, "detect")
 main.add_command(track_command, "track")
 main.add_command(export_command, "export")
+main.add_command(evaluate_command, "evaluate")
 main.add_command(bench_command, "bench")
 main.add_command(train_demo_command, "train-demo")
 main.add_command(monitor_command, "monitor")

@@ -20,7 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.engine.errors import ImageDimensionsError, ImageTooLarge, InvalidImage
 
-__all__ = ["SUPPORTED_FORMATS", "ImageHeader", "ImageLimits", "decode_image", "probe_image"]
+__all__ = ["SUPPORTED_FORMATS", "ImageHeader", "ImageLimits", "decode_image", "decode_reduced",
+           "probe_image"]
 
 _PIL_OPEN: Callable[..., Any] = Image.open
 
@@ -97,10 +98,42 @@ def _decode_with_pillow(data: bytes) -> NDArray[np.uint8] | None:
         return None
 
 
-def decode_image(data: bytes, limits: ImageLimits | None = None) -> NDArray[np.uint8]:
-    """Decode ``data`` into an 8-bit BGR ``HxWx3`` array, or raise an ``ImageError``."""
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+            (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def decode_reduced(
+    data: bytes, size: int, limits: ImageLimits | None = None
+) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+    """Decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) whose long side is still at least
+    ``size``; other images in full. Returns the pixels and the image's full (width, height)."""
     limits = limits or ImageLimits()
     header = probe_image(data, limits)
+    long_side = max(header.width, header.height)
+    flag = next((f for factor, f in _REDUCED if long_side // factor >= size), None)
+    if header.format not in {"JPEG", "MPO"} or flag is None:
+        img = decode_image(data, limits, header)
+        return img, (img.shape[1], img.shape[0])
+    if not _jpeg_complete(data):
+        raise InvalidImage("the JPEG data is truncated")
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error:
+        decoded = None
+    if decoded is None or decoded.ndim != 3:
+        img = decode_image(data, limits, header)
+        return img, (img.shape[1], img.shape[0])
+    # EXIF orientation may have turned the picture: the full size follows the decoded one's
+    turned = (decoded.shape[1] > decoded.shape[0]) != (header.width > header.height)
+    full = (header.height, header.width) if turned else (header.width, header.height)
+    return np.asarray(decoded, np.uint8), full
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None,
+                 header: ImageHeader | None = None) -> NDArray[np.uint8]:
+    """Decode ``data`` into an 8-bit BGR ``HxWx3`` array, or raise an ``ImageError``."""
+    limits = limits or ImageLimits()
+    header = header or probe_image(data, limits)
     if header.format in {"JPEG", "MPO"} and not _jpeg_complete(data):
         raise InvalidImage("the JPEG data is truncated")
     if header.format == "PNG" and not _png_complete(data):

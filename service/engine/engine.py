@@ -18,17 +18,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.engine.backends import Backend, resolve_device
-from service.engine.decode import ImageLimits, decode_image
+from service.engine.decode import ImageLimits, decode_image, decode_reduced
 from service.engine.errors import ModelLoadError
 from service.engine.postprocess import postprocess
 from service.engine.preprocess import letterbox
 from service.engine.types import Detections, DetectParams, ModelMeta, Prepared
 
-__all__ = ["BackendName", "BatchOutput", "Engine", "choose_backend", "weights_version"]
+__all__ = ["BackendName", "BatchOutput", "Engine", "check_precision", "choose_backend", "openvino_dir",
+           "weights_version"]
 
 log = logging.getLogger(__name__)
 
-BackendName = Literal["auto", "torch", "onnx"]
+BackendName = Literal["auto", "torch", "onnx", "openvino"]
 
 
 @dataclass(frozen=True)
@@ -49,20 +50,54 @@ def weights_version(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def choose_backend(model: Path, backend: BackendName, device: str) -> tuple[str, Path]:
-    """Which backend serves ``model`` and from which file.
+def openvino_dir(model: Path, precision: str = "fp32") -> Path:
+    """Where ``yoloserve export --format openvino`` writes the IR of ``model`` (Ultralytics' layout):
+    ``{stem}_openvino_model/``, or ``{stem}_int8_openvino_model/`` for a quantized one."""
+    stem = model.stem if model.suffix.lower() != ".xml" else model.parent.name.split("_")[0]
+    tag = "_int8" if precision == "int8" else ""
+    return model.parent / f"{stem}{tag}_openvino_model"
 
-    ``auto``: an ``.onnx`` file runs on ONNX Runtime; a ``.pt`` file runs on PyTorch on a GPU, and on
-    a CPU on ONNX Runtime when an exported ``.onnx`` lies beside it (faster there, measured in bench/).
+
+def _openvino_source(model: Path, precision: str) -> Path:
+    """An IR (the quantized one for int8), else the ONNX file, for the OpenVINO backend."""
+    if model.suffix.lower() == ".xml":
+        return model
+    ir = openvino_dir(model, precision) / f"{model.stem}.xml"
+    if ir.is_file():
+        return ir
+    if precision == "int8":
+        raise ModelLoadError(
+            f"no int8 model for {model.name} (looked for {ir}): run `yoloserve export --model "
+            f"{model} --format openvino --precision int8`")
+    sibling = model.with_suffix(".onnx")
+    if sibling.is_file():
+        return sibling
+    raise ModelLoadError(f"no ONNX or OpenVINO model for {model.name}: run `yoloserve export "
+                         f"--model {model}` (ONNX) or `--format openvino`")
+
+
+def choose_backend(model: Path, backend: BackendName, device: str,
+                   precision: str = "fp32") -> tuple[str, Path]:
+    """Which backend serves ``model`` at ``precision`` and from which file.
+
+    ``auto``: an IR (``.xml``) runs on OpenVINO, and so does bf16, fp16 or int8 on a CPU; an
+    ``.onnx`` file runs on ONNX Runtime; a ``.pt`` file runs on PyTorch on a GPU, and on a CPU on
+    ONNX Runtime when an exported ``.onnx`` lies beside it (faster there, measured in bench/).
     """
     suffix = model.suffix.lower()
     sibling = model.with_suffix(".onnx")
     if backend == "auto":
+        if suffix == ".xml" or (device == "cpu" and precision != "fp32"):
+            return "openvino", _openvino_source(model, precision)
         if suffix == ".onnx":
             return "onnx", model
         if device == "cpu" and sibling.exists():
             return "onnx", sibling
         return "torch", model
+    if backend == "openvino":
+        return "openvino", _openvino_source(model, precision)
+    if suffix == ".xml":
+        raise ModelLoadError(f"an OpenVINO IR ({model.name}) runs on --backend openvino")
     if backend == "onnx":
         if suffix == ".onnx":
             return "onnx", model
@@ -74,51 +109,80 @@ def choose_backend(model: Path, backend: BackendName, device: str) -> tuple[str,
     return "torch", model
 
 
+def check_precision(precision: str, device: str, backend: str) -> None:
+    """Refuse a precision this hardware or backend lacks, naming what is missing."""
+    from service.engine.precision import PrecisionUnavailable, detect_hardware, missing_for
+
+    why = missing_for(precision, detect_hardware(device), device, backend)  # type: ignore[arg-type]
+    if why is not None:
+        raise PrecisionUnavailable(f"--precision {precision} is not available: {why}")
+
+
 class Engine:
-    def __init__(self, backend: Backend, meta: ModelMeta, limits: ImageLimits | None = None) -> None:
+    def __init__(self, backend: Backend, meta: ModelMeta, limits: ImageLimits | None = None,
+                 decode_reduce: bool = False) -> None:
         self.backend = backend
         self.meta = meta
         self.limits = limits or ImageLimits()
+        self.decode_reduce = decode_reduce
+        self._stride = meta.stride if meta.letterbox == "rect" else None
 
     @classmethod
     def load(
         cls, model: Path | str, *, backend: BackendName = "auto", device: str = "auto",
-        half: bool | None = None, limits: ImageLimits | None = None, threads: int | None = None,
-        spin: bool = True, name: str | None = None,
+        precision: str = "fp32", half: bool | None = None, limits: ImageLimits | None = None,
+        threads: int | None = None, streams: int = 1, spin: bool = True, name: str | None = None,
+        rect: bool = False, decode_reduce: bool = False,
     ) -> Engine:
-        """Load ``model``; ``name`` names it (its file's stem by default)."""
-        path = Path(model)
+        """Load ``model`` at ``precision`` (``half=True`` is fp16); ``name`` names it (its
+        file's stem by default). ``rect`` letterboxes to the stride multiple only;
+        ``decode_reduce`` decodes large JPEGs at a reduced scale."""
+        path = source = Path(model)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
+        if half:
+            precision = "fp16"
         dev = resolve_device(device)
-        kind, path = choose_backend(path, backend, dev)
+        kind, path = choose_backend(path, backend, dev, precision)
+        check_precision(precision, dev, kind)
         impl: Backend
         if kind == "onnx":
             from service.engine.backends.onnx_backend import OnnxBackend
 
-            impl = OnnxBackend(path, dev, threads=threads, spin=spin)
+            impl = OnnxBackend(path, dev, threads=threads, spin=spin, precision=precision)
+        elif kind == "openvino":
+            from service.engine.backends.openvino_backend import OpenVinoBackend
+
+            impl = OpenVinoBackend(path, precision, streams=streams, threads=threads,
+                                   dynamic_shape=rect)
         else:
             from service.engine.backends.torch_backend import TorchBackend
 
-            impl = TorchBackend(path, dev, half=half)
+            impl = TorchBackend(path, dev, precision=precision)
         meta = ModelMeta(
             name=name or path.stem, version=weights_version(path), backend=impl.name, device=impl.device,
             precision=impl.precision, input_size=impl.input_size, classes=dict(impl.names),
+            path=path, source=source, letterbox="rect" if rect else "square",
+            stride=getattr(impl, "stride", 32),
         )
-        log.info("model loaded", extra={"model": meta.name, "backend": meta.backend})
-        return cls(impl, meta, limits)
+        log.info("model loaded", extra={"model": meta.name, "backend": meta.backend,
+                                        "precision": meta.precision})
+        return cls(impl, meta, limits, decode_reduce)
 
     def prepare(self, data: bytes, name: str = "image") -> Prepared:
         """Decode and letterbox one image (raises ``ImageError`` for bad input)."""
         start = time.perf_counter()
-        img = decode_image(data, self.limits)
-        return self.prepare_array(img, name, start)
+        if self.decode_reduce:
+            img, full = decode_reduced(data, self.meta.input_size, self.limits)
+            return self.prepare_array(img, name, start, full)
+        return self.prepare_array(decode_image(data, self.limits), name, start)
 
     def prepare_array(
-        self, img: NDArray[np.uint8], name: str = "image", start: float | None = None
+        self, img: NDArray[np.uint8], name: str = "image", start: float | None = None,
+        original: tuple[int, int] | None = None,
     ) -> Prepared:
         start = time.perf_counter() if start is None else start
-        canvas, info = letterbox(img, self.meta.input_size)
+        canvas, info = letterbox(img, self.meta.input_size, self._stride, original)
         return Prepared(canvas, info, name, (time.perf_counter() - start) * 1000)
 
     def infer(
@@ -128,6 +192,23 @@ class Engine:
         if not batch:
             return BatchOutput([], 0.0, 0.0)
         params = list(params) if params is not None else [DetectParams()] * len(batch)
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(batch):
+            shapes.setdefault(p.tensor.shape, []).append(i)
+        if len(shapes) == 1:
+            return self._pass(batch, params)
+        # rect letterboxes of several shapes: one pass per shape, answers back in input order
+        dets: list[Detections | None] = [None] * len(batch)
+        inference_ms = postprocess_ms = 0.0
+        for idx in shapes.values():
+            out = self._pass([batch[i] for i in idx], [params[i] for i in idx])
+            inference_ms += out.inference_ms
+            postprocess_ms += out.postprocess_ms
+            for i, d in zip(idx, out.detections, strict=True):
+                dets[i] = d
+        return BatchOutput([d for d in dets if d is not None], inference_ms, postprocess_ms)
+
+    def _pass(self, batch: Sequence[Prepared], params: Sequence[DetectParams]) -> BatchOutput:
         t0 = time.perf_counter()
         preds = self.backend.forward(np.stack([p.tensor for p in batch]))
         t1 = time.perf_counter()

@@ -78,21 +78,12 @@ def export_onnx(model: Path, out: Path) -> Path:
 
 
 def _to_fp16(src: Path, dst: Path) -> Path:
-    """FP16 weights and activations (for GPUs); Resize stays FP32, as its scales must."""
+    """FP16 weights and activations (for GPUs)."""
     import onnx
-    from onnxconverter_common import float16
 
-    model = onnx.load(str(src))
-    del model.graph.value_info[:]  # stale inferred types would contradict the inserted casts
-    to_float = {n.name for n in model.graph.node if n.op_type == "Cast"
-                and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)}
-    half = float16.convert_float_to_float16(model, keep_io_types=False, op_block_list=["Resize"])
-    for node in half.graph.node:  # the model's own casts to FP32 now cast to FP16
-        if node.name in to_float:
-            for attr in node.attribute:
-                if attr.name == "to":
-                    attr.i = onnx.TensorProto.FLOAT16
-    onnx.save(half, str(dst))
+    from service.engine.backends.onnx_backend import half_model
+
+    onnx.save(half_model(src), str(dst))
     return dst
 
 

@@ -1,4 +1,9 @@
-"""Letterboxing exactly as Ultralytics' ``LetterBox(auto=False)``: same rounding, interpolation, padding."""
+"""Letterboxing exactly as Ultralytics' ``LetterBox``: same rounding, interpolation, padding.
+
+Square (``auto=False``, ``predict(rect=False)``): every image fills the model's input square.
+Rect (``auto=True``, ``predict(rect=True)``): padded only to the next multiple of the stride, so a
+4:3 frame is a quarter fewer pixels than the square.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +18,24 @@ __all__ = ["PAD_VALUE", "letterbox"]
 PAD_VALUE = 114
 
 
-def letterbox(img: NDArray[np.uint8], size: int) -> tuple[NDArray[np.uint8], Letterbox]:
-    """Resize ``img`` (BGR, HxWx3) to fit a ``size`` square, keeping its aspect, padded with grey."""
-    h, w = img.shape[:2]
+def letterbox(
+    img: NDArray[np.uint8], size: int, stride: int | None = None,
+    original: tuple[int, int] | None = None,
+) -> tuple[NDArray[np.uint8], Letterbox]:
+    """Resize ``img`` (BGR, HxWx3) to fit a ``size`` square, keeping its aspect, padded with grey:
+    to the square, or with ``stride`` only to the stride multiple. ``original`` (width, height) is
+    the image's full size when ``img`` was decoded at a reduced scale: the geometry is that of the
+    original, so the boxes scale back to its pixels."""
+    w, h = original or (img.shape[1], img.shape[0])
     r = min(size / h, size / w)
     new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
-    dw, dh = (size - new_w) / 2, (size - new_h) / 2
+    dw, dh = float(size - new_w), float(size - new_h)
+    if stride:
+        dw, dh = float(np.mod(dw, stride)), float(np.mod(dh, stride))
+    dw, dh = dw / 2, dh / 2
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
-    if (w, h) != (new_w, new_h):
+    if (img.shape[1], img.shape[0]) != (new_w, new_h):
         img = np.asarray(cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR), np.uint8)
     canvas = cv2.copyMakeBorder(
         img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -72,3 +73,7 @@ class ModelMeta:
     precision: str
     input_size: int
     classes: dict[int, str]
+    path: Path | None = None  # the file the backend runs (an ONNX sibling, an IR)
+    source: Path | None = None  # the model file as named by the user
+    letterbox: str = "square"  # or "rect": padded to the stride multiple only
+    stride: int = 32

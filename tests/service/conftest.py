@@ -34,7 +34,7 @@ def png(size: tuple[int, int]) -> bytes:
 
 @asynccontextmanager
 async def app_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(model=Path("models/demo.onnx"), **overrides)
+    settings = Settings(**{"model": Path("models/demo.onnx"), **overrides})
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         await app.state.yoloserve.loading  # the model loads in the background

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from service.engine.errors import ModelLoadError
 
-__all__ = ["OnnxBackend"]
+__all__ = ["OnnxBackend", "half_model"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,25 @@ def _providers(device: str) -> list[Any]:
     return ["CPUExecutionProvider"]
 
 
-def _metadata(session: Any) -> tuple[dict[int, str], int]:
+def half_model(src: Path) -> Any:
+    """An FP16 copy of an ONNX model (for GPUs); Resize stays FP32, as its scales must."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]  # stale inferred types would contradict the inserted casts
+    to_float = {n.name for n in model.graph.node if n.op_type == "Cast"
+                and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)}
+    half = float16.convert_float_to_float16(model, keep_io_types=False, op_block_list=["Resize"])
+    for node in half.graph.node:  # the model's own casts to FP32 now cast to FP16
+        if node.name in to_float:
+            for attr in node.attribute:
+                if attr.name == "to":
+                    attr.i = onnx.TensorProto.FLOAT16
+    return half
+
+
+def _metadata(session: Any) -> tuple[dict[int, str], int, int]:
     meta = session.get_modelmeta().custom_metadata_map
     try:
         names = {int(k): str(v) for k, v in ast.literal_eval(meta["names"]).items()}
@@ -43,14 +61,22 @@ def _metadata(session: Any) -> tuple[dict[int, str], int]:
     except (KeyError, ValueError, SyntaxError) as exc:
         raise ModelLoadError("the ONNX model carries no Ultralytics metadata (names, imgsz)") from exc
     size = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
-    return names, size
+    return names, size, int(meta.get("stride", "32"))
+
+
+def _input_type(path: Path) -> str:
+    import onnx
+
+    elem = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.elem_type
+    return "float16" if elem == onnx.TensorProto.FLOAT16 else "float"
 
 
 class OnnxBackend:
     name = "onnx"
 
     def __init__(
-        self, path: Path, device: str, threads: int | None = None, spin: bool = True
+        self, path: Path, device: str, threads: int | None = None, spin: bool = True,
+        precision: str = "fp32",
     ) -> None:
         import onnxruntime as ort
 
@@ -69,15 +95,20 @@ class OnnxBackend:
             opts.add_session_config_entry("session.force_spinning_stop", "1")
             if not spin:
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if precision not in {"fp32", "fp16"}:
+            raise ModelLoadError(f"ONNX Runtime serves fp32 or fp16, not {precision}")
+        source: str | bytes = str(path)
+        if precision == "fp16" and "float16" not in _input_type(path):
+            source = half_model(path).SerializeToString()  # FP16 on the GPU, converted once here
         try:
-            self._session = ort.InferenceSession(str(path), opts, providers=providers)
+            self._session = ort.InferenceSession(source, opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"cannot load ONNX model {path.name}: {exc}") from exc
         on_gpu = self._session.get_providers()[0] == "CUDAExecutionProvider"
         inp = self._session.get_inputs()[0]
         self._input = inp.name
         self._dtype = np.float16 if "float16" in inp.type else np.float32
-        self.names, self.input_size = _metadata(self._session)
+        self.names, self.input_size, self.stride = _metadata(self._session)
         self.device = device if on_gpu else "cpu"
         self.precision = "fp16" if self._dtype == np.float16 else "fp32"
 

@@ -1,7 +1,8 @@
 """PyTorch backend: the Ultralytics model's ``nn.Module``, fused, in inference mode.
 
-On CUDA the weights are FP16 (unless ``half=False``) and the forward pass runs under
-``torch.autocast``; ``cudnn.benchmark`` picks the fastest kernels for each warmed-up batch size.
+At fp16 (CUDA) the weights are FP16 and the forward pass runs under ``torch.autocast``; at bf16
+(CUDA, or a CPU with bf16 units) the FP32 weights run under ``torch.autocast(dtype=bfloat16)``.
+On CUDA ``cudnn.benchmark`` picks the fastest kernels for each warmed-up batch size.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _input_size(args: Any) -> int:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, weights: Path, device: str, half: bool | None = None) -> None:
+    def __init__(self, weights: Path, device: str, precision: str = "fp32") -> None:
         from ultralytics.nn.tasks import load_checkpoint
 
         self._device = torch.device(device)
@@ -40,15 +41,18 @@ class TorchBackend:
             )
         except Exception as exc:  # ultralytics raises many kinds for bad files
             raise ModelLoadError(f"cannot load PyTorch weights {weights.name}: {exc}") from exc
-        self._half = bool(half if half is not None else self._device.type == "cuda")
-        if self._device.type != "cuda":
-            self._half = False  # FP16 on a CPU is slower and less exact
+        if precision not in {"fp32", "fp16", "bf16"}:
+            raise ModelLoadError(f"the torch backend runs fp32, fp16 or bf16, not {precision}")
+        self._half = precision == "fp16"
+        self._autocast = torch.bfloat16 if precision == "bf16" else torch.float16
+        self._amp = precision != "fp32"
         if self._device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self._model = (model.half() if self._half else model.float()).eval()
         self.device = str(self._device)
-        self.precision = "fp16" if self._half else "fp32"
+        self.precision = precision
         self.input_size = _input_size(getattr(model, "args", {}))
+        self.stride = int(max(int(model.stride.max()), 32)) if hasattr(model, "stride") else 32
         self.names = {int(k): str(v) for k, v in dict(model.names).items()}
 
     def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
@@ -65,7 +69,7 @@ class TorchBackend:
             return np.asarray(out.cpu().numpy(), dtype=np.float32)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self._device.type, enabled=self._half):
+        with torch.autocast(self._device.type, dtype=self._autocast, enabled=self._amp):
             y = self._model(x)
         y = y[0] if isinstance(y, list | tuple) else y
         out: torch.Tensor = y.float()
