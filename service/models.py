@@ -106,7 +106,7 @@ async def _load_one(spec: ModelSpec, settings: Settings, metrics: ServiceMetrics
         Engine.load, spec.path, backend=plan.backend, device=plan.device,
         precision=plan.precision, limits=limits, threads=plan.threads,
         streams=plan.concurrent_batches, spin=s.spin, name=spec.name, rect=s.letterbox == "rect",
-        decode_reduce=s.decode_reduce,
+        decode_reduce=s.decode_reduce, tensorrt=s.tensorrt,
     )
     if s.precision == "auto":
         because = f" ({plan.why})" if plan.why else ""

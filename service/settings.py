@@ -44,6 +44,8 @@ class Settings(BaseSettings):
         "from a quantized OpenVINO model; auto: the fastest this hardware has whose stored "
         "evaluation is within --accuracy-budget, else fp32")
     half: bool | None = Field(None, description="Same as --precision fp16")
+    tensorrt: bool = Field(False, description="ONNX Runtime on CUDA through its TensorRT provider "
+                           "(FP16 kernels at --precision fp16), CUDA's provider behind it")
     accuracy_budget: float = Field(0.5, ge=0.0, le=100.0, description="Points of mAP50-95 below "
                                    "FP32 that --precision auto accepts")
     letterbox: Literal["square", "rect"] = Field(

@@ -132,11 +132,12 @@ class Engine:
         cls, model: Path | str, *, backend: BackendName = "auto", device: str = "auto",
         precision: str = "fp32", half: bool | None = None, limits: ImageLimits | None = None,
         threads: int | None = None, streams: int = 1, spin: bool = True, name: str | None = None,
-        rect: bool = False, decode_reduce: bool = False,
+        rect: bool = False, decode_reduce: bool = False, tensorrt: bool = False,
     ) -> Engine:
         """Load ``model`` at ``precision`` (``half=True`` is fp16); ``name`` names it (its
         file's stem by default). ``rect`` letterboxes to the stride multiple only;
-        ``decode_reduce`` decodes large JPEGs at a reduced scale."""
+        ``decode_reduce`` decodes large JPEGs at a reduced scale; ``tensorrt`` puts ONNX Runtime's
+        TensorRT provider before CUDA's."""
         path = source = Path(model)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
@@ -149,7 +150,8 @@ class Engine:
         if kind == "onnx":
             from service.engine.backends.onnx_backend import OnnxBackend
 
-            impl = OnnxBackend(path, dev, threads=threads, spin=spin, precision=precision)
+            impl = OnnxBackend(path, dev, threads=threads, spin=spin, precision=precision,
+                               tensorrt=tensorrt)
         elif kind == "openvino":
             from service.engine.backends.openvino_backend import OpenVinoBackend
 

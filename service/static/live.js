@@ -80,6 +80,20 @@ export async function pollDrift() {
   }));
 }
 
+// The stored evaluation (`yoloserve evaluate`) at the precision served, against FP32.
+function accuracy(ev) {
+  if (!ev || ev.map50_95 == null) return "not evaluated (yoloserve evaluate)";
+  const pts = (x) => (x * 100).toFixed(1);
+  let text = `mAP50-95 ${pts(ev.map50_95)}`;
+  if (ev.precision !== "fp32" && ev.fp32_map50_95 != null) {
+    text += ` (FP32 ${pts(ev.fp32_map50_95)})`;
+  }
+  if (ev.box_agreement != null && ev.precision !== "fp32") {
+    text += ` · ${(ev.box_agreement * 100).toFixed(1)} % of FP32's boxes`;
+  }
+  return ev.data ? `${text} on ${ev.data}` : text;
+}
+
 export async function loadModel(onLoaded) {
   let m;
   try {
@@ -91,7 +105,8 @@ export async function loadModel(onLoaded) {
   }
   $("model-line").textContent = `${m.name} ${m.version} · ${m.backend} on ${m.device} (${m.precision})`;
   const rows = [["Name", m.name], ["Version", m.version], ["Backend", m.backend], ["Device", m.device],
-                ["Precision", m.precision], ["Input size", `${m.input_size} px`],
+                ["Precision", m.precision], ["Accuracy", accuracy(m.evaluation)],
+                ["Input size", `${m.input_size} px, ${m.letterbox || "square"} letterbox`],
                 ["Classes", Object.values(m.classes).join(", ")],
                 ["Batching", `up to ${m.max_batch_size} images, waiting ${m.max_wait_ms} ms`]];
   $("model-card").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));

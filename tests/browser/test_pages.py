@@ -275,6 +275,7 @@ def test_demo_page_detects_filters_and_redraws(service: ServiceProcess, browser:
     wait_until(lambda: page.locator("#drift-table .drift-score").first.inner_text().strip() != "–",
                10, "a drift score")
     assert page.locator("#model-card dd").first.inner_text() == "demo"
+    assert "mAP50-95" in page.inner_text("#model-card")  # the shipped evaluation at FP32
 
     # back to the defaults for the pictures
     for box in page.locator("#class-filter input[type=checkbox]").all():

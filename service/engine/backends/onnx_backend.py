@@ -23,15 +23,21 @@ __all__ = ["OnnxBackend", "half_model"]
 log = logging.getLogger(__name__)
 
 
-def _providers(device: str) -> list[Any]:
+def _providers(device: str, precision: str = "fp32", tensorrt: bool = False) -> list[Any]:
     import onnxruntime as ort
 
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+    available = ort.get_available_providers()
+    if device.startswith("cuda") and "CUDAExecutionProvider" in available:
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA and cuDNN from the nvidia wheels that torch brings
         index = int(device.split(":")[1]) if ":" in device else 0
         cuda = {"device_id": index, "cudnn_conv_algo_search": "EXHAUSTIVE"}
-        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        chain: list[Any] = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        if tensorrt and "TensorrtExecutionProvider" in available:
+            trt = {"device_id": index, "trt_fp16_enable": precision == "fp16",
+                   "trt_engine_cache_enable": True}
+            chain.insert(0, ("TensorrtExecutionProvider", trt))
+        return chain
     return ["CPUExecutionProvider"]
 
 
@@ -76,7 +82,7 @@ class OnnxBackend:
 
     def __init__(
         self, path: Path, device: str, threads: int | None = None, spin: bool = True,
-        precision: str = "fp32",
+        precision: str = "fp32", tensorrt: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -85,7 +91,7 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
-        providers = _providers(device)
+        providers = _providers(device, precision, tensorrt)
         if providers == ["CPUExecutionProvider"]:
             # Intra-op threads spin between the operators of a run (measured faster than sleeping:
             # bench/README.md, "ONNX Runtime thread spinning") and stop when the run ends: between
@@ -98,19 +104,21 @@ class OnnxBackend:
         if precision not in {"fp32", "fp16"}:
             raise ModelLoadError(f"ONNX Runtime serves fp32 or fp16, not {precision}")
         source: str | bytes = str(path)
-        if precision == "fp16" and "float16" not in _input_type(path):
+        if precision == "fp16" and "float16" not in _input_type(path) and not tensorrt:
             source = half_model(path).SerializeToString()  # FP16 on the GPU, converted once here
         try:
             self._session = ort.InferenceSession(source, opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"cannot load ONNX model {path.name}: {exc}") from exc
-        on_gpu = self._session.get_providers()[0] == "CUDAExecutionProvider"
+        on_gpu = self._session.get_providers()[0] in {"CUDAExecutionProvider",
+                                                      "TensorrtExecutionProvider"}
         inp = self._session.get_inputs()[0]
         self._input = inp.name
         self._dtype = np.float16 if "float16" in inp.type else np.float32
         self.names, self.input_size, self.stride = _metadata(self._session)
         self.device = device if on_gpu else "cpu"
-        self.precision = "fp16" if self._dtype == np.float16 else "fp32"
+        self.precision = "fp16" if self._dtype == np.float16 or (on_gpu and precision == "fp16") \
+            else "fp32"
 
     def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
         # BHWC BGR uint8 -> BCHW RGB /255 in one pass per channel (no transposed temporaries)
