@@ -81,8 +81,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _single_threaded_torch() -> None:
-    """Beside ONNX Runtime, torch only post-processes small tensors (NMS): a pool of OpenMP threads
-    that spin after each operation would take CPU from inference and the event loop."""
+    """Beside ONNX Runtime or OpenVINO, torch only post-processes small tensors (NMS): a pool of
+    OpenMP threads that spin after each operation would take CPU from inference and the event loop."""
     import torch
 
     torch.set_num_threads(1)
@@ -93,7 +93,8 @@ async def _load(state: AppState) -> None:
 
     registry = await load_models(state.settings, state.metrics, state.shared_store)
     default = registry.models[registry.default].inferencer
-    if all(m.inferencer.engine.meta.backend == "onnx" for m in registry.models.values()):
+    if all(m.inferencer.engine.meta.backend in {"onnx", "openvino"}
+           for m in registry.models.values()):
         _single_threaded_torch()
     state.metrics.gc_frozen.set(freeze_loaded_heap())
     state.gc_pauses.start()
