@@ -16,6 +16,7 @@ SCENARIOS = {
     "scalesim": ("bench.scalesim", "the balancer in front of 2 to 32 stand-in hosts"),
     "multihost": ("bench.multihost", "faults on three namespace hosts behind the balancer"),
     "shared": ("bench.shared", "the service without and with Redis (shared cache, rate limit)"),
+    "precision": ("bench.precision", "served at each precision against the unavoidable work"),
     "streams": ("bench.streams", "video streams with tracking: one service vs model.track per stream"),
 }
 

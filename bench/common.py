@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "machine", "markdown_table", "percentile", "rate", "save"]
+__all__ = ["RESULTS", "hardware", "machine", "markdown_table", "percentile", "rate", "save"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,6 +40,15 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def hardware(device: str = "cpu") -> str:
+    """The CPU with the flags that decide precisions (``service.engine.precision``), and on a CUDA
+    device also its name: ``AMD EPYC (avx512_bf16 avx512_vnni avx512f avx2)``."""
+    from service.engine.precision import detect_hardware  # imports the engine: only when saving
+
+    hw = detect_hardware(device)
+    return hw.describe() + (f"; GPU: {hw.cuda_name}" if hw.cuda_name else "")
 
 
 def rate(fn: Callable[[], object], n: int, seconds: float, streams: int = 1) -> float:
@@ -83,12 +92,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
 
 def save(name: str, data: dict[str, Any], table: str, title: str) -> Path:
-    """Write ``results/NAME.json`` and ``results/NAME.md``; return the markdown path."""
+    """Write ``results/NAME.json`` and ``results/NAME.md``; return the markdown path. Both name the
+    machine and its hardware (``data["device"]``, when it names a CUDA device, adds the GPU)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = {"machine": machine(), **data}
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+    device = data.get("device")
+    data = {"machine": machine(),
+            "hardware": hardware(device if isinstance(device, str) else "cpu"), **data}
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
     md = RESULTS / f"{name}.md"
     m = data["machine"]
-    md.write_text(f"# {title}\n\nMachine: {m['cpu']}, {m['cores']} cores"
+    md.write_text(f"# {title}\n\nCPU: {data['hardware']}\n\nMachine: {m['cpu']}, {m['cores']} cores"
                   f"{', ' + m['gpu'] if 'gpu' in m else ''}; {m['when']}.\n\n{table}\n")
     return md

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = ["batch_histograms", "grouped_bars", "latency_vs_load", "save_figure",
+__all__ = ["batch_histograms", "grouped_bars", "latency_vs_load", "line_panels", "save_figure",
            "throughput_vs_concurrency"]
 
 _DPI = 110
@@ -45,6 +45,29 @@ def throughput_vs_concurrency(series: Mapping[str, Sequence[tuple[float, float]]
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def line_panels(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], path: Path,
+                title: str, xlabel: str, ylabel: str) -> Path:
+    """Side by side panels (e.g. stages of the engine), each a line per series (e.g. backend and
+    precision) of y against x (log2); a series keeps its colour in every panel."""
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False, sharey=True)
+    colours: dict[str, str] = {}
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=False):
+        for label, points in series.items():
+            colour = colours.setdefault(label, f"C{len(colours) % 10}")
+            xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
+            ax.plot(xs, ys, marker="o", color=colour, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(panel)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 
@@ -101,8 +124,9 @@ def batch_histograms(panels: Mapping[str, Mapping[str, Mapping[str, float]]], pa
 
 
 def grouped_bars(groups: Mapping[str, Mapping[str, float]], path: Path, title: str,
-                 ylabel: str) -> Path:
-    """Groups on x (e.g. concurrency), one bar per series within each group."""
+                 ylabel: str, legend_y: float = -0.08) -> Path:
+    """Groups on x (e.g. concurrency), one bar per series within each group; the legend below
+    the axes, ``legend_y`` down (lower for group names of two lines)."""
     names: list[str] = []
     for series in groups.values():
         names += [s for s in series if s not in names]
@@ -117,5 +141,5 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], path: Path, title: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(names))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, legend_y), ncol=len(names))
     return save_figure(fig, path)

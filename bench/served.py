@@ -1,7 +1,9 @@
 """Served: images/s and latency over HTTP with the dynamic batcher, without it, and a naive server.
 
-    python -m bench served [--quick] [--device cpu|cuda] [--backend auto|torch|onnx]
-                           [--half/--no-half] [--max-batch-size 8] [--windows 2 5 10]
+    python -m bench served [--quick] [--device cpu|cuda] [--backend auto|torch|onnx|openvino]
+                           [--precision fp32|fp16|bf16|int8|auto] [--half/--no-half]
+                           [--letterbox square|rect] [--decode-reduce/--no-decode-reduce]
+                           [--max-batch-size 8] [--windows 2 5 10]
 
 All in one run, so that the ratios hold on a shared, noisy machine:
 
@@ -20,6 +22,9 @@ All in one run, so that the ratios hold on a shared, noisy machine:
 
 Writes ``bench/results/served.{json,md}`` and ``served_{throughput,latency,batches}.png``
 (``--quick`` writes under ``bench/results/raw/``; other devices or settings get their own name).
+``--precision``, ``--letterbox`` and ``--decode-reduce`` go to every ``yoloserve serve`` it starts
+(unset: the service's default, or its ``YOLOSERVE_*`` variable) and to the served backend's rows of
+the ceiling; the report records what the servers resolved them to.
 """
 
 from __future__ import annotations
@@ -71,37 +76,66 @@ def _floor(x: float, nd: int = 3) -> str:
 
 
 # ceiling -------------------------------------------------------------------------------------
-def _plan(model: Path, backend: str, device: str) -> tuple[str, int, int | None]:
-    """(backend, concurrent passes, threads per pass) of the service's compute plan."""
+@dataclass(frozen=True)
+class Served:
+    """How ``yoloserve serve`` would run the model, from the same settings: its compute plan,
+    letterbox and decoding."""
+
+    backend: str
+    precision: str
+    streams: int  # forward passes at once
+    threads: int | None  # per pass (ONNX Runtime, OpenVINO on a CPU)
+    rect: bool
+    decode_reduce: bool
+
+
+def served_as(model: Path, backend: str, device: str, **given: Any) -> Served:
+    """The service's plan for these flags (``precision``, ``half``, ``letterbox``,
+    ``decode_reduce``; ``None``: its default or ``YOLOSERVE_*`` variable, as the servers see it)."""
     from service.compute import plan_compute
     from service.settings import Settings
 
-    plan = plan_compute(Settings(model=model, backend=backend, device=device))
-    return plan.backend, plan.concurrent_batches, plan.threads if plan.backend == "onnx" else None
+    settings = Settings(model=model, backend=backend, device=device,
+                        **{k: v for k, v in given.items() if v is not None})
+    plan = plan_compute(settings)
+    return Served(plan.backend, plan.precision, plan.concurrent_batches,
+                  plan.threads if plan.backend in {"onnx", "openvino"} else None,
+                  settings.letterbox == "rect", settings.decode_reduce)
 
 
 def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, seconds: float,
-                    images: list[bytes], backend: str = "auto") -> list[dict[str, Any]]:
+                    images: list[bytes], backend: str = "auto", *, precision: str | None = None,
+                    letterbox: str | None = None,
+                    decode_reduce: bool | None = None) -> list[dict[str, Any]]:
     """Forward pass alone and ``Engine.infer`` at ``batch``, for each backend that loads: one
-    stream of passes on every core (``mode`` "one stream"), and, where the service's compute
-    plan runs several passes at once, the served backend run that way too ("service plan")."""
+    stream of passes on every core (``mode`` "one stream"), torch and ONNX Runtime at fp32 (fp16
+    with ``half``), the served backend also at the served precision and letterbox when those
+    differ; and, where the service's compute plan runs several passes at once, the served
+    backend run that way too ("service plan")."""
     import numpy as np
     import torch
 
     from service.engine import Engine
     from service.engine.errors import ModelLoadError
 
-    served, streams, plan_threads = _plan(model, backend, device)
-    modes: list[tuple[str, int, int | None]] = [("torch", 1, None), ("onnx", 1, None)]
-    if streams > 1:
-        modes.append((served, streams, plan_threads))
+    srv = served_as(model, backend, device, precision=precision, half=half, letterbox=letterbox,
+                    decode_reduce=decode_reduce)
+    # (backend, passes at once, threads per pass, precision, served options)
+    modes: list[tuple[str, int, int | None, str, bool]] = [
+        ("torch", 1, None, "fp32", False), ("onnx", 1, None, "fp32", False)]
+    if srv.precision != "fp32" or srv.rect or srv.decode_reduce:
+        modes.append((srv.backend, 1, None, srv.precision, True))
+    if srv.streams > 1:
+        modes.append((srv.backend, srv.streams, srv.threads, srv.precision, True))
     rows = []
-    for kind, n_streams, threads in modes:
+    for kind, n_streams, threads, prec, as_served in modes:
         try:
             engine = Engine.load(model, backend=kind, device=device, half=half,  # type: ignore[arg-type]
-                                 threads=threads)
+                                 precision=prec, threads=threads, streams=n_streams,
+                                 rect=as_served and srv.rect,
+                                 decode_reduce=as_served and srv.decode_reduce)
         except ModelLoadError as exc:
-            print(f"ceiling: {kind} skipped: {exc}")
+            print(f"ceiling: {kind} {prec} skipped: {exc}")
             continue
         engine.warmup(batch)
         prepared = [engine.prepare(images[i % len(images)]) for i in range(batch)]
@@ -121,7 +155,9 @@ def measure_ceiling(model: Path, device: str, half: bool | None, batch: int, sec
         mode = ("one stream" if n_streams == 1 else
                 f"service plan: {n_streams} passes at once, {threads} thread(s) each")
         rows.append({"backend": engine.meta.backend, "precision": engine.meta.precision,
-                     "device": engine.meta.device, "batch": batch, "mode": mode,
+                     "device": engine.meta.device, "letterbox": engine.meta.letterbox,
+                     "tensor": "x".join(str(d) for d in stacked.shape[1:3]),
+                     "batch": batch, "mode": mode,
                      "streams": n_streams, "forward_ips": fwd, "infer_ips": inf,
                      # how long one batch takes, forward + NMS, run this way
                      "batch_compute_ms": 1000 * batch * n_streams / inf})
@@ -187,9 +223,16 @@ def targets(args: argparse.Namespace) -> list[Target]:
 
 
 def _server_args(args: argparse.Namespace) -> list[str]:
+    """The flags every server gets; an option left unset leaves the service's default."""
     out = ["--model", str(args.model), "--backend", args.backend, "--device", args.device]
     if args.half is not None:
         out.append("--half" if args.half else "--no-half")
+    if args.precision is not None:
+        out += ["--precision", args.precision]
+    if args.letterbox is not None:
+        out += ["--letterbox", args.letterbox]
+    if args.decode_reduce is not None:
+        out.append("--decode-reduce" if args.decode_reduce else "--no-decode-reduce")
     return out
 
 
@@ -203,10 +246,10 @@ def _find(rows: list[dict[str, Any]], config: str, **match: Any) -> dict[str, An
 
 def ceiling_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Each mode's ceiling, the higher of its figures before and after the servers ran."""
-    best: dict[tuple[str, str], dict[str, Any]] = {}
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in data["ceiling"] + data.get("ceiling_after", []):
         r = {"mode": "one stream", "streams": 1, **r}  # results saved before modes existed
-        key = (r["backend"], r["mode"])
+        key = (r["backend"], r["precision"], r["mode"])
         if key not in best or r["forward_ips"] > best[key]["forward_ips"]:
             best[key] = r
     return list(best.values())
@@ -269,7 +312,9 @@ def goals(data: dict[str, Any], primary: Target, served_backend: str,
                     "figures": f"c={saturation}: {at16['throughput']:.1f} vs "
                                f"{one_pass['throughput']:.1f} img/s",
                     "met": "met" if ratio >= 1.0 else "NOT met"})
-    single = next((r for r in one_stream if r["backend"] == served_backend), None)
+    own = [r for r in one_stream if r["backend"] == served_backend]
+    single = next((r for r in own if r["precision"] == data.get("served_precision")),
+                  own[0] if own else None)
     for target in data["targets"]:
         half_load = _find(opened, target["key"], fraction=0.5)
         if target["is_naive"] or target["max_batch"] < 2 or not half_load or not single:
@@ -321,11 +366,17 @@ def tables(data: dict[str, Any]) -> str:
               "mean batch", "batch exec ms", "server cpu %", "loadgen cpu %"]
     cols_o = ["config", "load", "offered req/s", "drawn req/s", "img/s", "p50 ms", "p95 ms", "p99 ms", "n",
               "errors", "mean batch", "server cpu %", "loadgen cpu %", "max lag ms"]
+    servers = ("Servers: `yoloserve serve " + " ".join(data["server_args"]) + "` (served at "
+               f"{data['served_backend']} {data['served_precision']}, "
+               f"{data['served_letterbox']} letterbox, decode-reduce "
+               f"{'on' if data['served_decode_reduce'] else 'off'})"
+               if "server_args" in data else "")
     parts = [
+        *([servers] if servers else []),
         "## Ceiling: forward pass alone (in-process, before the servers start and after they "
         "stop; the goals use the higher figure of each)",
-        markdown_table(ceil, ["when", "backend", "precision", "device", "batch", "mode",
-                              "forward_ips", "infer_ips", "batch_compute_ms"]),
+        markdown_table(ceil, ["when", "backend", "precision", "device", "letterbox", "tensor",
+                              "batch", "mode", "forward_ips", "infer_ips", "batch_compute_ms"]),
         "## Closed loop (images/s at a fixed number of clients; latency from the send)",
         markdown_table([load_row(r) for r in data["closed"]], cols_c),
         "## Open loop (Poisson arrivals; latency from the scheduled send time)",
@@ -368,10 +419,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench served",
                                  description="HTTP throughput and latency, batched vs not vs naive")
     ap.add_argument("--model", type=Path, default=Path("models/demo.pt"))
-    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
-                    help="FP16 on CUDA (default: the service's choice, FP16 on CUDA)")
+                    help="same as --precision fp16 (default: the service's choice)")
+    ap.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
+                    help="the servers' --precision [the service's default]")
+    ap.add_argument("--letterbox", default=None, choices=["square", "rect"],
+                    help="the servers' --letterbox [the service's default]")
+    ap.add_argument("--decode-reduce", action=argparse.BooleanOptionalAction, default=None,
+                    help="the servers' --decode-reduce [the service's default]")
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--windows", type=float, nargs="+", default=[2.0, 5.0, 10.0],
                     help="max wait (ms) of the batched runs; 5 (or a lone value) gets the sweep")
@@ -406,13 +463,16 @@ def main(argv: list[str] | None = None) -> int:
     from service.engine.backends import resolve_device
 
     device = resolve_device(args.device)
-    served_backend = choose_backend(args.model, args.backend, device)[0]
+    srv = served_as(args.model, args.backend, device, precision=args.precision, half=args.half,
+                    letterbox=args.letterbox, decode_reduce=args.decode_reduce)
+    served_backend = choose_backend(args.model, args.backend, device, srv.precision)[0]
     plan = plan_for(args)
-    name = args.name or ("served" if device == "cpu" and args.max_batch_size == 8
-                         and args.backend == "auto" else
-                         f"served_{device.replace(':', '')}_{served_backend}_"
-                         f"{'fp16' if args.half or (args.half is None and device != 'cpu') else 'fp32'}"
-                         f"_b{args.max_batch_size}")
+    defaults = (args.backend == "auto" and args.precision is None and not args.half
+                and args.letterbox is None and args.decode_reduce is None)
+    name = args.name or ("served" if device == "cpu" and args.max_batch_size == 8 and defaults else
+                         f"served_{device.replace(':', '')}_{served_backend}_{srv.precision}"
+                         f"_b{args.max_batch_size}{'_rect' if srv.rect else ''}"
+                         f"{'_reduce' if srv.decode_reduce else ''}")
     if args.quick:
         name = f"raw/{name}_quick"
     if args.replot:
@@ -425,11 +485,18 @@ def main(argv: list[str] | None = None) -> int:
     images = make_images(max(16 if args.quick else args.images, args.max_batch_size))
     bodies = make_bodies(images)
     data: dict[str, Any] = {"model": str(args.model), "device": device, "half": args.half,
-                            "served_backend": served_backend, "plan": plan.__dict__,
+                            "precision": args.precision, "letterbox": args.letterbox,
+                            "decode_reduce": args.decode_reduce,
+                            "served_backend": served_backend, "served_precision": srv.precision,
+                            "served_letterbox": "rect" if srv.rect else "square",
+                            "served_decode_reduce": srv.decode_reduce,
+                            "server_args": _server_args(args), "plan": plan.__dict__,
                             "closed": [], "open": []}
     ceiling_seconds = 1.5 if args.quick else 3.0
+    served_opts = {"precision": args.precision, "letterbox": args.letterbox,
+                   "decode_reduce": args.decode_reduce}
     data["ceiling"] = measure_ceiling(args.model, device, args.half, args.max_batch_size,
-                                      ceiling_seconds, images, args.backend)
+                                      ceiling_seconds, images, args.backend, **served_opts)
     all_targets = targets(args)
     data["targets"] = [t.__dict__ for t in all_targets]
     for target in all_targets:
@@ -445,13 +512,15 @@ def main(argv: list[str] | None = None) -> int:
             run_target(target, proc, bodies, plan, data)
     # the ceiling again, so that a machine that got faster while the servers ran is seen
     data["ceiling_after"] = measure_ceiling(args.model, device, args.half, args.max_batch_size,
-                                            ceiling_seconds, images, args.backend)
+                                            ceiling_seconds, images, args.backend, **served_opts)
     primary = next(t for t in all_targets if t.full and not t.is_naive and t.max_batch > 1)
     data["goals"] = goals(data, primary, served_backend, plan.saturation)
     data["wall_s"] = time.monotonic() - started
     table = tables(data)
     print(table)
-    md = save(name, data, table, f"Served throughput and latency ({device}, {served_backend})")
+    md = save(name, data, table, f"Served throughput and latency ({device}, {served_backend} "
+                                 f"{srv.precision}, {data['served_letterbox']} letterbox"
+                                 f"{', decode-reduce' if srv.decode_reduce else ''})")
     for p in draw(data, Path(name).name, md.parent):
         print(f"wrote {p.relative_to(RESULTS.parent.parent)}")
     print(f"wrote {md.relative_to(RESULTS.parent.parent)} in {data['wall_s']:.0f} s")

@@ -19,6 +19,9 @@ keep one frame of a stream in flight. The baseline's processes load the
 checkpoint ``--model`` with Ultralytics' defaults (torch, its own thread count) and decode the
 frames before the clock starts; they start together and wait for a common start time.
 
+``--precision``, ``--letterbox`` and ``--decode-reduce`` are passed to ``yoloserve serve`` (after
+``--serve-args``) and to the ceiling's rows of the served backend; unset, the service's defaults.
+
 The ceiling: before the service starts and again after the baseline, the forward pass alone of
 each backend at the service's batch size on the clips' first frames (``bench served``'s
 measurement, the service's compute plan included), so that the report can say, from figures of
@@ -281,7 +284,20 @@ def _ceiling(args: argparse.Namespace, clips: list[list[bytes]]) -> list[dict[st
         return []
     images = [clip[0] for clip in clips]
     return measure_ceiling(Path(args.model), "auto", None, CEILING_BATCH, args.ceiling_seconds,
-                           images)
+                           images, precision=args.precision, letterbox=args.letterbox,
+                           decode_reduce=args.decode_reduce)
+
+
+def serve_flags(args: argparse.Namespace) -> list[str]:
+    """``--serve-args`` and then the options this program names (unset ones left out)."""
+    out: list[str] = str(args.serve_args).split()
+    if args.precision is not None:
+        out += ["--precision", args.precision]
+    if args.letterbox is not None:
+        out += ["--letterbox", args.letterbox]
+    if args.decode_reduce is not None:
+        out.append("--decode-reduce" if args.decode_reduce else "--no-decode-reduce")
+    return out
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -329,7 +345,10 @@ def report(data: dict[str, Any]) -> str:
         "## How it was measured",
         f"{s['fps']} frames/s per stream, {s['warmup']} s warm-up then {s['seconds']} s counted; "
         f"clips {s['width']}x{s['height']}, JPEG; conf {s['conf']}; service: `yoloserve serve "
-        f"{' '.join(s['serve_args'])}`, fed over {', '.join(s['transports'])} (one frame of a "
+        f"{' '.join(s['serve_args'])}` (precision {s.get('precision') or 'default'}, letterbox "
+        f"{s.get('letterbox') or 'default'}, decode-reduce "
+        f"{'default' if s.get('decode_reduce') is None else s['decode_reduce']}), fed over "
+        f"{', '.join(s['transports'])} (one frame of a "
         f"stream in flight); baseline: `{s['model']}` with Ultralytics' defaults, "
         f"ByteTrack. Held: every stream ≥ {HELD_SHARE:.0%} of its rate and p99 < {s['p99_ms']} ms.",
         "", "## Results", markdown_table(data["rows"], columns), "",
@@ -352,8 +371,8 @@ def report(data: dict[str, Any]) -> str:
                   f"({g['forward_ceiling_ips'] / g['needed_fps']:.2f} of what the goal needs)."]
     if data.get("ceiling"):
         lines += ["", "## Forward pass alone (before the service and after the baseline)",
-                  markdown_table(data["ceiling"], ["when", "backend", "precision", "batch", "mode",
-                                                   "forward_ips", "infer_ips"])]
+                  markdown_table(data["ceiling"], ["when", "backend", "precision", "letterbox",
+                                                   "batch", "mode", "forward_ips", "infer_ips"])]
     return "\n".join(lines)
 
 
@@ -420,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(ROOT / "models" / "demo.pt"))
     ap.add_argument("--serve-args", default="",
                     help="extra arguments of yoloserve serve")
+    ap.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
+                    help="the service's --precision [its default]")
+    ap.add_argument("--letterbox", default=None, choices=["square", "rect"],
+                    help="the service's --letterbox [its default]")
+    ap.add_argument("--decode-reduce", action=argparse.BooleanOptionalAction, default=None,
+                    help="the service's --decode-reduce [its default]")
     ap.add_argument("--transports", nargs="+", choices=("http", "ws"), default=["http", "ws"],
                     help="how this process feeds the service: the client's POST per frame, "
                     "or a WebSocket per stream")
@@ -447,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = make_frames(args.clips, args.frames, width, height)
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []  # baseline counts this machine had no memory for
-    serve_args = args.serve_args.split()
+    serve_args = serve_flags(args)
     ceiling = [{"when": "before", **r} for r in _ceiling(args, clips)]
     svc = service("streams-svc", *serve_args).start()
     try:
@@ -474,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     ceiling += [{"when": "after", **r} for r in _ceiling(args, clips)]
     settings = {k: getattr(args, k) for k in ("streams", "fps", "seconds", "warmup", "p99_ms",
                                               "conf", "clips", "frames", "goal_streams", "shared",
-                                              "transports")}
+                                              "transports", "precision", "letterbox",
+                                              "decode_reduce")}
     settings.update(width=width, height=height, serve_args=serve_args,
                     model=os.path.relpath(args.model, ROOT), baseline_streams=baseline_counts)
     data: dict[str, Any] = {"settings": settings, "rows": rows, "baseline_not_run": skipped,
