@@ -51,6 +51,7 @@ __all__ = ["main"]
 
 HELD_SHARE = 0.95  # of the frame rate, for every stream
 BASELINE = "model.track, a process per stream"
+BASELINE_OV = "model.track on the OpenVINO IR (its default precision), a process per stream"
 CEILING_BATCH = 8  # the service's default max batch size
 WORKER_MIB = 600  # a baseline process's own memory (measured: 427 MiB private, 1 GiB resident)
 
@@ -231,7 +232,8 @@ def worker(argv: list[str]) -> int:
 
 
 def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
-                 workdir: Path) -> dict[str, Any]:
+                 workdir: Path, model: Path | None = None,
+                 system: str = BASELINE) -> dict[str, Any]:
     folders = []
     for c, clip in enumerate(clips):
         folder = workdir / f"clip{c}"
@@ -245,7 +247,7 @@ def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
     env["YOLO_OFFLINE"] = "1"
     procs = [subprocess.Popen(
         [sys.executable, "-m", "bench.streams", "--worker", str(folders[i % len(folders)]),
-         str(args.model), str(args.fps), str(args.warmup), str(args.seconds),
+         str(model or args.model), str(args.fps), str(args.warmup), str(args.seconds),
          str(i / (n * args.fps)), str(args.conf)],
         cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for i in range(n)]
@@ -254,6 +256,8 @@ def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
         for proc in procs:  # every one loaded and warm before any starts
             assert proc.stdout is not None
             line = proc.stdout.readline()
+            while line and line.strip() != "ready":  # Ultralytics may print first
+                line = proc.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"a baseline worker did not start: {line!r}")
         start = time.time() + 1.0
@@ -272,8 +276,7 @@ def run_baseline(clips: list[list[bytes]], n: int, args: argparse.Namespace,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return row(BASELINE, n, args.fps, args.seconds, streams, errors,
-               args.p99_ms, load)
+    return row(system, n, args.fps, args.seconds, streams, errors, args.p99_ms, load)
 
 
 # -- the ceiling -----------------------------------------------------------------------------
@@ -286,6 +289,22 @@ def _ceiling(args: argparse.Namespace, clips: list[list[bytes]]) -> list[dict[st
     return measure_ceiling(Path(args.model), "auto", None, CEILING_BATCH, args.ceiling_seconds,
                            images, precision=args.precision, letterbox=args.letterbox,
                            decode_reduce=args.decode_reduce)
+
+
+def _baselines(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The baseline's model (the .pt, FP32, as users run it) and, with ``--baseline-openvino``,
+    the same model as an OpenVINO IR (exported under build/ once), which Ultralytics runs at
+    OpenVINO's default precision: bf16 on CPUs with bf16 units."""
+    out = [(Path(args.model), BASELINE)]
+    if args.baseline_openvino:
+        from service.engine.openvino_export import export_openvino
+
+        model = Path(args.model)
+        folder = ROOT / "build" / "bench" / f"{model.stem}_openvino_model"
+        if not (folder / f"{model.stem}.xml").is_file():
+            export_openvino(model, out=folder)
+        out.append((folder, BASELINE_OV))
+    return out
 
 
 def serve_flags(args: argparse.Namespace) -> list[str]:
@@ -307,17 +326,22 @@ def summary(rows: list[dict[str, Any]], ceiling: list[dict[str, Any]],
     held, and the goal (met by a transport that meets it); with the fastest forward pass alone
     of the run (``ceiling``: every backend, the service's plan included)."""
     base = {r["streams"]: r for r in rows if r["system"] == BASELINE}
+    base_ov = {r["streams"]: r for r in rows if r["system"] == BASELINE_OV}
     ours: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
-        if r["system"] != BASELINE:
+        if r["system"] not in {BASELINE, BASELINE_OV}:
             ours.setdefault(r["system"], {})[r["streams"]] = r
     ratios = [{"system": system, "streams": n,
                "fps_ratio": by_n[n]["total_fps"] / base[n]["total_fps"],
-               "ours_p99_ms": by_n[n]["p99_ms"], "baseline_p99_ms": base[n]["p99_ms"]}
+               "ours_p99_ms": by_n[n]["p99_ms"], "baseline_p99_ms": base[n]["p99_ms"],
+               **({"fps_ratio_vs_openvino": by_n[n]["total_fps"] / base_ov[n]["total_fps"],
+                   "openvino_baseline_p99_ms": base_ov[n]["p99_ms"]}
+                  if base_ov.get(n, {}).get("total_fps") else {})}
               for system, by_n in ours.items()
               for n in sorted(by_n) if n in base and base[n]["total_fps"] > 0]
     held = {name: max((n for n, r in rs.items() if r["held"]), default=0)
-            for name, rs in (*ours.items(), ("baseline", base))}
+            for name, rs in (*ours.items(), ("baseline", base),
+                             *((("baseline on OpenVINO", base_ov),) if base_ov else ()))}
     goal_n = args.goal_streams
     def meets(r: dict[str, Any]) -> bool:
         return bool(r["fps_ratio"] >= 2 and r["ours_p99_ms"] < r["baseline_p99_ms"])
@@ -353,7 +377,9 @@ def report(data: dict[str, Any]) -> str:
         f"ByteTrack. Held: every stream ≥ {HELD_SHARE:.0%} of its rate and p99 < {s['p99_ms']} ms.",
         "", "## Results", markdown_table(data["rows"], columns), "",
         "## Ratios", markdown_table(summ["ratios"], ["system", "streams", "fps_ratio",
-                                                     "ours_p99_ms", "baseline_p99_ms"]), "",
+                                                     "ours_p99_ms", "baseline_p99_ms",
+                                                     "fps_ratio_vs_openvino",
+                                                     "openvino_baseline_p99_ms"]), "",
         "Most streams held (of the counts run): "
         + ", ".join(f"{name} {n}" for name, n in held.items()) + ".",
         *(f"Baseline at {x['streams']} streams not run: {x['available_mib']} MiB of memory "
@@ -426,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         return worker(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench streams", description=__doc__.split("\n")[0])
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 12, 16, 32])
+    ap.add_argument("--baseline-openvino", action="store_true",
+                    help="also run the baseline on the model's OpenVINO IR (bf16 where the CPU "
+                         "has it): batching's own gain at equal precision")
     ap.add_argument("--baseline-streams", type=int, nargs="*", default=None,
                     help="stream counts the baseline runs (default: the same)")
     ap.add_argument("--fps", type=float, default=10.0, help="frames/s per stream")
@@ -492,15 +521,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  baseline, {n} streams: not run, {free:.0f} MiB free", flush=True)
                 skipped.append({"streams": n, "available_mib": round(free)})
                 continue
-            print(f"  baseline, {n} streams", flush=True)
-            rows.append(run_baseline(clips, n, args, Path(tmp)))
-            print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']:.0f} ms",
-                  flush=True)
+            for model, system in _baselines(args):
+                print(f"  {system}, {n} streams", flush=True)
+                rows.append(run_baseline(clips, n, args, Path(tmp), model, system))
+                print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 "
+                      f"{rows[-1]['p99_ms']:.0f} ms", flush=True)
     ceiling += [{"when": "after", **r} for r in _ceiling(args, clips)]
     settings = {k: getattr(args, k) for k in ("streams", "fps", "seconds", "warmup", "p99_ms",
                                               "conf", "clips", "frames", "goal_streams", "shared",
                                               "transports", "precision", "letterbox",
-                                              "decode_reduce")}
+                                              "decode_reduce", "baseline_openvino")}
     settings.update(width=width, height=height, serve_args=serve_args,
                     model=os.path.relpath(args.model, ROOT), baseline_streams=baseline_counts)
     data: dict[str, Any] = {"settings": settings, "rows": rows, "baseline_not_run": skipped,
