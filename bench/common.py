@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -106,3 +107,26 @@ def save(name: str, data: dict[str, Any], table: str, title: str) -> Path:
     md.write_text(f"# {title}\n\nCPU: {data['hardware']}\n\nMachine: {m['cpu']}, {m['cores']} cores"
                   f"{', ' + m['gpu'] if 'gpu' in m else ''}; {m['when']}.\n\n{table}\n")
     return md
+
+
+def add_serving_options(ap: argparse.ArgumentParser, who: str = "the service's") -> None:
+    """``--precision``, ``--letterbox`` and ``--decode-reduce``, passed on to ``yoloserve serve``
+    (unset: the service's default)."""
+    ap.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
+                    help=f"{who} --precision [the service's default]")
+    ap.add_argument("--letterbox", default=None, choices=["square", "rect"],
+                    help=f"{who} --letterbox [the service's default]")
+    ap.add_argument("--decode-reduce", action=argparse.BooleanOptionalAction, default=None,
+                    help=f"{who} --decode-reduce [the service's default]")
+
+
+def serving_flags(args: argparse.Namespace) -> list[str]:
+    """The ``yoloserve serve`` flags of :func:`add_serving_options` that were set."""
+    out: list[str] = []
+    if args.precision is not None:
+        out += ["--precision", args.precision]
+    if args.letterbox is not None:
+        out += ["--letterbox", args.letterbox]
+    if args.decode_reduce is not None:
+        out.append("--decode-reduce" if args.decode_reduce else "--no-decode-reduce")
+    return out

@@ -90,7 +90,7 @@ def measure_all(todo: list[tuple[str, str]], args: argparse.Namespace, device: s
     for backend, precision in todo:
         try:
             engine = Engine.load(args.model, backend=backend, device=device,  # type: ignore[arg-type]
-                                 precision=precision)
+                                 precision=precision, tensorrt=args.tensorrt)
         except ModelLoadError as exc:  # PrecisionUnavailable too
             print(f"skipped {backend} {precision}: {exc}", flush=True)
             skipped.append({"backend": backend, "precision": precision, "why": str(exc)})
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="[torch onnx openvino; torch onnx on CUDA]")
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
                     help="[fp32, and each precision this hardware has, per backend]")
+    ap.add_argument("--tensorrt", action="store_true",
+                    help="ONNX Runtime through its TensorRT provider on CUDA (FP16 at fp16)")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON")
     args = ap.parse_args(argv)
     if args.replot:

@@ -38,7 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import plots
-from bench.common import RESULTS, machine, markdown_table, rate, save
+from bench.common import (
+    RESULTS,
+    add_serving_options,
+    machine,
+    markdown_table,
+    rate,
+    save,
+    serving_flags,
+)
 from bench.loadgen import Body, make_bodies, make_images, run_closed, run_open
 from bench.procs import Fleet, Proc, naive, service
 from bench.scrape import batch_stats, scrape
@@ -227,13 +235,7 @@ def _server_args(args: argparse.Namespace) -> list[str]:
     out = ["--model", str(args.model), "--backend", args.backend, "--device", args.device]
     if args.half is not None:
         out.append("--half" if args.half else "--no-half")
-    if args.precision is not None:
-        out += ["--precision", args.precision]
-    if args.letterbox is not None:
-        out += ["--letterbox", args.letterbox]
-    if args.decode_reduce is not None:
-        out.append("--decode-reduce" if args.decode_reduce else "--no-decode-reduce")
-    return out
+    return out + serving_flags(args)
 
 
 # goals and tables ----------------------------------------------------------------------------
@@ -423,12 +425,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
                     help="same as --precision fp16 (default: the service's choice)")
-    ap.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
-                    help="the servers' --precision [the service's default]")
-    ap.add_argument("--letterbox", default=None, choices=["square", "rect"],
-                    help="the servers' --letterbox [the service's default]")
-    ap.add_argument("--decode-reduce", action=argparse.BooleanOptionalAction, default=None,
-                    help="the servers' --decode-reduce [the service's default]")
+    add_serving_options(ap, "the servers'")
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--windows", type=float, nargs="+", default=[2.0, 5.0, 10.0],
                     help="max wait (ms) of the batched runs; 5 (or a lone value) gets the sweep")

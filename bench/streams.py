@@ -43,7 +43,15 @@ from typing import Any
 
 import httpx
 
-from bench.common import RESULTS, machine, markdown_table, percentile, save
+from bench.common import (
+    RESULTS,
+    add_serving_options,
+    machine,
+    markdown_table,
+    percentile,
+    save,
+    serving_flags,
+)
 from bench.procs import ROOT, service
 from bench.served import measure_ceiling
 
@@ -309,14 +317,7 @@ def _baselines(args: argparse.Namespace) -> list[tuple[Path, str]]:
 
 def serve_flags(args: argparse.Namespace) -> list[str]:
     """``--serve-args`` and then the options this program names (unset ones left out)."""
-    out: list[str] = str(args.serve_args).split()
-    if args.precision is not None:
-        out += ["--precision", args.precision]
-    if args.letterbox is not None:
-        out += ["--letterbox", args.letterbox]
-    if args.decode_reduce is not None:
-        out.append("--decode-reduce" if args.decode_reduce else "--no-decode-reduce")
-    return out
+    return [*str(args.serve_args).split(), *serving_flags(args)]
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -468,12 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(ROOT / "models" / "demo.pt"))
     ap.add_argument("--serve-args", default="",
                     help="extra arguments of yoloserve serve")
-    ap.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
-                    help="the service's --precision [its default]")
-    ap.add_argument("--letterbox", default=None, choices=["square", "rect"],
-                    help="the service's --letterbox [its default]")
-    ap.add_argument("--decode-reduce", action=argparse.BooleanOptionalAction, default=None,
-                    help="the service's --decode-reduce [its default]")
+    add_serving_options(ap)
     ap.add_argument("--transports", nargs="+", choices=("http", "ws"), default=["http", "ws"],
                     help="how this process feeds the service: the client's POST per frame, "
                     "or a WebSocket per stream")
