@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from batching import DynamicBatcher
 from service.admission import Admission, capacity
+from service.compute import decode_threads
 from service.decoding import DecodePool
 from service.engine.types import Detections, DetectParams, Prepared
 from service.errors import DeadlineExceeded
@@ -73,7 +74,7 @@ class Inferencer:
         self.metrics = metrics
         self.concurrent_batches = concurrent_batches
         self.observer = metrics.for_model(engine.meta.name)
-        self._decode = DecodePool(engine, settings.preprocess_threads, decode_executor)
+        self._decode = DecodePool(engine, decode_threads(settings), decode_executor)
         limit = capacity(settings.max_queue, settings.max_batch_size, concurrent_batches)
         self.batcher: DynamicBatcher[Job, Outcome] = DynamicBatcher(
             self._run_batch,

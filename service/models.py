@@ -130,8 +130,10 @@ async def _load_one(spec: ModelSpec, settings: Settings, metrics: ServiceMetrics
 async def load_models(settings: Settings, metrics: ServiceMetrics,
                       store: SharedStore | None = None) -> ModelRegistry:
     """Load every model of the settings, one after the other, and start their batchers."""
+    from service.compute import decode_threads
+
     specs, aliases = resolve_specs(settings.model, settings.models, settings.model_alias)
-    pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="decode")
+    pool = ThreadPoolExecutor(decode_threads(settings), thread_name_prefix="decode")
     loaded: list[ServedModel] = []
     try:
         for spec in specs:

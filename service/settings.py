@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     max_concurrent_batches: int | None = Field(
         None, ge=1, le=256, description="forward passes in flight at once; None: one per core "
         "for ONNX Runtime on a CPU (single-threaded passes), else 1")
-    preprocess_threads: int = Field(4, ge=1, le=64, description="Threads that decode and letterbox")
+    preprocess_threads: int | None = Field(None, ge=1, le=64, description="Threads that decode "
+                                           "and letterbox; None: one per core (at least 2)")
     warmup: bool = Field(True, description="Run every batch size once before taking requests")
     load_in_background: bool = Field(True, description="open the port before the model is loaded")
 
