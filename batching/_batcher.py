@@ -31,7 +31,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -78,6 +78,9 @@ class DynamicBatcher(Generic[T, R]):
         observer: receives batch, drop and queue-depth events (for metrics).
         is_oom: tells an out-of-memory error, which halves the batch size from then on;
             default :func:`default_is_oom`.
+        group_key: items whose keys differ never share a batch (e.g. images of different
+            shapes): a batch takes the oldest item's key and the items of that key behind
+            it, in order; the others wait, in their order, for the next batch.
         name: names the worker threads, the tasks and the log lines.
     """
 
@@ -92,6 +95,7 @@ class DynamicBatcher(Generic[T, R]):
         observer: BatchObserver | None = None,
         is_oom: Callable[[BaseException], bool] | None = None,
         name: str = "batcher",
+        group_key: Callable[[T], Hashable] | None = None,
     ) -> None:
         check_settings(max_batch_size, max_wait, max_queue, max_concurrent_batches)
         self._fn = batch_fn
@@ -103,6 +107,7 @@ class DynamicBatcher(Generic[T, R]):
         )
         self._is_oom = default_is_oom if is_oom is None else is_oom
         self._name = name
+        self._group_key = group_key
         self._state = BatcherState.CREATED
         self._queue: PendingQueue[T, R] = PendingQueue()
         self._effective_max = max_batch_size
@@ -361,7 +366,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def _dispatch(self, reason: DispatchReason) -> None:
         now = time.monotonic()
-        taken = self._queue.take(self._effective_max, now)
+        taken = self._queue.take(self._effective_max, now, self._group_key)
         if taken.cancelled:
             self._observer.on_dropped(DropReason.CANCELLED, taken.cancelled)
         if taken.expired:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +20,9 @@ __all__ = ["Pending", "PendingQueue", "Taken", "fail_all", "settle_exception", "
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+_NO_KEY: Hashable = object()
+"""No batch key chosen yet (``None`` is a key like any other)."""
 
 
 def settle_result(future: asyncio.Future[Any], value: object) -> bool:
@@ -106,20 +109,34 @@ class PendingQueue(Generic[T, R]):
             self._dead -= 1
         return items[0] if items else None
 
-    def take(self, limit: int, now: float) -> Taken[T, R]:
+    def take(self, limit: int, now: float,
+             key: Callable[[T], Hashable] | None = None) -> Taken[T, R]:
         """Remove up to ``limit`` runnable entries from the head, oldest first.
 
         Entries whose caller was cancelled (but not yet counted out) and expired ones are
-        removed too and returned apart, so that they never reach ``batch_fn``.
+        removed too and returned apart, so that they never reach ``batch_fn``. With ``key``,
+        the batch holds only entries of the oldest runnable entry's key; the others stay
+        queued, in their order.
         """
         taken: Taken[T, R] = Taken()
         items = self._items
+        skipped: list[Pending[T, R]] = []
+        batch_key: Hashable = _NO_KEY
         while items and len(taken.batch) < limit:
             entry = items.popleft()
-            entry.queued = False
             if entry.dead:
+                entry.queued = False
                 self._dead -= 1
                 continue
+            runnable = not entry.future.done() and not entry.expired(now)
+            if runnable and key is not None:
+                k = key(entry.item)
+                if batch_key is _NO_KEY:
+                    batch_key = k
+                elif k != batch_key:
+                    skipped.append(entry)
+                    continue
+            entry.queued = False
             entry.cancel_timer()
             if entry.future.done():
                 taken.cancelled += 1
@@ -127,6 +144,7 @@ class PendingQueue(Generic[T, R]):
                 taken.expired.append(entry)
             else:
                 taken.batch.append(entry)
+        items.extendleft(reversed(skipped))
         return taken
 
     def compact(self) -> None:

@@ -46,6 +46,10 @@ class Job:
     protocol: str = "v1"  # which API sent it: v1 or v2 (the Open Inference Protocol)
 
 
+def _shape(job: Job) -> tuple[int, ...]:
+    return tuple(job.prepared.tensor.shape)
+
+
 @dataclass(frozen=True)
 class Outcome:
     detections: Detections
@@ -84,6 +88,8 @@ class Inferencer:
             max_concurrent_batches=concurrent_batches,
             observer=self.observer,
             name=f"inference-{engine.meta.name}",
+            # rect letterboxes differ in shape: a batch holds one shape (one forward pass)
+            group_key=_shape if engine.meta.letterbox == "rect" else None,
         )
         self.admission = Admission(limit, self.batcher)
         self._cache = self._result_cache(settings, store)

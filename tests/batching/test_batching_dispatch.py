@@ -166,3 +166,20 @@ async def test_submit_starts_a_created_batcher() -> None:
 def test_settings_that_cannot_work_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         DynamicBatcher(lambda xs: xs, **settings)  # type: ignore[arg-type]
+
+
+async def test_items_of_different_keys_never_share_a_batch() -> None:
+    """``group_key``: a batch takes the oldest item's key; the others keep their order."""
+    gate = Gate()
+    batcher = DynamicBatcher(gate, max_batch_size=3, max_wait=30.0, name="keyed",
+                             group_key=lambda x: x % 2)
+    async with batcher:
+        blocker = asyncio.create_task(batcher.submit(100))  # even: holds the only worker
+        assert await gate.started() == [100]
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3, 4, 5, 7, 6)]
+        await yield_loop()
+        gate.open()
+        results = await asyncio.gather(blocker, *tasks)
+    assert results == [1000, 10, 20, 30, 40, 50, 70, 60]
+    assert gate.calls[1:] == [[1, 3, 5], [2, 4, 6], [7]]
+    assert_no_leftovers(batcher)
