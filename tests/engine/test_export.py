@@ -9,6 +9,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from service.engine.precision import detect_hardware, missing_for
 from yoloserve.cli import main
 
 pytestmark = pytest.mark.slow
@@ -36,3 +37,32 @@ def test_export_cli_writes_checked_models(demo_pt: Path, tmp_path: Path) -> None
     fp32 = next(line for line in lines if "| fp32 |" in line)
     assert "100.0%" in fp32  # every image gets the same boxes as the source weights
     assert fp32.count("|") == 9 and "| - |" not in fp32  # mAP measured on the demo split
+
+
+@pytest.mark.skipif(
+    missing_for("int8", detect_hardware("cpu"), "cpu", "openvino") is not None,
+    reason="this CPU has no int8 (VNNI) units")
+def test_openvino_int8_export_cli_writes_an_ir_the_service_finds(demo_pt: Path,
+                                                                 tmp_path: Path) -> None:
+    """``export --format openvino --precision int8``: the IR lands where ``--precision int8``
+    looks for it, and the command says how closely it follows FP32."""
+    import cv2
+
+    from service.engine import Engine
+    from tests.engine.images import shapes_image
+
+    for name in ("m.pt", "m.onnx"):
+        shutil.copyfile(demo_pt.with_suffix(Path(name).suffix), tmp_path / name)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(16):
+        cv2.imwrite(str(calib / f"{i}.jpg"), shapes_image(i, (320, 240), seed=0))
+    result = CliRunner().invoke(
+        main, ["export", "--model", str(tmp_path / "m.pt"), "--format", "openvino",
+               "--precision", "int8", "--calibration", str(calib), "--check-images", "16"])
+    assert result.exit_code == 0, result.output
+    xml = tmp_path / "m_int8_openvino_model" / "m.xml"
+    assert xml.is_file() and f"wrote {xml}" in result.output
+    assert "boxes agree" in result.output and "yoloserve evaluate" in result.output
+    engine = Engine.load(tmp_path / "m.pt", device="cpu", precision="int8")
+    assert (engine.meta.backend, engine.meta.precision, engine.meta.path) == ("openvino", "int8", xml)
