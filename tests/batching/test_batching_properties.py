@@ -46,6 +46,7 @@ class Scenario:
     oom_above: int | None  # batch_fn runs out of memory on batches larger than this
     close_after: int | None  # close once this many items were submitted
     drain_timeout: float
+    groups: int | None  # group_key = item % groups: a batch never mixes two
 
 
 @st.composite
@@ -65,6 +66,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         oom_above=draw(st.none() | st.integers(1, 8)),
         close_after=draw(st.none() | st.integers(0, size)),
         drain_timeout=draw(st.sampled_from([0.0, 5.0])),
+        groups=draw(st.none() | st.integers(1, 3)),
     )
 
 
@@ -108,6 +110,7 @@ async def play(s: Scenario) -> None:
         max_concurrent_batches=s.max_concurrent,
         observer=observer,
         name="prop",
+        group_key=None if s.groups is None else (lambda x, g=s.groups: x % g),
     )
     cancels = dict(s.cancel_after)
     tasks: list[asyncio.Task[int]] = []
@@ -153,6 +156,8 @@ def check(
     succeeded = [item for call in record.succeeded for item in call]
     assert len(succeeded) == len(set(succeeded))
     assert all(1 <= len(call) <= s.max_batch_size for call in record.calls)
+    if s.groups is not None:
+        assert all(len({item % s.groups for item in call}) == 1 for call in record.calls)
     assert batcher.state is BatcherState.CLOSED
     assert (batcher.queue_depth, batcher.inflight_batches) == (0, 0)
 
