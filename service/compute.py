@@ -72,8 +72,10 @@ def resolve_precision(settings: Settings, model: Path, device: str) -> tuple[str
             continue
         loss = _stored_loss(model, precision, variant(settings.letterbox, settings.decode_reduce))
         if loss is None:
+            how = (" --letterbox rect" if settings.letterbox == "rect" else "") + (
+                " --decode-reduce" if settings.decode_reduce else "")
             passed.append(f"{precision}: no stored evaluation; run `yoloserve evaluate --model "
-                          f"{model} --precision {precision}`")
+                          f"{model} --precision {precision}{how}`")
         elif loss > settings.accuracy_budget:
             passed.append(f"{precision}: loses {loss:.2f} points of mAP50-95, over the budget "
                           f"of {settings.accuracy_budget:g}")
