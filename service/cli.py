@@ -149,6 +149,7 @@ def _export_openvino(model: Path, precision: str, calibration: Path | None, imag
     """Write the IR, then say how closely it follows FP32 on generated images."""
     from service.engine import Engine, ModelLoadError
     from service.engine.evaluation import agreement
+    from service.engine.export import detect_all
     from service.engine.openvino_export import calibration_images, export_openvino
 
     try:
@@ -160,17 +161,10 @@ def _export_openvino(model: Path, precision: str, calibration: Path | None, imag
         raise click.ClickException(str(exc)) from None
     reference = Engine.load(model, device="cpu")
     sample = list(calibration_images(calibration, check_images))
-    matched, total = agreement(_detect_each(reference, sample), _detect_each(served, sample))
+    matched, total = agreement(detect_all(reference, sample), detect_all(served, sample))
     click.echo(f"wrote {xml}; against FP32 on {len(sample)} images: {matched}/{total} boxes "
                f"agree (same class, IoU >= 0.9). Measure its mAP with "
                f"`yoloserve evaluate --model {model} --precision {precision}`")
-
-
-def _detect_each(engine: Any, images: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for i in range(0, len(images), 8):
-        out.extend(engine.infer([engine.prepare_array(im) for im in images[i:i + 8]]).detections)
-    return out
 
 
 @click.command("train-demo")
@@ -208,7 +202,8 @@ def baseline_command(images: tuple[Path, ...], out: Path, model: Path | None,
                      min_conf: float | None) -> None:
     """Detect on IMAGES (files or folders) and write the per-class baseline of drift monitoring."""
     from service.engine import Engine
-    from service.monitoring import baseline_from_images, image_files
+    from service.engine.decode import image_files
+    from service.monitoring import baseline_from_images
 
     settings = Settings()
     paths = image_files(images)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 __all__ = ["COUNT_BINS", "SMOOTHING", "Baseline", "BaselineBuilder", "ClassHistograms", "DriftMonitor",
-           "baseline_from_images", "image_files", "monitor_from_settings", "psi"]
+           "baseline_from_images", "monitor_from_settings", "psi"]
 
 log = logging.getLogger("yoloserve.monitoring")
 
@@ -286,20 +286,6 @@ def monitor_from_settings(settings: Settings, meta: ModelMeta) -> DriftMonitor |
         threshold=settings.drift_threshold, min_window_images=settings.monitor_min_window,
         baseline=baseline,
     )
-
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-
-
-def image_files(specs: Iterable[Path]) -> list[Path]:
-    """Files as given, and the images under folders (recursively), in a stable order."""
-    out: list[Path] = []
-    for spec in specs:
-        if spec.is_dir():
-            out.extend(sorted(p for p in spec.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(spec)
-    return out
 
 
 def baseline_from_images(engine: Engine, paths: Sequence[Path], min_conf: float,

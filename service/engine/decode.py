@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -20,8 +21,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.engine.errors import ImageDimensionsError, ImageTooLarge, InvalidImage
 
-__all__ = ["SUPPORTED_FORMATS", "ImageHeader", "ImageLimits", "decode_image", "decode_reduced",
-           "probe_image"]
+__all__ = ["IMAGE_SUFFIXES", "SUPPORTED_FORMATS", "ImageHeader", "ImageLimits", "decode_image",
+           "decode_reduced", "image_files", "probe_image"]
 
 _PIL_OPEN: Callable[..., Any] = Image.open
 
@@ -37,6 +38,19 @@ def _open(data: bytes) -> Any:
 
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def image_files(specs: Iterable[Path]) -> list[Path]:
+    """Files as given, and the images under folders (recursively), in a stable order."""
+    out: list[Path] = []
+    for spec in specs:
+        if spec.is_dir():
+            out.extend(sorted(p for p in spec.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                              and p.is_file()))
+        else:
+            out.append(spec)
+    return out
 
 
 @dataclass(frozen=True)

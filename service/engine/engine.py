@@ -24,8 +24,8 @@ from service.engine.postprocess import postprocess
 from service.engine.preprocess import letterbox
 from service.engine.types import Detections, DetectParams, ModelMeta, Prepared
 
-__all__ = ["BackendName", "BatchOutput", "Engine", "check_precision", "choose_backend", "openvino_dir",
-           "weights_version"]
+__all__ = ["BackendName", "BatchOutput", "Engine", "check_precision", "choose_backend",
+           "group_by_shape", "openvino_dir", "weights_version"]
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,8 @@ def weights_version(path: Path) -> str:
 def openvino_dir(model: Path, precision: str = "fp32") -> Path:
     """Where ``yoloserve export --format openvino`` writes the IR of ``model`` (Ultralytics' layout):
     ``{stem}_openvino_model/``, or ``{stem}_int8_openvino_model/`` for a quantized one."""
-    stem = model.stem if model.suffix.lower() != ".xml" else model.parent.name.split("_")[0]
     tag = "_int8" if precision == "int8" else ""
-    return model.parent / f"{stem}{tag}_openvino_model"
+    return model.parent / f"{model.stem}{tag}_openvino_model"
 
 
 def _openvino_source(model: Path, precision: str) -> Path:
@@ -107,6 +106,15 @@ def choose_backend(model: Path, backend: BackendName, device: str,
     if suffix == ".onnx":
         raise ModelLoadError("the torch backend needs PyTorch weights (.pt), not an ONNX model")
     return "torch", model
+
+
+def group_by_shape(batch: Sequence[Prepared]) -> list[list[int]]:
+    """Indices of ``batch`` grouped by input shape (rect letterboxes differ), in first-seen
+    order: each group can be stacked into one forward pass."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(batch):
+        groups.setdefault(p.tensor.shape, []).append(i)
+    return list(groups.values())
 
 
 def check_precision(precision: str, device: str, backend: str) -> None:
@@ -194,15 +202,13 @@ class Engine:
         if not batch:
             return BatchOutput([], 0.0, 0.0)
         params = list(params) if params is not None else [DetectParams()] * len(batch)
-        shapes: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(batch):
-            shapes.setdefault(p.tensor.shape, []).append(i)
-        if len(shapes) == 1:
+        groups = group_by_shape(batch)
+        if len(groups) == 1:
             return self._pass(batch, params)
         # rect letterboxes of several shapes: one pass per shape, answers back in input order
         dets: list[Detections | None] = [None] * len(batch)
         inference_ms = postprocess_ms = 0.0
-        for idx in shapes.values():
+        for idx in groups:
             out = self._pass([batch[i] for i in idx], [params[i] for i in idx])
             inference_ms += out.inference_ms
             postprocess_ms += out.postprocess_ms

@@ -22,13 +22,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.engine import BackendName, Engine, choose_backend, weights_version
+from service.engine.decode import IMAGE_SUFFIXES, image_files
+from service.engine.engine import (
+    BackendName,
+    Engine,
+    choose_backend,
+    group_by_shape,
+    weights_version,
+)
 from service.engine.errors import ImageError, ModelLoadError
 from service.engine.postprocess import postprocess
 from service.engine.types import Detections, DetectParams, Letterbox, Prepared
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "DatasetError",
     "EvalRow",
     "Evaluation",
@@ -46,7 +52,6 @@ __all__ = [
     "variant",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 IOU_THRESHOLDS: NDArray[np.float64] = np.linspace(0.5, 0.95, 10)
 VAL_CONF, VAL_IOU, VAL_MAX_DET = 0.001, 0.7, 300  # Ultralytics' validator defaults
 AGREEMENT_CONF = 0.25
@@ -104,7 +109,7 @@ def _read_labels(path: Path | None) -> tuple[NDArray[np.int64], Boxes]:
 
 def load_dataset(root: Path) -> list[LabelledImage]:
     """Every image under ``root`` (recursive, sorted) with its labels; no label file, no objects."""
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = image_files([root])
     if not paths:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     return [LabelledImage(p, *_read_labels(label_path(p))) for p in paths]
@@ -231,12 +236,10 @@ def _detect(engine: Engine, dataset: Sequence[LabelledImage]) -> _Run:
                         for i in chunk}
         except ImageError as exc:
             raise DatasetError(f"an image under evaluation cannot be read: {exc}") from exc
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, p in prepared.items():
-            groups.setdefault(p.tensor.shape, []).append(i)
-        for indices in groups.values():
-            _forward(engine, [prepared[i] for i in indices], run)
-            order.extend(indices)
+        batch = [prepared[i] for i in chunk]
+        for group in group_by_shape(batch):
+            _forward(engine, [batch[i] for i in group], run)
+            order.extend(chunk[i] for i in group)
     back = np.argsort(order)
     return _Run([run.validator[i] for i in back], [run.letterboxes[i] for i in back],
                 [run.served[i] for i in back], run.seconds)

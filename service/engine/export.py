@@ -17,8 +17,8 @@ import numpy as np
 from service.engine.engine import Engine
 from service.engine.types import Detections
 
-__all__ = ["ExportReport", "ExportRow", "TritonOptions", "compare", "export_and_check", "export_onnx",
-           "export_triton"]
+__all__ = ["ExportReport", "ExportRow", "TritonOptions", "compare", "detect_all", "export_and_check",
+           "export_onnx", "export_triton"]
 
 
 @dataclass
@@ -110,7 +110,8 @@ def compare(a: list[Detections], b: list[Detections], row: ExportRow) -> ExportR
     return row
 
 
-def _detect_all(engine: Engine, images: list[np.ndarray], batch: int = 8) -> list[Detections]:
+def detect_all(engine: Engine, images: list[np.ndarray], batch: int = 8) -> list[Detections]:
+    """Detections for each image, in batches of ``batch`` at the default thresholds."""
     out: list[Detections] = []
     for i in range(0, len(images), batch):
         prepared = [engine.prepare_array(img) for img in images[i:i + batch]]
@@ -140,7 +141,7 @@ def export_and_check(model: Path, *, out: Path | None = None, half: bool = False
         targets.append((_to_int8(out, out.with_suffix(".int8.onnx")), "int8"))
     source = Engine.load(model, backend="torch", device="cpu")
     images = [make_sample(1, i).image for i in range(check_images)]
-    reference = _detect_all(source, images)
+    reference = detect_all(source, images)
     report = ExportReport(source=model)
     is_demo = tuple(source.meta.classes.values()) == CLASSES
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +154,7 @@ def export_and_check(model: Path, *, out: Path | None = None, half: bool = False
             report.source_map = _demo_map(model, data, source.meta.input_size)
         for path, precision in targets:
             engine = Engine.load(path, backend="onnx", device="cpu")
-            row = compare(reference, _detect_all(engine, images), ExportRow(path, precision))
+            row = compare(reference, detect_all(engine, images), ExportRow(path, precision))
             if data is not None:
                 row.map50, row.map50_95 = _demo_map(path, data, source.meta.input_size)
             report.rows.append(row)

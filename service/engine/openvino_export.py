@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.backends.openvino_backend import read_metadata
+from service.engine.backends.openvino_backend import input_side, read_metadata
+from service.engine.decode import image_files
 from service.engine.engine import openvino_dir
 from service.engine.errors import ModelLoadError
 from service.engine.preprocess import letterbox
@@ -27,9 +28,6 @@ from service.engine.preprocess import letterbox
 __all__ = ["calibration_images", "export_openvino", "head_ignored_scope"]
 
 log = logging.getLogger(__name__)
-
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
 
 def calibration_images(folder: Path | None, count: int) -> Iterator[NDArray[np.uint8]]:
     """BGR images to calibrate on: up to ``count`` files under ``folder``, or, with no folder,
@@ -42,7 +40,7 @@ def calibration_images(folder: Path | None, count: int) -> Iterator[NDArray[np.u
         for i in range(count):
             yield make_sample(0, i).image
         return
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)[:count]
+    files = image_files([folder])[:count]
     if not files:
         raise ValueError(f"no images in {folder} to calibrate on")
     for path in files:
@@ -111,8 +109,7 @@ def export_openvino(model: Path, *, precision: str = "fp32", out: Path | None = 
         raise ValueError(f"no OpenVINO export at {precision}")
     onnx_path = _onnx_of(model)
     meta = read_metadata(onnx_path)
-    size = int(max(meta["imgsz"]) if isinstance(meta.get("imgsz"), list | tuple)
-               else meta.get("imgsz", 640))
+    size = input_side(meta.get("imgsz", 640))
     ov_model = ov.convert_model(str(onnx_path))
     if precision == "int8":
         ov_model = _quantize(ov_model, size, calibration, calibration_images_count)

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from service.engine.errors import ModelLoadError
 
-__all__ = ["OpenVinoBackend", "read_metadata"]
+__all__ = ["OpenVinoBackend", "input_side", "read_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _size(imgsz: Any) -> int:
+def input_side(imgsz: Any) -> int:
+    """The side of the square input from Ultralytics' ``imgsz`` (an int or ``[h, w]``)."""
     return int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
 
 
@@ -75,7 +76,7 @@ class OpenVinoBackend:
 
         meta = read_metadata(path)
         self.names = {int(k): str(v) for k, v in dict(meta["names"]).items()}
-        self.input_size = _size(meta.get("imgsz", 640))
+        self.input_size = input_side(meta.get("imgsz", 640))
         self.stride = int(meta.get("stride", 32))
         quantized = str(meta.get("precision", "")) == "int8"
         if (precision == "int8") != quantized:
