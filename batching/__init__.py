@@ -7,6 +7,7 @@ Knows nothing of images, HTTP or torch; imports only the standard library::
 """
 
 from ._batcher import DynamicBatcher
+from ._device import Device
 from ._errors import BatchContractError, BatchingError, DeadlineExceeded, QueueFull, ShuttingDown
 from ._observer import BatchObserver, NullObserver
 from ._policy import default_is_oom
@@ -19,6 +20,7 @@ __all__ = [
     "BatchingError",
     "Completed",
     "DeadlineExceeded",
+    "Device",
     "DispatchReason",
     "DropReason",
     "DynamicBatcher",

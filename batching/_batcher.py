@@ -28,21 +28,21 @@ returning worker, a timer or ``close`` completes; it never polls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._device import Device
 from ._errors import BatchingError, DeadlineExceeded, QueueFull, ShuttingDown
 from ._observer import BatchObserver, GuardedObserver, NullObserver
 from ._pending import Pending, PendingQueue, fail_all, settle_exception, settle_result
-from ._policy import RetryAfterEstimator, check_settings, default_is_oom
+from ._policy import check_settings, default_is_oom
 from ._runner import BatchReport, BatchRunner
 from ._types import BatcherState, Completed, DispatchReason, DropReason
-from ._workers import shutdown_executor
 
 __all__ = ["DynamicBatcher"]
 
@@ -74,7 +74,10 @@ class DynamicBatcher(Generic[T, R]):
             runs; never waited while no batch is in flight.
         max_queue: most items waiting; beyond it ``submit`` raises ``QueueFull`` at once.
         max_concurrent_batches: calls of ``batch_fn`` at once (worker threads); one more full
-            batch may be staged for them while they are all busy.
+            batch may be staged for them while they are all busy. Ignored when ``device`` is
+            given: the device's slots bound the calls of every batcher sharing it.
+        device: the forward-pass slots shared with other batchers (:class:`Device`); without
+            one the batcher has a device of its own with ``max_concurrent_batches`` slots.
         observer: receives batch, drop and queue-depth events (for metrics).
         is_oom: tells an out-of-memory error, which halves the batch size from then on;
             default :func:`default_is_oom`.
@@ -96,12 +99,14 @@ class DynamicBatcher(Generic[T, R]):
         is_oom: Callable[[BaseException], bool] | None = None,
         name: str = "batcher",
         group_key: Callable[[T], Hashable] | None = None,
+        device: Device | None = None,
     ) -> None:
         check_settings(max_batch_size, max_wait, max_queue, max_concurrent_batches)
         self._fn = batch_fn
         self._max_wait = max_wait
         self._max_queue = max_queue
-        self._max_concurrent = max_concurrent_batches
+        self._owns_device = device is None
+        self._device = Device(max_concurrent_batches, name=name) if device is None else device
         self._observer: BatchObserver = (
             NullObserver() if observer is None else GuardedObserver(observer)
         )
@@ -112,8 +117,6 @@ class DynamicBatcher(Generic[T, R]):
         self._queue: PendingQueue[T, R] = PendingQueue()
         self._effective_max = max_batch_size
         self._inflight = 0  # batches launched and not yet finished (settled)
-        self._busy = 0  # of those, batches whose first call of batch_fn has not returned
-        self._retry = RetryAfterEstimator(max_concurrent_batches)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Future[None] | None = None
         self._wake_threshold = _NEVER
@@ -142,7 +145,16 @@ class DynamicBatcher(Generic[T, R]):
     def retry_after(self, waiting: int | None = None) -> float:
         """Seconds a refused caller should wait: the time to run ``waiting`` items (default: the
         queue) at the throughput of recent batches."""
-        return self._retry.retry_after(len(self._queue) if waiting is None else waiting)
+        return self._device.retry_after(len(self._queue) if waiting is None else waiting)
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    def oldest_enqueued_at(self) -> float | None:
+        """When the oldest item still waiting arrived (the device serves the oldest first)."""
+        oldest = self._queue.oldest()
+        return None if oldest is None else oldest.enqueued_at
 
     @property
     def effective_max_batch_size(self) -> int:
@@ -173,12 +185,10 @@ class DynamicBatcher(Generic[T, R]):
         if self._state is not BatcherState.CREATED:
             raise RuntimeError(f"{self._name} is {self._state.value}; it cannot start again")
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self._max_concurrent, thread_name_prefix=f"{self._name}-worker"
-        )
+        self._device.attach(self)
         self._runner: BatchRunner[T, R] = BatchRunner(
-            self._fn,
-            self._executor,
+            functools.partial(_on_device, self._device, self._fn),
+            self._device.executor,
             is_oom=self._is_oom,
             on_oom=self._shrink,
             on_finished=self._batch_finished,
@@ -210,8 +220,10 @@ class DynamicBatcher(Generic[T, R]):
         finally:
             # 3. Fail what is left with ShuttingDown and cancel the background tasks.
             await self._abort_leftovers()
-            # 4. Shut the thread pool down; wait (briefly) for its threads to exit.
-            await shutdown_executor(self._executor, name=self._name, grace=_WORKER_EXIT_GRACE)
+            # 4. Leave the device; a device of its own: shut its threads down, briefly waiting.
+            self._device.detach(self)
+            if self._owns_device:
+                await self._device.close(_WORKER_EXIT_GRACE)
             self._state = BatcherState.CLOSED
             settle_result(self._closing, None)
 
@@ -294,7 +306,7 @@ class DynamicBatcher(Generic[T, R]):
         self._observer.on_dropped(DropReason.REFUSED, 1)
         raise QueueFull(
             f"{self._name}: queue full ({depth} items waiting)",
-            retry_after=self._retry.retry_after(depth),
+            retry_after=self._device.retry_after(depth),
             queue_depth=depth,
         )
 
@@ -331,15 +343,17 @@ class DynamicBatcher(Generic[T, R]):
             self._check_drained()
             return (1, None)
         full = len(self._queue) >= self._effective_max
-        if self._busy >= self._max_concurrent:
-            if self._busy > self._max_concurrent:  # a staged batch waits already
+        device = self._device
+        if device.full:
+            # one staged batch at most, and only from the batcher first in line for the device
+            if device.staged or not device.first_in_line(self):
                 return (_NEVER, None)
             return DispatchReason.FULL if full else (self._effective_max, None)
         if full:
             return DispatchReason.FULL
         if self._state is not BatcherState.RUNNING:
             return DispatchReason.DRAIN
-        if self._busy == 0:
+        if device.busy == 0:
             return DispatchReason.IDLE
         due = oldest.enqueued_at + self._max_wait
         if now >= due:
@@ -375,18 +389,22 @@ class DynamicBatcher(Generic[T, R]):
         self._observer.on_queue_depth(len(self._queue))
         if taken.batch:
             self._inflight += 1
-            self._busy += 1
+            self._device.acquire()
             self._runner.launch(taken.batch, BatchReport(reason, now))
 
     def _worker_returned(self) -> None:
-        """A batch's first call of ``batch_fn`` returned: its worker can take the next batch.
+        """A batch's first call of ``batch_fn`` returned: its slot can take the next batch.
 
-        The next batch is dispatched here, at once, rather than by the dispatcher task: that
-        task would run only after the finished batch's callers have built their answers.
-        (A failed batch retries its halves after this; those calls queue behind the new
-        batch's.)
+        The device offers the slot at once (to this batcher or another sharing the device),
+        rather than through the dispatcher tasks: they would run only after the finished batch's
+        callers have built their answers. (A failed batch retries its halves after this; those
+        calls queue behind the new batch's.)
         """
-        self._busy -= 1
+        self._device.release()
+
+    def slot_freed(self) -> None:
+        """The device has a free slot for this batcher's oldest waiting item: dispatch if the
+        rule says so now."""
         if self._state is BatcherState.CLOSED:
             return
         try:
@@ -395,14 +413,16 @@ class DynamicBatcher(Generic[T, R]):
                 self._dispatch(step)
         except Exception:  # a loop callback: log it, and let the dispatcher task try again
             logger.exception("%s: dispatch from a returning worker failed", self._name)
-        finally:
-            self._wake_dispatcher()
+
+    def wake(self) -> None:
+        """The device changed (a slot freed): the dispatcher looks again."""
+        self._wake_dispatcher()
 
     def _batch_finished(self, batch: list[Pending[T, R]], report: BatchReport) -> None:
         """Called once per launched batch, whatever happened to it; its items are settled."""
         self._inflight -= 1
         started_at = report.dispatched_at if report.started_at is None else report.started_at
-        self._retry.record(len(batch), time.monotonic() - started_at)
+        self._device.record(len(batch), time.monotonic() - started_at)
         waits = [started_at - entry.enqueued_at for entry in batch]
         self._observer.on_batch(
             len(batch), report.reason, report.exec_seconds, waits, report.failed
@@ -437,3 +457,12 @@ class DynamicBatcher(Generic[T, R]):
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("%s: task %s failed", self._name, task.get_name(), exc_info=exc)
+
+
+def _on_device(device: Device, fn: Callable[[list[T]], Sequence[R]], items: list[T]) -> Sequence[R]:
+    """``fn(items)`` in a worker thread, counted as a pass running on ``device``."""
+    device.entered()
+    try:
+        return fn(items)
+    finally:
+        device.exited()
