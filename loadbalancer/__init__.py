@@ -10,7 +10,7 @@ Imports nothing heavy: no torch, OpenCV or numpy.
 
 from loadbalancer.backend import Backend, Health
 from loadbalancer.errors import ConfigError, LoadBalancerError
-from loadbalancer.policies import POLICIES, Policy
+from loadbalancer.policies import POLICIES, ChoiceContext, Policy
 from loadbalancer.server import LoadBalancer, run
 from loadbalancer.settings import BackendSpec, DiscoverSpec, LBSettings, load_settings
 
@@ -18,6 +18,7 @@ __all__ = [
     "POLICIES",
     "Backend",
     "BackendSpec",
+    "ChoiceContext",
     "ConfigError",
     "DiscoverSpec",
     "Health",

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from loadbalancer.backend import Backend, Health, Tuning
 from loadbalancer.errors import BackendExists, BackendNotFound
-from loadbalancer.policies import ConsistentHash, Policy
+from loadbalancer.policies import ChoiceContext, Policy
 from loadbalancer.settings import BackendSpec
 
 __all__ = ["Cluster", "Watcher"]
@@ -76,29 +76,28 @@ class Cluster:
         key: bytes | None = None,
     ) -> Backend | None:
         """A backend not in ``exclude``; one backing off (503 Retry-After) only as a last
-        resort and only when ``allow_backoff``. With a consistent-hash policy, ``key`` (a stream
-        id) picks the first such backend in the key's order over all the backends."""
+        resort and only when ``allow_backoff``. ``key`` (a stream id) goes to the policy, which
+        a consistent hash places the request by."""
         routing = self._current(now)
-        if key is not None and isinstance(self.policy, ConsistentHash):
-            pick, backends, version = self.policy.pick, self.backends, self.version
-            chosen = pick(key, backends, routing.fresh, exclude, version=version)
-            if chosen is None and allow_backoff:
-                chosen = pick(key, backends, routing.backing_off, exclude, version=version)
-            return chosen
-        chosen = self._pick(routing.fresh, routing.fresh_weights, exclude, now)
+        chosen = self._pick(routing.fresh, routing.fresh_weights, exclude, now, key)
         if chosen is None and allow_backoff:
-            chosen = self._pick(routing.backing_off, routing.backing_off_weights, exclude, now)
+            chosen = self._pick(routing.backing_off, routing.backing_off_weights, exclude, now, key)
         return chosen
 
     def _pick(
-        self, candidates: list[Backend], weights: list[float], exclude: Collection[Backend], now: float
+        self,
+        candidates: list[Backend],
+        weights: list[float],
+        exclude: Collection[Backend],
+        now: float,
+        key: bytes | None,
     ) -> Backend | None:
         if exclude:
             keep = [i for i, b in enumerate(candidates) if b not in exclude]
             candidates, weights = [candidates[i] for i in keep], [weights[i] for i in keep]
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
-        return self.policy.choose(candidates, weights, now)
+        return self.policy.choose(ChoiceContext(candidates, weights, now, key, self.backends, self.version))
 
     def _current(self, now: float) -> _Routing:
         routing = self._routing

@@ -68,6 +68,7 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamReset",
     "UpstreamTimeout",
+    "answer_of",
 ]
 
 
@@ -203,3 +204,11 @@ class UpstreamProtocolError(UpstreamError):
 class ResponseAborted(UpstreamError):
     retryable = False
     kind = "aborted"
+
+
+def answer_of(error: RequestError | UpstreamError) -> tuple[int, str]:
+    """The status and code a client is answered with for ``error``: a request error's own, else
+    502 bad_gateway (a try that failed in a way no other backend would mend)."""
+    if isinstance(error, RequestError):
+        return error.status, error.code
+    return codes.BAD_GATEWAY.status, codes.BAD_GATEWAY.code

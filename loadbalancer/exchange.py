@@ -9,7 +9,8 @@ its head and its body apart and can die in between. Never retried: anything once
 answer have gone to the client (longer or streamed answers go as they come).
 
 Deadlines are ``time.monotonic()`` seconds measured from the request's arrival; the remaining
-budget is forwarded in ``X-Request-Timeout-Ms``.
+budget is forwarded in ``X-Request-Timeout-Ms``. Choosing, charging and timing the tries is the
+:class:`~loadbalancer.retry.RetryState`'s, which the WebSocket handshake shares.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import Enum
-from math import inf as INF
 from time import monotonic
 from typing import Protocol
 
 from loadbalancer.backend import Backend
 from loadbalancer.errors import (
     ConnectFailed,
-    DeadlineExceeded,
-    NoHealthyBackend,
     Overloaded,
     RequestError,
     ResponseAborted,
@@ -34,16 +32,17 @@ from loadbalancer.errors import (
     UpstreamOverloaded,
     UpstreamReset,
     UpstreamTimeout,
+    answer_of,
 )
 from loadbalancer.messages import Request, response_head, upstream_request
 from loadbalancer.proxy import Proxy
+from loadbalancer.retry import RetryState
+from loadbalancer.ticker import INF
 from loadbalancer.upstream import Framing, ResponseHead, UpstreamConnection
-from wire import errors as codes
 
 __all__ = ["ClientSide", "Exchange", "Phase"]
 
 log = logging.getLogger("loadbalancer.exchange")
-DEADLINE_SLACK = 0.005  # a try with less time left than this cannot succeed
 HOLD_MAX_BYTES = 65_536  # answers with a Content-Length up to this reach the client whole or not at all
 
 
@@ -83,24 +82,17 @@ class Exchange:
     """One request from arrival to the end of its answer; every path ends in ``_finish``."""
 
     __slots__ = (
-        "backend",
         "client",
         "conn",
-        "deadline",
         "fresh",
         "held",
-        "key",
-        "last",
         "pending",
         "phase",
         "proxy",
         "request",
-        "retrying",
-        "sent_at",
+        "retry",
         "status",
         "timer_at",
-        "tried",
-        "try_deadline",
     )
 
     def __init__(self, proxy: Proxy, request: Request, client: ClientSide) -> None:
@@ -109,17 +101,17 @@ class Exchange:
         self.client = client
         self.phase = Phase.NEW
         self.status = 0
-        self.tried: list[Backend] = []
-        self.last: UpstreamError | None = None
-        self.retrying = False
+        self.retry = RetryState(proxy, self)
         self.fresh = False
         self.held = False  # the answer so far is buffered, none of it sent: still retryable
-        self.key: bytes | None = None  # what a consistent-hash policy hashes (a stream id)
-        self.backend: Backend | None = None  # the attempt in flight counts on it
         self.conn: UpstreamConnection | None = None
-        self.pending: asyncio.Task[UpstreamConnection] | asyncio.Task[bool] | None = None
+        self.pending: asyncio.Task[UpstreamConnection] | None = None
         self.timer_at = INF  # when on_timer is due; the proxy's ticker checks
-        self.deadline = self.try_deadline = self.sent_at = 0.0
+
+    @property
+    def tried(self) -> list[Backend]:
+        """The backends tried so far, in order."""
+        return self.retry.tried
 
     # -- start and attempts --------------------------------------------------------------------
     def start(self) -> None:
@@ -132,34 +124,18 @@ class Exchange:
             self.client.exchange_done(self)
             return
         proxy.stats.active += 1
-        proxy.budget.enter()
-        self.deadline = proxy.deadline_of(request)
-        self.key = proxy.hash_key(request)
-        self._attempt()
+        self.retry.start(request)
+        self.attempt()
 
-    def _attempt(self) -> None:
-        """Chooses a backend not tried yet and sends the request to it."""
-        proxy = self.proxy
-        now = monotonic()
-        if now + DEADLINE_SLACK >= self.deadline:
-            return self._fail(DeadlineExceeded("the deadline passed before an answer started"))
-        backend = proxy.cluster.choose(now, self.tried, key=self.key)
-        if backend is None or len(self.tried) > proxy.max_retries:
-            return self._fail(_no_backend(self.last, self.tried))
-        if self.tried and not self.retrying:
-            if not proxy.budget.try_acquire():
-                return self._wait_for_budget()
-            self.retrying = True
-        if self.last is not None:
-            proxy.stats.count_retry(self.last.kind)
+    def attempt(self) -> None:
+        """Sends the request to the next backend the retry state gives."""
+        backend = self.retry.next()
+        if backend is None:  # a retry waits for a budget slot: attempt or fail comes next
+            self.phase = Phase.WAIT
+            return
+        if isinstance(backend, RequestError):
+            return self.fail(backend)
         self.phase = Phase.ATTEMPT
-        self.tried.append(backend)
-        self.backend = backend
-        backend.inflight += 1
-        backend.requests += 1
-        self.sent_at = now
-        self.try_deadline = min(self.deadline, now + proxy.per_try)
-        self._arm(self.try_deadline)
         assert backend.pool is not None
         conn = backend.pool.take()
         if conn is None:
@@ -168,18 +144,19 @@ class Exchange:
             self._send(conn)
 
     def _send(self, conn: UpstreamConnection) -> None:
-        assert self.backend is not None
+        backend = self.retry.backend
+        assert backend is not None
         self.conn = conn
         # the backend gets this try's budget (as Envoy does), so work the balancer will give up
         # on is dropped by the service instead of computed for nobody
-        remaining_ms = max(int((self.try_deadline - monotonic()) * 1000.0), 1)
-        data = upstream_request(self.request, remaining_ms, self.backend.id_bytes)
+        remaining_ms = max(int((self.retry.try_deadline - monotonic()) * 1000.0), 1)
+        data = upstream_request(self.request, remaining_ms, backend.id_bytes)
         conn.send(data, self, head_only=self.request.method == b"HEAD")
 
     def _connect(self, backend: Backend, *, fresh: bool) -> None:
         """The slow path: a new connection, or a wait for a free one (a task)."""
         assert backend.pool is not None
-        acquire = backend.pool.acquire(self.try_deadline, fresh=fresh)
+        acquire = backend.pool.acquire(self.retry.try_deadline, fresh=fresh)
         task = self.proxy.loop.create_task(acquire)
         self.pending = task
         task.add_done_callback(self._connected)
@@ -199,58 +176,36 @@ class Exchange:
             error = ConnectFailed(f"cannot connect: {error!r}")
         self._attempt_failed(error)
 
-    def _wait_for_budget(self) -> None:
-        self.phase = Phase.WAIT
-        task = self.proxy.loop.create_task(self.proxy.budget.acquire(self.deadline))
-        self.pending = task
-        task.add_done_callback(self._budget_answered)
-
-    def _budget_answered(self, task: asyncio.Task[bool]) -> None:
-        granted = not task.cancelled() and task.exception() is None and task.result()
-        if task is not self.pending:
-            if granted:
-                self.proxy.budget.release()
-            return
-        self.pending = None
-        if granted:
-            self.retrying = True
-            return self._attempt()
-        self.proxy.stats.budget_exhausted += 1
-        self._fail(_no_backend(self.last, self.tried, "retry budget exhausted"))
-
     def _attempt_failed(self, error: UpstreamError) -> None:
         """The attempt failed before its answer started: same backend once for a stale
         keep-alive connection, else count it and retry elsewhere (or give up)."""
-        backend = self.backend
+        backend = self.retry.backend
         self._drop_conn()
         if backend is None:
             return
         if isinstance(error, StaleConnection) and not self.fresh:
             self.fresh = True
             return self._connect(backend, fresh=True)
-        self._end_attempt()
-        self.proxy.cluster.report_failure(backend, error.kind, monotonic(), outlier=error.outlier)
-        if not error.retryable:
-            return self._fail(error)
-        self.last = error
-        self._attempt()
+        if self.retry.failed(error):
+            return self.attempt()
+        self.fail(error)
 
     # -- Receiver: the upstream connection's events --------------------------------------------
     def upstream_head(self, head: ResponseHead) -> None:
-        backend = self.backend
+        backend = self.retry.backend
         assert backend is not None and self.conn is not None
         now = monotonic()
-        backend.observe_latency(now - self.sent_at, now)
-        self.proxy.head_latency.record(now - self.sent_at)
+        backend.observe_latency(now - self.retry.sent_at, now)
+        self.proxy.head_latency.record(now - self.retry.sent_at)
         status = head.status
         if status == 503 and head.retry_after is not None:
             self.proxy.cluster.back_off(backend, head.retry_after, now)
-            backend.record_error("overloaded")
-            if self._can_retry(now):
+            overloaded = UpstreamOverloaded(f"{backend.id} answered 503", head.retry_after)
+            if self.retry.can_retry(now):
                 self._drop_conn()
-                self._end_attempt()
-                self.last = UpstreamOverloaded(f"{backend.id} answered 503", head.retry_after)
-                return self._attempt()
+                self.retry.failed(overloaded)  # counted as the backend's error, not an outlier
+                return self.attempt()
+            backend.record_error(overloaded.kind)
         elif status >= 500:
             self.proxy.cluster.report_failure(backend, "5xx", now, outlier=True)
         else:
@@ -274,13 +229,13 @@ class Exchange:
         self.client.body(data)
 
     def upstream_complete(self) -> None:
-        conn, backend = self.conn, self.backend
+        conn, backend = self.conn, self.retry.backend
         self.conn = None
         self.client.end()
         self.client.bind_upstream(None)
         if conn is not None and backend is not None and backend.pool is not None:
             backend.pool.release(conn, reuse=True)
-        self._end_attempt()
+        self.retry.end_attempt()
         self._finish()
 
     def upstream_failed(self, error: UpstreamError) -> None:
@@ -289,11 +244,11 @@ class Exchange:
             error = UpstreamReset(f"{error}, before any of the answer reached the client")
         if self.phase is not Phase.STREAM:
             return self._attempt_failed(error)
-        backend = self.backend
-        self._end_attempt()
+        backend = self.retry.backend
+        self.retry.end_attempt()
         if backend is not None:
             self.proxy.cluster.report_failure(backend, error.kind, monotonic(), outlier=True)
-        self._fail(error)
+        self.fail(error)
 
     def flush(self) -> None:
         if not self.held:  # a held answer is written whole, when the exchange is done
@@ -310,21 +265,15 @@ class Exchange:
         return True
 
     # -- time ----------------------------------------------------------------------------------
-    def _arm(self, when: float) -> None:
-        if self.timer_at == INF:
-            self.proxy.watch(self)
-        self.timer_at = when
-
     def on_timer(self) -> None:
-        """Called by the proxy's ticker once ``timer_at`` has passed."""
-        self.timer_at = INF
-        self.proxy.unwatch(self)
+        """Called by the proxy's ticker once ``timer_at`` (the try's deadline) has passed."""
         if self.phase is Phase.STREAM:
-            if monotonic() < self.deadline:
-                return self._arm(self.deadline)  # past the per-try timeout: now the deadline
+            deadline = self.retry.deadline
+            if monotonic() < deadline:  # past the per-try timeout: now the deadline
+                return self.proxy.ticker.arm(self, deadline)
             self._drop_conn()
-            self._end_attempt()
-            return self._fail(ResponseAborted("the deadline passed while the answer streamed"))
+            self.retry.end_attempt()
+            return self.fail(ResponseAborted("the deadline passed while the answer streamed"))
         if self.phase is Phase.ATTEMPT:
             pending, self.pending = self.pending, None
             if pending is not None:
@@ -340,14 +289,9 @@ class Exchange:
         if pending is not None:
             pending.cancel()
         self._drop_conn()
-        self._end_attempt()
+        self.retry.end_attempt()
         self.status = 499  # nginx's "client closed request"
         self._finish()
-
-    def _can_retry(self, now: float) -> bool:
-        if len(self.tried) > self.proxy.max_retries or now >= self.deadline:
-            return False
-        return self.proxy.cluster.choose(now, self.tried, allow_backoff=False, key=self.key) is not None
 
     def _drop_conn(self) -> None:
         conn, self.conn = self.conn, None
@@ -355,21 +299,14 @@ class Exchange:
             conn.abort()
         self.client.bind_upstream(None)
 
-    def _end_attempt(self) -> None:
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            backend.inflight -= 1
-            if backend.retiring and backend.inflight == 0:
-                self.proxy.cluster.idle(backend)  # drained: removed now
-
-    def _fail(self, error: RequestError | UpstreamError) -> None:
+    def fail(self, error: RequestError | UpstreamError) -> None:
+        """Ends with ``error``: an answer from the balancer, or a cut if one has begun."""
         self._retract()
         if self.phase is Phase.STREAM:
             self.client.abort()  # an answer has begun: all we can do is cut it
             self.status = self.status or 502
         else:
-            status = error.status if isinstance(error, RequestError) else 502
-            code = error.code if isinstance(error, RequestError) else codes.BAD_GATEWAY.code
+            status, code = answer_of(error)
             self.client.answer_error(self.request, error, status, code)
             self.status = status
         log.warning(
@@ -387,28 +324,10 @@ class Exchange:
         if self.phase is Phase.DONE:
             return
         self.phase = Phase.DONE
-        self.timer_at = INF
-        self.proxy.unwatch(self)
         proxy = self.proxy
-        if self.retrying:
-            proxy.budget.release()
+        proxy.ticker.disarm(self)
+        self.retry.finish()
         proxy.stats.active -= 1
-        proxy.budget.leave()
         if proxy.idle is not None and proxy.stats.active == 0:
             proxy.idle.set()
         self.client.exchange_done(self)
-
-
-def _no_backend(
-    last: UpstreamError | None, tried: list[Backend], why: str = ""
-) -> NoHealthyBackend | Overloaded:
-    """The error once no backend can take the request: 503 + Retry-After when the last one
-    was shedding load, 502 no_healthy_backend otherwise."""
-    reason = f" ({why})" if why else ""
-    if isinstance(last, UpstreamOverloaded):
-        error = Overloaded(f"every backend is overloaded{reason}")
-        error.retry_after = max(1, round(last.retry_after))
-        return error
-    detail = f"; last error: {last}" if last is not None else ""
-    tries = f" after {len(tried)} attempt(s)" if tried else ""
-    return NoHealthyBackend(f"no backend could take the request{tries}{reason}{detail}")

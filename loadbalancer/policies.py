@@ -1,15 +1,17 @@
 """Balancing policies: each a tiny class with one method, ``choose``, in a small registry.
 
-``choose(candidates, weights, now)`` gets the backends that may take the request (never empty)
-and their effective weights (weight x slow start x overload factor), and returns one of them.
-The consistent-hash policies (``ring_hash``, ``maglev``) also have ``pick``, for requests with
-a key (:mod:`loadbalancer.hashing`).
+``choose(context)`` gets a :class:`ChoiceContext`: the backends that may take the request (never
+empty), their effective weights (weight x slow start x overload factor), the time, and the
+request's hash key, and returns one of the backends. Every policy is called the same way, so
+callers never ask which kind they hold: the consistent-hash policies (``ring_hash``,
+``maglev``; :mod:`loadbalancer.hashing`) place a request with a key by it, the others ignore it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
 from loadbalancer.backend import Backend
@@ -19,6 +21,7 @@ from loadbalancer.speed import SpeedFactors
 
 __all__ = [
     "POLICIES",
+    "ChoiceContext",
     "ConsistentHash",
     "LeastRequest",
     "MaglevHash",
@@ -32,11 +35,32 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class ChoiceContext:
+    """What one choice is made from.
+
+    ``candidates`` may take the request (never empty) and ``weights[i]`` is ``candidates[i]``'s;
+    ``now`` is ``time.monotonic()``; ``key`` is what a consistent hash places the request by
+    (a stream id, a header's value), None when it has none. ``members`` (id -> backend) is the
+    whole cluster, routable or not, which a consistent hash spreads keys over so that a backend
+    passed over for a while gets its keys back; ``version`` is the cluster's count of changes,
+    so the hash space is compared with ``members`` only when it moved.
+    """
+
+    candidates: Sequence[Backend]
+    weights: Sequence[float]
+    now: float
+    key: bytes | None = None
+    members: Mapping[str, Backend] = field(default_factory=dict)
+    version: int | None = None
+
+
 class Policy(Protocol):
     name: ClassVar[str]
+    uses_key: ClassVar[bool]  # whether ``key`` matters (else callers need not work it out)
 
-    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
-        """One of ``candidates`` (non-empty); ``weights[i]`` is ``candidates[i]``'s."""
+    def choose(self, context: ChoiceContext) -> Backend:
+        """One of ``context.candidates``."""
         ...
 
 
@@ -63,6 +87,8 @@ def make_policy(name: str, rng: random.Random | None = None) -> Policy:
 
 class _Sampling:
     """Weighted random draws, shared by the policies that sample."""
+
+    uses_key: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.rng = random.Random()
@@ -121,9 +147,10 @@ class LeastRequest(_Sampling):
         self._order = RoundRobin()
         self.speed = SpeedFactors()
 
-    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
-        weights = self.speed.adjust(candidates, weights, now)
-        first = self._order.pick(candidates, weights)
+    def choose(self, context: ChoiceContext) -> Backend:
+        candidates = context.candidates
+        weights = self.speed.adjust(candidates, context.weights, context.now)
+        first = self._order.next_index(candidates, weights)
         if len(candidates) == 1:
             return candidates[first]
         second = self._draw(weights, sum(weights) - weights[first], skip=first)
@@ -144,8 +171,9 @@ class PeakEwma(_Sampling):
         super().__init__()
         self.speed = SpeedFactors()
 
-    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
-        weights = self.speed.adjust(candidates, weights, now)
+    def choose(self, context: ChoiceContext) -> Backend:
+        candidates, now = context.candidates, context.now
+        weights = self.speed.adjust(candidates, context.weights, now)
         return self._p2c(
             candidates,
             weights,
@@ -159,8 +187,9 @@ class RandomPolicy(_Sampling):
 
     name: ClassVar[str] = "random"
 
-    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
-        return candidates[self._draw(weights, sum(weights))]
+    def choose(self, context: ChoiceContext) -> Backend:
+        weights = context.weights
+        return context.candidates[self._draw(weights, sum(weights))]
 
 
 @register
@@ -168,15 +197,16 @@ class RoundRobin:
     """nginx's smooth weighted round-robin: weights 5,1,1 give a a b a c a a."""
 
     name: ClassVar[str] = "round_robin"
+    uses_key: ClassVar[bool] = False
     MAX_STATE = 4096
 
     def __init__(self) -> None:
         self._current: dict[str, float] = {}
 
-    def choose(self, candidates: Sequence[Backend], weights: Sequence[float], now: float) -> Backend:
-        return candidates[self.pick(candidates, weights)]
+    def choose(self, context: ChoiceContext) -> Backend:
+        return context.candidates[self.next_index(context.candidates, context.weights)]
 
-    def pick(self, candidates: Sequence[Backend], weights: Sequence[float]) -> int:
+    def next_index(self, candidates: Sequence[Backend], weights: Sequence[float]) -> int:
         """The index of the next candidate in the smooth weighted sequence."""
         current = self._current
         if len(current) > self.MAX_STATE:
@@ -198,10 +228,12 @@ class ConsistentHash(LeastRequest):
     factor do not move keys); one without a key is balanced as ``least_request``.
 
     The space is rebuilt only when the backends or their weights change. An owner that may not
-    take the request (unhealthy, ejected, draining, backing off, or already tried by this
-    request) is passed over for the next one in the key's order, without a rebuild: only its
-    keys move, and they come back when it does.
+    take the request (not among the candidates: unhealthy, ejected, draining, backing off, or
+    already tried by this request) is passed over for the next one in the key's order, without
+    a rebuild: only its keys move, and they come back when it does.
     """
+
+    uses_key: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -232,39 +264,30 @@ class ConsistentHash(LeastRequest):
         self._hosts = [members[backend_id] for backend_id in self.space.ids]
         return rebuilt
 
-    def pick(
-        self,
-        key: bytes,
-        members: Mapping[str, Backend],
-        allowed: Sequence[Backend],
-        exclude: Collection[Backend] = (),
-        *,
-        version: int | None = None,
-    ) -> Backend | None:
-        """The first backend in ``key``'s order that is in ``allowed`` and not in ``exclude``;
-        None when there is none. ``allowed`` is treated as immutable (the cluster's routing
-        snapshot): its set is kept while the same list comes back."""
-        self.sync(members, version)
-        if allowed is not self._allowed:
-            self._allowed, self._allowed_set = allowed, frozenset(allowed)
+    def choose(self, context: ChoiceContext) -> Backend:
+        """The first candidate in the key's order; balanced as ``least_request`` without a key."""
+        if context.key is None:
+            return super().choose(context)
+        self.sync(context.members, context.version)
+        candidates = context.candidates
+        if candidates is not self._allowed:  # the cluster's routing snapshot comes back as is
+            self._allowed, self._allowed_set = candidates, frozenset(candidates)
         ok, owners, hosts = self._allowed_set, self.space.owners, self._hosts
         size = len(owners)
         if not size:
-            return next((b for b in allowed if b not in exclude), None)
-        hashed = key_hash(key)
+            return candidates[0]
+        hashed = key_hash(context.key)
         position = self.space.start(hashed)
         host = hosts[owners[position]]
-        if host in ok and host not in exclude:
+        if host in ok:
             return host  # the owner: O(1) for Maglev, a binary search on the ring
-        if not any(b not in exclude for b in allowed):
-            return None
         step = self.space.step(hashed)
         for _ in range(size - 1):
             position = (position + step) % size
             host = hosts[owners[position]]
-            if host in ok and host not in exclude:
+            if host in ok:
                 return host
-        return next((b for b in allowed if b not in exclude), None)  # not in the space
+        return candidates[0]  # none of them is in the space
 
 
 @register

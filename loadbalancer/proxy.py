@@ -1,32 +1,29 @@
 """State shared by every client connection: the cluster, the retry budget, limits, totals, and
-one ticker that times every exchange (instead of a timer per request).
+one ticker that times every exchange and tunnel (instead of a timer per request).
 """
 
 from __future__ import annotations
 
 import asyncio
-from time import monotonic
 from typing import TYPE_CHECKING
 
 from loadbalancer.budget import RetryBudget
 from loadbalancer.cluster import Cluster
 from loadbalancer.hashing import request_key
 from loadbalancer.latency import HeadLatency
-from loadbalancer.policies import ConsistentHash
 from loadbalancer.stats import ProxyStats
+from loadbalancer.ticker import Ticker
 
 if TYPE_CHECKING:
-    from loadbalancer.exchange import Exchange
     from loadbalancer.messages import Request
     from loadbalancer.settings import LBSettings
 
-__all__ = ["TICK", "Proxy"]
-
-TICK = 0.02  # resolution of per-try timeouts and deadlines
+__all__ = ["Proxy"]
 
 
 class Proxy:
-    """Shared by every client connection: the cluster, the retry budget, limits and totals."""
+    """Shared by every client connection: the cluster, the retry budget, limits, totals and the
+    ticker."""
 
     def __init__(self, settings: LBSettings, cluster: Cluster, stats: ProxyStats) -> None:
         self.settings = settings
@@ -45,8 +42,7 @@ class Proxy:
         self.max_inflight = settings.max_inflight
         self.max_retries = settings.max_retries
         self.idle: asyncio.Event | None = None
-        self._timed: set[Exchange] = set()  # bounded by max_inflight
-        self._ticker: asyncio.TimerHandle | None = None
+        self.ticker = Ticker(self.loop)
 
     def deadline_of(self, request: Request) -> float:
         """When ``request`` must be answered: the time its caller gave (``X-Request-Timeout-Ms``)
@@ -57,8 +53,9 @@ class Proxy:
         return request.started + timeout
 
     def hash_key(self, request: Request) -> bytes | None:
-        """The key a consistent-hash policy places ``request`` by; None under other policies."""
-        if not isinstance(self.cluster.policy, ConsistentHash):
+        """The key a consistent-hash policy places ``request`` by; None under policies that
+        take no key (not worth parsing for them)."""
+        if not self.cluster.policy.uses_key:
             return None
         return request_key(request.target, request.headers, self.settings.hash_header.encode())
 
@@ -71,29 +68,9 @@ class Proxy:
             return self.per_try_max
         return min(self.per_try_max, max(self.per_try_min, self.per_try_factor * p99))
 
-    def watch(self, exchange: Exchange) -> None:
-        """Starts checking ``exchange.timer_at``: one ticker for every exchange, instead of a
-        timer per request."""
-        self._timed.add(exchange)
-        if self._ticker is None:
-            self._ticker = self.loop.call_later(TICK, self._tick)
-
-    def unwatch(self, exchange: Exchange) -> None:
-        self._timed.discard(exchange)
-
-    def _tick(self) -> None:
-        now = monotonic()
-        for exchange in [e for e in self._timed if e.timer_at <= now]:
-            if exchange.timer_at <= now:  # still due: an earlier one may have ended it
-                exchange.on_timer()
-        self._ticker = self.loop.call_later(TICK, self._tick) if self._timed else None
-
     def close(self) -> None:
         """Stops the ticker (every exchange has ended or been cut by then)."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
-        self._timed.clear()
+        self.ticker.close()
 
     async def wait_idle(self, within: float) -> bool:
         """Waits until no request is in flight (graceful shutdown); False on timeout."""

@@ -3,13 +3,15 @@ keeps a stream's feed on its backend under ``ring_hash``/``maglev``), and once t
 answers ``101 Switching Protocols`` the two connections are joined: bytes are piped both ways,
 untouched, until either side closes.
 
-Before the 101 the handshake is an ordinary idempotent GET: a backend that cannot be reached,
-resets, or gives no answer head within the per-try timeout is reported to the cluster and the
-handshake is tried on the next backend (the next owner on the ring), within the request's
-deadline and ``max_retries``. Any other answer (a 4xx, a 503) is passed back as it is and the
-client connection closes after it. Once joined nothing is retried: a side that closes or is cut
-closes the other. Bounded by ``max_websockets`` open at once, ``websocket_idle_timeout`` with no
-byte either way, and flow control coupled both ways (a slow reader pauses the other side).
+Before the 101 the handshake is an ordinary idempotent GET, tried as a request is (the same
+:class:`~loadbalancer.retry.RetryState`): a backend that cannot be reached, resets, or gives no
+answer head within the per-try timeout is reported to the cluster and the handshake is tried on
+the next backend (the next owner on the ring), within the request's deadline, ``max_retries``
+and the retry budget; an error that is not retryable (an answer that is not HTTP) ends it with a
+502. Any other answer (a 4xx, a 503) is passed back as it is and the client connection closes
+after it. Once joined nothing is retried: a side that closes or is cut closes the other. Bounded
+by ``max_websockets`` open at once, ``websocket_idle_timeout`` with no byte either way (timed by
+the proxy's ticker), and flow control coupled both ways (a slow reader pauses the other side).
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ from typing import TYPE_CHECKING, Protocol, cast
 from loadbalancer.backend import Backend
 from loadbalancer.errors import (
     ConnectFailed,
-    DeadlineExceeded,
-    NoHealthyBackend,
     Overloaded,
     RequestError,
     UpstreamError,
     UpstreamReset,
     UpstreamTimeout,
+    answer_of,
 )
 from loadbalancer.messages import Request
+from loadbalancer.retry import RetryState
+from loadbalancer.ticker import INF
 from loadbalancer.tunnel_upstream import TunnelUpstream
 from wire.headers import REQUEST_TIMEOUT_MS, UPSTREAM
 
@@ -78,17 +81,12 @@ class Tunnel:
         self.client = client
         self.phase = Phase.CONNECT
         self.status = 0
-        self.tried: list[Backend] = []
-        self.backend: Backend | None = None  # the handshake in flight counts on it
+        self.retry = RetryState(proxy, self)  # the handshake's tries
         self.upstream: TunnelUpstream | None = None
-        self.key: bytes | None = None
-        self.last: UpstreamError | None = None
+        self.timer_at = INF  # when on_timer is due; the proxy's ticker checks
         self._early = [early] if early else []  # client bytes read before the 101
         self._pending: asyncio.Task[tuple[asyncio.BaseTransport, TunnelUpstream]] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._try_deadline = 0.0
         self._last_active = monotonic()
-        self.deadline = 0.0
 
     # -- the handshake -------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,28 +95,20 @@ class Tunnel:
             stats.count_websocket("refused")
             return self._refuse(Overloaded("the load balancer has too many WebSockets open"))
         stats.websockets_active += 1
-        self.deadline = proxy.deadline_of(request)
-        self.key = proxy.hash_key(request)
-        self._attempt()
+        self.retry.start(request)
+        self.attempt()
 
-    def _attempt(self) -> None:
-        proxy, now = self.proxy, monotonic()
-        if now >= self.deadline:
-            return self._fail(DeadlineExceeded("the deadline passed before the handshake"))
-        backend = proxy.cluster.choose(now, self.tried, key=self.key)
-        if backend is None or len(self.tried) > proxy.max_retries:
-            return self._fail(_no_backend(self.last, self.tried))
-        if self.last is not None:
-            proxy.stats.count_retry(self.last.kind)
-        self.tried.append(backend)
-        self.backend = backend
-        backend.inflight += 1
-        backend.requests += 1
-        self._try_deadline = min(self.deadline, now + proxy.per_try)
-        self._arm(self._try_deadline - now)
+    def attempt(self) -> None:
+        """Connects to the next backend the retry state gives, to send it the handshake."""
+        backend = self.retry.next()
+        if backend is None:  # a retry waits for a budget slot: attempt or fail comes next
+            return
+        if isinstance(backend, RequestError):
+            return self.fail(backend)
         assert backend.pool is not None
         pool = backend.pool
-        task = proxy.loop.create_task(self._connect(pool.host, pool.port, pool.connect_timeout))
+        connect = self._connect(pool.host, pool.port, pool.connect_timeout)
+        task = self.proxy.loop.create_task(connect)
         self._pending = task
         task.add_done_callback(self._connected)
 
@@ -126,7 +116,8 @@ class Tunnel:
         self, host: str, port: int, connect_timeout: float
     ) -> tuple[asyncio.BaseTransport, TunnelUpstream]:
         limit = self.proxy.settings.max_header_bytes
-        async with asyncio.timeout(max(0.001, min(connect_timeout, self._try_deadline - monotonic()))):
+        within = min(connect_timeout, self.retry.try_deadline - monotonic())
+        async with asyncio.timeout(max(0.001, within)):
             return await self.proxy.loop.create_connection(lambda: TunnelUpstream(self, limit), host, port)
 
     def _connected(self, task: asyncio.Task[tuple[asyncio.BaseTransport, TunnelUpstream]]) -> None:
@@ -139,12 +130,12 @@ class Tunnel:
         if task.cancelled() or error is not None:
             return self._attempt_failed(ConnectFailed(f"cannot connect: {error!r}"))
         upstream = self.upstream = task.result()[1]
-        assert upstream.transport is not None and self.backend is not None
-        upstream.transport.write(self._handshake(self.backend))
+        assert upstream.transport is not None and self.retry.backend is not None
+        upstream.transport.write(self._handshake(self.retry.backend))
 
     def _handshake(self, backend: Backend) -> bytes:
         request = self.request
-        remaining_ms = max(int((self._try_deadline - monotonic()) * 1000.0), 1)
+        remaining_ms = max(int((self.retry.try_deadline - monotonic()) * 1000.0), 1)
         host = b"" if request.has_host else b"host: " + backend.id_bytes + b"\r\n"
         return b"".join(
             (
@@ -157,10 +148,11 @@ class Tunnel:
 
     def upstream_head(self, status: int, head: bytes) -> None:
         """The backend's answer head, raw; ``X-Upstream`` is added before it goes on."""
-        backend = self.backend
+        backend = self.retry.backend
         assert backend is not None
         now = monotonic()
-        self._end_attempt()
+        self.retry.end_attempt()
+        self.retry.finish()  # the handshake is answered: no more tries
         self.status = status
         self.proxy.stats.count_response(status, now - self.request.started)
         if status >= 500:
@@ -172,23 +164,20 @@ class Tunnel:
         if status == 101:
             self.phase = Phase.OPEN
             self.proxy.stats.count_websocket("opened")
-            self._arm(self.proxy.settings.websocket_idle_timeout)
+            self.proxy.ticker.arm(self, now + self.proxy.settings.websocket_idle_timeout)
             early, self._early = b"".join(self._early), []
             if early:
                 self.from_client(early)
         else:
             self.phase = Phase.REJECTED
             self.proxy.stats.count_websocket("rejected")
-            self._arm(self.proxy.per_try)
+            self.proxy.ticker.arm(self, now + self.proxy.per_try)
 
     def _attempt_failed(self, error: UpstreamError) -> None:
-        backend = self.backend
         self._drop_upstream()
-        self._end_attempt()
-        if backend is not None:
-            self.proxy.cluster.report_failure(backend, error.kind, monotonic(), outlier=error.outlier)
-        self.last = error
-        self._attempt()
+        if self.retry.failed(error):
+            return self.attempt()
+        self.fail(error)
 
     # -- the pipe ------------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
@@ -227,46 +216,46 @@ class Tunnel:
         self.close()
 
     # -- time ----------------------------------------------------------------------------------
-    def _arm(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.proxy.loop.call_later(max(delay, 0.0), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_timer(self) -> None:
+        """Called by the proxy's ticker once ``timer_at`` has passed: the handshake's per-try
+        timeout, the idle timeout, or the end of a refusal's time to finish."""
         if self.phase is Phase.CONNECT:
             pending, self._pending = self._pending, None
             if pending is not None:
                 pending.cancel()
             return self._attempt_failed(UpstreamTimeout("no handshake answer within the per-try timeout"))
         if self.phase is Phase.OPEN:
-            idle = self.proxy.settings.websocket_idle_timeout
-            left = self._last_active + idle - monotonic()
-            if left > 0:
-                return self._arm(left)
+            idle_until = self._last_active + self.proxy.settings.websocket_idle_timeout
+            if monotonic() < idle_until:
+                return self.proxy.ticker.arm(self, idle_until)
             self.proxy.stats.count_websocket("idle_timeout")
         self.close()  # idle, or a refusal whose body did not end within the per-try timeout
 
     # -- endings -------------------------------------------------------------------------------
-    def _refuse(self, error: RequestError) -> None:
-        self.status = error.status
-        self.proxy.stats.count_response(error.status, monotonic() - self.request.started)
-        self.client.answer_error(self.request, error, error.status, error.code)
+    def _refuse(self, error: RequestError | UpstreamError) -> None:
+        status, code = answer_of(error)
+        self.status = status
+        self.proxy.stats.count_response(status, monotonic() - self.request.started)
+        self.client.answer_error(self.request, error, status, code)
         self.client.flush()
         self.phase = Phase.DONE
         self.client.tunnel_done(self)
 
-    def _fail(self, error: RequestError) -> None:
+    def fail(self, error: RequestError | UpstreamError) -> None:
+        """The handshake cannot be made (no backend left, or an error no other would mend):
+        answered by the balancer, then closed."""
         self.proxy.stats.count_websocket("failed")
         log.warning(
             "websocket handshake failed",
             extra={
                 "request_id": self.request.request_id.decode("latin-1"),
-                "attempts": len(self.tried),
+                "attempts": len(self.retry.tried),
                 "error": str(error),
             },
         )
         self.proxy.stats.websockets_active -= 1
+        self.proxy.ticker.disarm(self)
+        self.retry.finish()
         self._refuse(error)
 
     def close(self) -> None:
@@ -275,13 +264,12 @@ class Tunnel:
             return
         self.phase = Phase.DONE
         self.proxy.stats.websockets_active -= 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.proxy.ticker.disarm(self)
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
-        self._end_attempt()
+        self.retry.end_attempt()
+        self.retry.finish()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.tunnel = None
@@ -296,13 +284,6 @@ class Tunnel:
             if upstream.transport is not None:
                 upstream.transport.abort()
 
-    def _end_attempt(self) -> None:
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            backend.inflight -= 1
-            if backend.retiring and backend.inflight == 0:
-                self.proxy.cluster.idle(backend)
-
     # -- flow control --------------------------------------------------------------------------
     def pause_client(self, paused: bool) -> None:
         """The backend's socket buffer is full (True) or drained: stop or resume the client."""
@@ -315,8 +296,3 @@ class Tunnel:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             (upstream.transport.pause_reading if paused else upstream.transport.resume_reading)()
-
-
-def _no_backend(last: UpstreamError | None, tried: list[Backend]) -> NoHealthyBackend:
-    detail = f"; last error: {last}" if last is not None else ""
-    return NoHealthyBackend(f"no backend took the WebSocket after {len(tried)} attempt(s){detail}")

@@ -10,7 +10,7 @@ import pytest
 
 from loadbalancer.backend import Backend, Tuning
 from loadbalancer.errors import ConfigError
-from loadbalancer.policies import POLICIES, make_policy
+from loadbalancer.policies import POLICIES, ChoiceContext, make_policy
 from loadbalancer.settings import BackendSpec
 from loadbalancer.speed import FLOOR, MIN_ANSWERS, SpeedFactors
 
@@ -42,7 +42,7 @@ def simulate(
 
     def dispatch() -> None:
         nonlocal sequence
-        backend = policy.choose(pool, [b.effective_weight(now) for b in pool], now)
+        backend = policy.choose(ChoiceContext(pool, [b.effective_weight(now) for b in pool], now))
         i = index[backend.id]
         backend.inflight += 1
         counts[i] += 1
@@ -71,7 +71,7 @@ def test_round_robin_matches_nginx_smooth_weighted_sequence() -> None:
     pool = backends(5, 1, 1)
     policy = make_policy("round_robin")
     names = {b.id: "abc"[i] for i, b in enumerate(pool)}
-    picks = [names[policy.choose(pool, [5.0, 1.0, 1.0], 0.0).id] for _ in range(14)]
+    picks = [names[policy.choose(ChoiceContext(pool, [5.0, 1.0, 1.0], 0.0)).id] for _ in range(14)]
     assert "".join(picks) == "aabacaa" * 2  # nginx's ngx_http_upstream_get_peer
 
 
@@ -135,7 +135,7 @@ def test_least_request_prefers_fewer_in_flight_per_weight() -> None:
     pool = backends(1, 1, 1)
     pool[0].inflight, pool[1].inflight, pool[2].inflight = 5, 0, 5
     policy = make_policy("least_request", rng=random.Random(1))
-    picks = [policy.choose(pool, [1.0, 1.0, 1.0], 0.0).id for _ in range(300)]
+    picks = [policy.choose(ChoiceContext(pool, [1.0, 1.0, 1.0], 0.0)).id for _ in range(300)]
     # Power of two choices: the idle one wins whenever drawn (2 of 3 draws pairs include it).
     assert picks.count(pool[1].id) / len(picks) > 0.55
 
@@ -143,7 +143,8 @@ def test_least_request_prefers_fewer_in_flight_per_weight() -> None:
 def test_single_candidate_is_returned() -> None:
     pool = backends(1)
     for name in POLICIES:
-        assert make_policy(name).choose(pool, [1.0], 0.0) is pool[0]
+        for key in (None, b"cam-1"):  # every policy takes a key; the hashing ones use it
+            assert make_policy(name).choose(ChoiceContext(pool, [1.0], 0.0, key)) is pool[0]
 
 
 def test_speed_factors_ignore_sub_millisecond_differences_and_unmeasured_hosts() -> None:
