@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from batching import DynamicBatcher
-from bench.common import RESULTS, percentile
+from bench.common import RESULTS
+from harness.stats import percentile
 
 THROUGHPUT_GOAL = 50_000.0  # items/s on one core
 LATENCY_GOAL_US = 500.0  # added p50, microseconds

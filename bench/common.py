@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "hardware", "machine", "markdown_table", "percentile", "rate", "save"]
+__all__ = ["RESULTS", "hardware", "machine", "markdown_table", "rate", "save"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,14 +73,6 @@ def rate(fn: Callable[[], object], n: int, seconds: float, streams: int = 1) -> 
         for t in threads:
             t.join()
     return sum(counts) / (time.perf_counter() - start)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

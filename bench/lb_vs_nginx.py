@@ -1,6 +1,6 @@
 """The balancer against nginx, on the same backends, with the same load generator, in one run.
 
-Starts N fake backends (uvicorn with uvloop and httptools, ``tests/loadbalancer/backend_app``),
+Starts N fake backends (uvicorn with uvloop and httptools, ``harness/backend_app.py``),
 our balancer (``python -m loadbalancer``, default settings) and nginx (``least_conn`` upstream
 with keep-alive, one worker, config in a temp dir, not daemonised). wrk POSTs a 2 KB body to
 ``/v1/detect`` through a Lua script. Targets are measured in interleaved rounds (direct to one
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import markdown_table, save
-from bench.procs import Balancer, FakeBackend, Fleet, Proc, free_port
+from harness.procs import Balancer, FakeBackend, Fleet, Proc, free_port
 
 LUA = """wrk.method = "POST"
 wrk.body = string.rep("x", 2048)

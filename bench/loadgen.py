@@ -11,10 +11,11 @@ Two modes:
 
 Every request is a multipart body with field ``image``: one of ``images`` distinct 640x480 JPEGs
 made from ``service.demo.synthetic.make_sample(7, i)``, pre-encoded once so that sending costs
-almost nothing. Every answer must be 200 with a JSON body that names ``detections``; anything else
-is counted by status (or exception name) in ``errors``. The generator reports its own CPU use
-(``getrusage``, percent of one core) and, in open loop, how late it fired against the schedule, so
-a saturated generator is visible rather than silently lowering the load.
+almost nothing (``harness.images``). Every answer must be 200 with a JSON body that names
+``detections``; anything else is counted by status (or exception name) in ``errors``. The
+generator reports its own CPU use (``getrusage``, percent of one core) and, in open loop, how late
+it fired against the schedule, so a saturated generator is visible rather than silently lowering
+the load.
 
     python -m bench.loadgen --url http://127.0.0.1:8000 --concurrency 16 --seconds 10
     python -m bench.loadgen --url http://127.0.0.1:8000 --rate 20 --seconds 20
@@ -31,60 +32,17 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
-from bench.common import percentile
+from harness.images import Body, make_bodies, make_images
+from harness.stats import percentile
 from service.heap import frozen_heap
 
-__all__ = [
-    "Body",
-    "CpuWatch",
-    "RunResult",
-    "make_bodies",
-    "make_images",
-    "run_closed",
-    "run_open",
-]
+__all__ = ["CpuWatch", "RunResult", "run_closed", "run_closed_together", "run_open"]
 
-BOUNDARY = "yoloservebenchboundary7f3a"
 _CHECK = b'"detections"'
-
-
-@dataclass(frozen=True)
-class Body:
-    """A ready-to-send multipart body."""
-
-    data: bytes
-    content_type: str
-
-
-def make_images(count: int, width: int = 640, height: int = 480) -> list[bytes]:
-    """``count`` distinct JPEGs (quality 90) of the synthetic shapes data set, resized to WxH."""
-    import cv2
-
-    from service.demo.synthetic import make_sample
-
-    out = []
-    for i in range(count):
-        img = cv2.resize(make_sample(7, i).image, (width, height), interpolation=cv2.INTER_AREA)
-        ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if not ok:
-            raise RuntimeError("cv2.imencode failed")
-        out.append(enc.tobytes())
-    return out
-
-
-def make_bodies(images: Sequence[bytes], field_name: str = "image") -> list[Body]:
-    """One multipart/form-data body per image, encoded once."""
-    bodies = []
-    for i, jpeg in enumerate(images):
-        head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
-                f"filename=\"bench_{i:05d}.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
-        data = head + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
-        bodies.append(Body(data, f"multipart/form-data; boundary={BOUNDARY}"))
-    return bodies
 
 
 class CpuWatch:
@@ -199,16 +157,17 @@ def _session(limit: int, timeout: float) -> aiohttp.ClientSession:
                                  skip_auto_headers=("User-Agent",))
 
 
-async def _closed(url: str, bodies: Sequence[Body], concurrency: int, seconds: float,
-                  warmup: float, watch: CpuWatch, request_timeout: float) -> RunResult:
-    rec = _Recorder()
-    res = RunResult("closed", url, concurrency, None, seconds)
+async def _closed(loads: Sequence[tuple[str, int]], bodies: Sequence[Body], seconds: float,
+                  warmup: float, watch: CpuWatch, request_timeout: float) -> list[RunResult]:
+    """Closed loop on each ``(url, clients)`` of ``loads`` at once, in one measured window, the
+    clients of all of them cycling through ``bodies`` together: each load's result."""
+    recs = [_Recorder() for _ in loads]
     loop = asyncio.get_running_loop()
     counter = iter(range(1 << 62))
     start = loop.time() + warmup
     end = start + seconds
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client(session: aiohttp.ClientSession, url: str, rec: _Recorder) -> None:
         while loop.time() < end:
             body = bodies[next(counter) % len(bodies)]
             t0 = loop.time()
@@ -222,14 +181,28 @@ async def _closed(url: str, bodies: Sequence[Body], concurrency: int, seconds: f
             else:
                 rec.errors[err] += 1
 
-    async with _session(concurrency, request_timeout) as session:
-        tasks = [asyncio.create_task(client(session)) for _ in range(concurrency)]
+    async with _session(sum(c for _, c in loads), request_timeout) as session:
+        tasks = [asyncio.create_task(client(session, url, rec))
+                 for (url, clients), rec in zip(loads, recs, strict=True) for _ in range(clients)]
         await asyncio.sleep(max(0.0, start - loop.time()))
         watch.start()
         await asyncio.sleep(max(0.0, end - loop.time()))
-        res.cpu = watch.stop()
+        cpu = watch.stop()
         await asyncio.gather(*tasks)
-    return rec.finish(res, seconds)
+    out = []
+    for (url, clients), rec in zip(loads, recs, strict=True):
+        res = RunResult("closed", url, clients, None, seconds, cpu=cpu)
+        out.append(rec.finish(res, seconds))
+    if len(loads) > 1:  # the whole load: every answer of every URL
+        whole = _Recorder()
+        for rec in recs:
+            whole.sent += rec.sent
+            whole.latencies += rec.latencies
+            whole.errors.update(rec.errors)
+        res = RunResult("closed", " + ".join(url for url, _ in loads),
+                        sum(c for _, c in loads), None, seconds, cpu=cpu)
+        out.insert(0, whole.finish(res, seconds))
+    return out
 
 
 def poisson_schedule(rate: float, seconds: float, seed: int) -> list[float]:
@@ -289,7 +262,10 @@ async def _open(url: str, bodies: Sequence[Body], rate: float, seconds: float, w
     return rec.finish(res, seconds)
 
 
-def _run(coro_fn: Callable[[], Awaitable[RunResult]]) -> RunResult:
+_T = TypeVar("_T")
+
+
+def _run(coro_fn: Callable[[], Awaitable[_T]]) -> _T:
     try:
         import uvloop
 
@@ -306,7 +282,16 @@ def run_closed(url: str, bodies: Sequence[Body], concurrency: int, seconds: floa
                timeout: float = 60.0) -> RunResult:
     """Closed loop at ``concurrency`` for ``seconds`` after ``warmup`` (``url`` is the full URL)."""
     watch = CpuWatch(pids)
-    return _run(lambda: _closed(url, bodies, concurrency, seconds, warmup, watch, timeout))
+    return _run(lambda: _closed([(url, concurrency)], bodies, seconds, warmup, watch, timeout))[0]
+
+
+def run_closed_together(loads: Sequence[tuple[str, int]], bodies: Sequence[Body], seconds: float,
+                        *, warmup: float = 1.0, pids: dict[str, int] | None = None,
+                        timeout: float = 60.0) -> list[RunResult]:
+    """Closed loop on several URLs at once, ``(url, clients)`` each, in one window after
+    ``warmup``: the whole load's result first (every answer's latency pooled), then each URL's."""
+    watch = CpuWatch(pids)
+    return _run(lambda: _closed(loads, bodies, seconds, warmup, watch, timeout))
 
 
 def run_open(url: str, bodies: Sequence[Body], rate: float, seconds: float, *,

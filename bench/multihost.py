@@ -2,9 +2,9 @@
 
     python -m bench multihost [--quick] [--callers 6] [--policies peak_ewma least_request]
 
-Needs root and iproute2, and a checkout (the ground is ``tests/multihost/harness.py``, which the
-tests assert on): each host is a network namespace joined to a bridge by a veth pair, with an
-address in 198.18.0.0/15, running a real ``yoloserve serve`` (one core, batches of 4, no result
+Needs root and iproute2 (the ground is ``harness/multihost/``, which the tests assert on too):
+each host is a network namespace joined to a bridge by a veth pair, with an address in
+198.18.0.0/15, running a real ``yoloserve serve`` (one core, batches of 4, no result
 cache); the balancer (``yoloserve lb``, its defaults, ``least_request``) runs in a namespace of its
 own; ``--callers`` closed-loop callers send 320x240 JPEGs from the root namespace with the
 project's ``AsyncDetectionClient`` at its defaults (10 s deadline, 4 tries), and every failed call
@@ -21,7 +21,7 @@ is counted. In one run, on the same ground:
 7. per policy, ``+100 ms``: a balancer reaching h3 through a proxy that delays every byte by
    50 ms each way against one reaching it directly, the load through each in turn (3 rounds of
    1 s warm-up + 6 s measured). ``tc netem`` does not exist on this project's kernels: the delay is
-   emulated in user space (``tests/multihost/delayproxy.py``).
+   emulated in user space (``harness/multihost/delayproxy.py``).
 
 Writes ``bench/results/multihost.{json,md,png}`` (``--quick``: under ``raw/``); exits 1 if any
 call failed or a scenario could not finish.
@@ -40,13 +40,13 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench import plots
 from bench.common import RESULTS, machine, markdown_table, save
-
-if TYPE_CHECKING:
-    from tests.multihost.harness import Ground, Outcome
+from harness.multihost import ground as h
+from harness.multihost.ground import Ground, Outcome
+from harness.multihost.netns import loss_unavailable, unavailable
 
 __all__ = ["main"]
 
@@ -121,9 +121,6 @@ def draw(rows: list[dict[str, Any]], stem: Path) -> Path:
 
 
 async def scenarios(ground: Ground, args: argparse.Namespace) -> tuple[list[Outcome], dict[str, str]]:
-    from tests.multihost import harness as h
-    from tests.multihost.netns import loss_unavailable
-
     quick = args.quick
     steps: list[tuple[str, Callable[[], Awaitable[Outcome | tuple[Outcome, Outcome]]]]] = [
         ("healthy", lambda: h.healthy(ground, 5.0 if quick else 15.0)),
@@ -174,12 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((RESULTS / f"{name}.json").read_text())
         print(f"wrote {draw(saved['rows'], RESULTS / name)}")
         return 0
-    try:
-        from tests.multihost.harness import Ground
-        from tests.multihost.netns import unavailable
-    except ImportError as exc:
-        print(f"multihost needs a checkout of the project (tests/multihost): {exc}")
-        return 2
     reason = unavailable()
     if reason is not None:
         print(f"multihost cannot run here: {reason}")

@@ -3,7 +3,7 @@ comes to the work that no server can avoid, all measured in one run.
 
 1. **Unavoidable work**, in-process, before any server starts: for each configuration served
    below, its forward pass alone at ``--batch`` run the way the service's compute plan runs it
-   (``service/compute.py``; on 2 cores, 2 passes at once of 1 thread each: two threads call
+   (``service/runtime/compute.py``; on 2 cores, 2 passes at once of 1 thread each: two threads call
    ``forward`` at once), and decoding + letterboxing the same JPEGs on one thread. Each becomes
    core-seconds per image (the forward pass: cores / its images/s, every core busy; decoding and
    letterboxing: 1 / its images/s, one core); their sum is what one image costs at least, and
@@ -168,8 +168,9 @@ def serve_one(config: Config, args: argparse.Namespace, bodies: list[Any]) -> di
     import httpx
 
     from bench.loadgen import run_closed
-    from bench.procs import Fleet, service
+    from bench.procs import service
     from bench.scrape import batch_stats, scrape
+    from harness.procs import Fleet
 
     proc = service(config.slug, *config.serve_args(args.model, args.batch))
     with Fleet(proc):
@@ -309,7 +310,7 @@ def draw(data: dict[str, Any], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Unavoidable work, the servers one at a time, the unavoidable work again; the ratios."""
-    from bench.loadgen import make_bodies, make_images
+    from harness.images import make_bodies, make_images
 
     started, cores = time.monotonic(), os.cpu_count() or 1
     precisions = args.precisions or default_precisions(args.model)

@@ -26,9 +26,11 @@ from typing import Any
 
 from bench import plots
 from bench.common import RESULTS, machine, markdown_table, save
-from bench.loadgen import Body, make_bodies, make_images, run_closed
-from bench.procs import Fleet, Proc, lb, service, wait_all_healthy
+from bench.loadgen import run_closed
+from bench.procs import lb, service
 from bench.scrape import batch_stats, scrape
+from harness.images import Body, make_bodies, make_images
+from harness.procs import Fleet, Proc, wait_all_healthy
 
 __all__ = ["main"]
 

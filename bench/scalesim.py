@@ -23,7 +23,7 @@ most on this machine) and through the balancer (what the balancer can forward at
 
 The load generator is this process: one uvloop event loop, a raw ``asyncio.Protocol`` client per
 connection parsing answers with httptools (cheaper than aiohttp, so that it stays far from a
-core), sending the bench's 640x480 JPEGs as multipart bodies (``bench.loadgen.make_bodies``).
+core), sending the bench's 640x480 JPEGs as multipart bodies (``harness.images.make_bodies``).
 Every answer must be 200 with ``detections`` in its body, or it counts as an error (exit 1).
 Latency is from the first byte written to the answer's last byte (``time.perf_counter``).
 Each stand-in answer says how long the request was at its host (waiting for a slot and being
@@ -71,9 +71,12 @@ from typing import Any, cast
 import httptools
 import httpx
 
-from bench.common import RESULTS, machine, markdown_table, percentile, save
-from bench.loadgen import Body, CpuWatch, make_bodies, make_images
-from bench.procs import LOGS, ROOT, Balancer, Fleet, Proc, lb, wait_all_healthy
+from bench.common import RESULTS, machine, markdown_table, save
+from bench.loadgen import CpuWatch
+from bench.procs import lb
+from harness.images import Body, make_bodies, make_images
+from harness.procs import LOGS, ROOT, Balancer, Fleet, Proc, wait_all_healthy
+from harness.stats import percentile
 from service.heap import frozen_heap
 
 __all__ = ["RunResult", "drive", "free_ports", "main", "standin"]

@@ -13,7 +13,7 @@ All in one run, so that the ratios hold on a shared, noisy machine:
 2. **servers**, one at a time, each a ``yoloserve serve`` subprocess with the result cache off
    (and distinct images anyway): batched at each ``--windows`` max wait (``--max-batch-size``),
    batched with one forward pass at a time (``YOLOSERVE_MAX_CONCURRENT_BATCHES=1``, the
-   alternative to the CPU plan of ``service/compute.py``; saturation and half load only),
+   alternative to the CPU plan of ``service/runtime/compute.py``; saturation and half load only),
    unbatched (``--max-batch-size 1``), and the naive tutorial app under uvicorn
    (``bench/baselines/naive_app.py``). Closed loop at the saturation concurrency (16 by
    default); for the default window, unbatched and naive also a concurrency sweep and open-loop
@@ -47,9 +47,11 @@ from bench.common import (
     save,
     serving_flags,
 )
-from bench.loadgen import Body, make_bodies, make_images, run_closed, run_open
-from bench.procs import Fleet, Proc, naive, service
+from bench.loadgen import run_closed, run_open
+from bench.procs import naive, service
 from bench.scrape import batch_stats, scrape
+from harness.images import Body, make_bodies, make_images
+from harness.procs import Fleet, Proc
 
 __all__ = ["main"]
 
@@ -100,7 +102,7 @@ class Served:
 def served_as(model: Path, backend: str, device: str, **given: Any) -> Served:
     """The service's plan for these flags (``precision``, ``half``, ``letterbox``,
     ``decode_reduce``; ``None``: its default or ``YOLOSERVE_*`` variable, as the servers see it)."""
-    from service.compute import plan_compute
+    from service.runtime.compute import plan_compute
     from service.settings import Settings
 
     settings = Settings(model=model, backend=backend, device=device,
@@ -218,7 +220,7 @@ def targets(args: argparse.Namespace) -> list[Target]:
                   full=(w == default_wait or len(args.windows) == 1), max_batch=mb,
                   max_wait_ms=w)
            for w in args.windows]
-    # the CPU plan's alternative: one forward pass at a time on every core (service/compute.py)
+    # the CPU plan's alternative: one forward pass at a time on every core (service/runtime/compute.py)
     out.append(Target("one_pass", f"batched, one pass at a time (max {mb}, wait {default_wait:g} ms)",
                       ("--max-batch-size", str(mb), "--max-wait-ms", str(default_wait)),
                       max_batch=mb, max_wait_ms=default_wait,

@@ -30,8 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import plots
 from bench.common import RESULTS, machine, markdown_table, save
-from bench.loadgen import Body, make_bodies, make_images, run_closed
-from bench.procs import Fleet, RedisServer, service, wait_until
+from bench.loadgen import run_closed
+from bench.procs import service
+from harness.images import Body, make_bodies, make_images
+from harness.procs import Fleet, RedisServer, wait_until
 
 __all__ = ["main"]
 

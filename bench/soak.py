@@ -26,9 +26,11 @@ from typing import Any
 import aiohttp
 import psutil
 
-from bench.common import RESULTS, markdown_table, percentile, save
-from bench.loadgen import Body, make_bodies, make_images
-from bench.procs import Fleet, lb, service, wait_all_healthy
+from bench.common import RESULTS, markdown_table, save
+from bench.procs import lb, service
+from harness.images import Body, make_bodies, make_images
+from harness.procs import Fleet, wait_all_healthy
+from harness.stats import percentile
 
 __all__ = ["SoakResult", "main", "run_soak", "soak_against"]
 

@@ -48,12 +48,13 @@ from bench.common import (
     add_serving_options,
     machine,
     markdown_table,
-    percentile,
     save,
     serving_flags,
 )
-from bench.procs import ROOT, service
+from bench.procs import service
 from bench.served import measure_ceiling
+from harness.procs import ROOT
+from harness.stats import percentile
 
 __all__ = ["main"]
 

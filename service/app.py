@@ -15,69 +15,25 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ServiceError, ValidationFailed, to_service_error
+from service.api import boundary, dashboard, health, redoc
+from service.api.middleware import RequestContextMiddleware
+from service.api.streams import routes as streams
+from service.api.v1 import detect, model, models
+from service.api.v2 import routes as v2_routes
 from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
-from service.middleware import RequestContextMiddleware
-from service.routes import dashboard, detect, health, model, models, redoc, streams
+from service.runtime.state import AppState, Lifecycle
+from service.runtime.streams import StreamRegistry
 from service.settings import Settings
 from service.shared import open_store, rate_limiter
-from service.state import AppState, Lifecycle
-from service.streams import StreamRegistry
-from service.v2 import routes as v2_routes
-from wire import errors as codes
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("yoloserve")
-
-
-def _error_response(request: Request, err: ServiceError) -> Response:
-    request_id = request.scope.get("state", {}).get("request_id")
-    return Response(err.body(request_id), status_code=err.status,
-                    media_type="application/json", headers=err.headers())
-
-
-_HTTP_ROWS = {400: codes.INVALID_REQUEST, 404: codes.NOT_FOUND, 405: codes.METHOD_NOT_ALLOWED}
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def on_service_error(request: Request, exc: Exception) -> Response:
-        err = to_service_error(exc)
-        if type(err) is ServiceError:
-            log.error("unhandled error", exc_info=exc)
-        return _error_response(request, err)
-
-    async def on_validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error_response(request, ValidationFailed(f"{where}: {first.get('msg', 'invalid')}"))
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        fallback = codes.INVALID_REQUEST if exc.status_code < 500 else codes.INTERNAL_ERROR
-        row = _HTTP_ROWS.get(exc.status_code, fallback)
-        message = "no such route" if row is codes.NOT_FOUND else str(exc.detail)
-        response = _error_response(request, ServiceError(message, row=row))
-        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
-        return response
-
-    from batching import BatchingError
-    from service.engine.errors import EngineError
-
-    for kind in (ServiceError, EngineError, BatchingError):
-        app.add_exception_handler(kind, on_service_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_service_error)
 
 
 def _single_threaded_torch() -> None:
@@ -89,17 +45,14 @@ def _single_threaded_torch() -> None:
 
 
 async def _load(state: AppState) -> None:
-    from service.models import load_models
+    from service.runtime.registry import load_models
 
     registry = await load_models(state.settings, state.metrics, state.shared_store)
-    default = registry.models[registry.default].inferencer
-    if all(m.inferencer.engine.meta.backend in {"onnx", "openvino"}
-           for m in registry.models.values()):
+    if registry.backends <= {"onnx", "openvino"}:
         _single_threaded_torch()
     state.metrics.gc_frozen.set(freeze_loaded_heap())
     state.gc_pauses.start()
     state.models = registry
-    state.inferencer = default
     state.streams = await _start_streams(state)
     state.lifecycle = Lifecycle.READY
     log.info("ready", extra={"models": list(registry.models), "default": registry.default})
@@ -167,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(
         title="yoloserve", version=_version(), lifespan=lifespan,
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
-        redoc_url=None,  # served by service.routes.redoc, without the bundle's one outside address
+        redoc_url=None,  # served by service.api.redoc, without the bundle's one outside address
         description="YOLO object detection with dynamic batching. Errors are "
                     '`{"error": {"code", "message", "request_id"}}`.',
     )
@@ -181,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(redoc.router)
     app.mount("/static", dashboard.static_files(), name="static")
-    _install_error_handlers(app)
+    boundary.install(app)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        access_log_enabled=settings.access_log)

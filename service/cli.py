@@ -9,14 +9,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import SecretStr
 
 from service.settings import Settings
 from wire.options import given_options, settings_options
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = ["export_command", "monitor_command", "serve_command", "train_demo_command"]
 
@@ -59,9 +64,9 @@ def serve_command(**flags: Any) -> None:
 
 def _check_precisions(settings: Settings, models: list[Path]) -> None:
     """Refuse a precision (or a backend's file) that this hardware or these models lack."""
-    from service.compute import plan_compute
     from service.engine import ModelLoadError
     from service.engine.engine import check_precision
+    from service.runtime.compute import plan_compute
 
     for model in models:
         try:
@@ -136,7 +141,7 @@ def export_command(model: Path, fmt: str, precision: str, calibration: Path | No
             raise click.ClickException(str(exc)) from None
         click.echo(f"wrote {config} and {config.parent / '1' / 'model.onnx'}")
         return
-    from service.engine.export import export_and_check
+    from service.demo.export_check import export_and_check
 
     report = export_and_check(model, out=out, half=half, int8=int8, check_images=check_images)
     click.echo(report.to_markdown())
@@ -147,20 +152,24 @@ def export_command(model: Path, fmt: str, precision: str, calibration: Path | No
 def _export_openvino(model: Path, precision: str, calibration: Path | None, images: int,
                      out: Path | None, check_images: int) -> None:
     """Write the IR, then say how closely it follows FP32 on generated images."""
+    from service.demo.synthetic import training_images
     from service.engine import Engine, ModelLoadError
     from service.engine.evaluation import agreement
     from service.engine.export import detect_all
-    from service.engine.openvino_export import calibration_images, export_openvino
+    from service.engine.openvino_export import export_openvino, images_in
+
+    def calibration_images(count: int) -> Iterator[NDArray[np.uint8]]:
+        return training_images(count) if calibration is None else images_in(calibration, count)
 
     try:
-        xml = export_openvino(model, precision=precision, out=out, calibration=calibration,
-                              calibration_images_count=images)
+        xml = export_openvino(model, precision=precision, out=out,
+                              calibration=calibration_images(images) if precision == "int8" else ())
         served = Engine.load(xml, backend="openvino", device="cpu",
                              precision="int8" if precision == "int8" else "fp32")
     except (ModelLoadError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     reference = Engine.load(model, device="cpu")
-    sample = list(calibration_images(calibration, check_images))
+    sample = list(calibration_images(check_images))
     matched, total = agreement(detect_all(reference, sample), detect_all(served, sample))
     click.echo(f"wrote {xml}; against FP32 on {len(sample)} images: {matched}/{total} boxes "
                f"agree (same class, IoU >= 0.9). Measure its mAP with "
@@ -203,7 +212,7 @@ def baseline_command(images: tuple[Path, ...], out: Path, model: Path | None,
     """Detect on IMAGES (files or folders) and write the per-class baseline of drift monitoring."""
     from service.engine import Engine
     from service.engine.decode import image_files
-    from service.monitoring import baseline_from_images
+    from service.runtime.monitoring import baseline_from_images
 
     settings = Settings()
     paths = image_files(images)

@@ -20,6 +20,10 @@ anything else is an internal error whose details stay in the log.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from batching import BatchingError, QueueFull, ShuttingDown
 from batching import DeadlineExceeded as BatchDeadlineExceeded
 from wire import errors as codes
@@ -41,8 +45,12 @@ __all__ = [
     "Unavailable",
     "UnsupportedMediaType",
     "ValidationFailed",
+    "boundary_error",
     "to_service_error",
+    "validation_failed",
 ]
+
+log = logging.getLogger("yoloserve")
 
 
 class ServiceError(Exception):
@@ -131,6 +139,22 @@ class Draining(Unavailable):
 
 class DeadlineExceeded(ServiceError):
     row = codes.DEADLINE_EXCEEDED
+
+
+def validation_failed(errors: Sequence[Mapping[str, Any]]) -> ValidationFailed:
+    """The first of pydantic's (or FastAPI's) validation errors, as ``loc: msg``."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return ValidationFailed(f"{where}: {first.get('msg', 'invalid value')}")
+
+
+def boundary_error(exc: BaseException, what: str = "unhandled error") -> ServiceError:
+    """The error a client sees for ``exc`` (``to_service_error``); one that is ours to fix (an
+    internal error, not the client's) is logged with its stack as ``what``."""
+    err = to_service_error(exc)
+    if type(err) is ServiceError:
+        log.error(what, exc_info=exc)
+    return err
 
 
 def to_service_error(exc: BaseException) -> ServiceError:

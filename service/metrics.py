@@ -81,6 +81,19 @@ class ServiceMetrics:
             "model_drift_score", "Population stability index of a class's detections per image "
             "and confidences, sliding window against the baseline", ["model", "class_name"], registry=r,
             multiprocess_mode="livemax")
+        self.device_slots = Gauge(
+            "device_slots", "Forward passes the process runs at once, for every model it serves",
+            registry=r, multiprocess_mode="livesum")
+        self.device_busy = Gauge(
+            "device_passes_in_flight", "Forward passes dispatched and not yet returned (one "
+            "staged full batch may count above the slots)", registry=r,
+            multiprocess_mode="livesum")
+        self.device_peak = Gauge(
+            "device_passes_peak", "The most forward passes that ran at once since the start",
+            registry=r, multiprocess_mode="livemax")
+        self.admitted = Gauge(
+            "admitted_images", "Images admitted and not yet answered (decoding, queued or "
+            "running), every model together", registry=r, multiprocess_mode="livesum")
         self.live = LiveStats()
         # video streams
         self.streams_active = Gauge(
@@ -131,6 +144,12 @@ class ServiceMetrics:
         self.gc_pause.labels(str(generation)).observe(seconds)
 
     # read side --------------------------------------------------------------------------------
+    def update_device(self, slots: int, busy: int, peak: int, admitted: int) -> None:
+        self.device_slots.set(slots)
+        self.device_busy.set(busy)
+        self.device_peak.set(peak)
+        self.admitted.set(admitted)
+
     def update_gpu_memory(self, device: str) -> None:
         if not device.startswith("cuda"):
             return

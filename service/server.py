@@ -13,8 +13,8 @@ import uvicorn
 
 from service.app import create_app
 from service.httpguard import GuardedHttpProtocol
+from service.runtime.state import AppState, Lifecycle
 from service.settings import Settings
-from service.state import AppState, Lifecycle
 from wire.logs import configure_logging
 
 __all__ = ["run"]

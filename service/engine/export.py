@@ -1,9 +1,6 @@
-"""``yoloserve export``: ONNX with a dynamic batch axis, optional FP16 and INT8 copies, each checked.
-
-Parity is measured with our own engine: the source weights on the torch backend against each
-exported file on the onnx backend, over generated images, box by box. For the demo model, mAP on
-its held-out split is measured too (Ultralytics' validator on each file).
-"""
+"""Exports: ONNX with a dynamic batch axis, optional FP16 and INT8 copies, a Triton model
+repository; and the parts that check an export against its source, box by box with our own engine
+(``compare``, ``detect_all``; ``service.demo.export_check`` runs them on generated images)."""
 
 from __future__ import annotations
 
@@ -17,8 +14,8 @@ import numpy as np
 from service.engine.engine import Engine
 from service.engine.types import Detections
 
-__all__ = ["ExportReport", "ExportRow", "TritonOptions", "compare", "detect_all", "export_and_check",
-           "export_onnx", "export_triton"]
+__all__ = ["ExportReport", "ExportRow", "TritonOptions", "compare", "detect_all", "export_onnx",
+           "export_triton", "to_fp16", "to_int8"]
 
 
 @dataclass
@@ -77,7 +74,7 @@ def export_onnx(model: Path, out: Path) -> Path:
     return out
 
 
-def _to_fp16(src: Path, dst: Path) -> Path:
+def to_fp16(src: Path, dst: Path) -> Path:
     """FP16 weights and activations (for GPUs)."""
     import onnx
 
@@ -87,7 +84,7 @@ def _to_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _to_int8(src: Path, dst: Path) -> Path:
+def to_int8(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
@@ -119,59 +116,6 @@ def detect_all(engine: Engine, images: list[np.ndarray], batch: int = 8) -> list
     return out
 
 
-def _demo_map(model: Path, data: Path, imgsz: int) -> tuple[float, float]:
-    from ultralytics import YOLO  # type: ignore[attr-defined]
-
-    with tempfile.TemporaryDirectory() as tmp:
-        m = YOLO(str(model), task="detect").val(
-            data=str(data), imgsz=imgsz, batch=8, device="cpu", plots=False, verbose=False,
-            project=tmp, name="val")
-    return float(m.box.map50), float(m.box.map)
-
-
-def export_and_check(model: Path, *, out: Path | None = None, half: bool = False,
-                     int8: bool = False, check_images: int = 100) -> ExportReport:
-    from service.demo.synthetic import CLASSES, make_sample, write_split
-
-    out = out or model.with_suffix(".onnx")
-    targets = [(export_onnx(model, out), "fp32")]
-    if half:
-        targets.append((_to_fp16(out, out.with_suffix(".fp16.onnx")), "fp16"))
-    if int8:
-        targets.append((_to_int8(out, out.with_suffix(".int8.onnx")), "int8"))
-    source = Engine.load(model, backend="torch", device="cpu")
-    images = [make_sample(1, i).image for i in range(check_images)]
-    reference = detect_all(source, images)
-    report = ExportReport(source=model)
-    is_demo = tuple(source.meta.classes.values()) == CLASSES
-    with tempfile.TemporaryDirectory() as tmp:
-        data = None
-        if is_demo:
-            write_split(Path(tmp), "val", 1, check_images)
-            names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
-            data = Path(tmp) / "data.yaml"
-            data.write_text(f"path: {tmp}\ntrain: images/val\nval: images/val\nnames:\n{names}\n")
-            report.source_map = _demo_map(model, data, source.meta.input_size)
-        for path, precision in targets:
-            engine = Engine.load(path, backend="onnx", device="cpu")
-            row = compare(reference, detect_all(engine, images), ExportRow(path, precision))
-            if data is not None:
-                row.map50, row.map50_95 = _demo_map(path, data, source.meta.input_size)
-            report.rows.append(row)
-    return report
-
-
-@dataclass(frozen=True)
-class TritonOptions:
-    """How Triton should serve the model: batching, instances, and TensorRT FP16 on GPUs."""
-
-    max_batch_size: int = 8
-    max_wait_ms: float = 5.0
-    instances: int = 1
-    gpu: bool = False
-    tensorrt_fp16: bool = False
-
-
 def _dynamic_batch(onnx_path: Path) -> tuple[str, str]:
     """The ONNX file's input and output names; refuse one whose batch axis is fixed."""
     import onnx
@@ -184,6 +128,17 @@ def _dynamic_batch(onnx_path: Path) -> tuple[str, str]:
             raise ValueError(f"{onnx_path.name}: {tensor.name} has a fixed batch axis "
                              f"({first.dim_value}); export it with a dynamic one")
     return inp.name, out.name
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How Triton should serve the model: batching, instances, and TensorRT FP16 on GPUs."""
+
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    instances: int = 1
+    gpu: bool = False
+    tensorrt_fp16: bool = False
 
 
 def export_triton(model: Path, out_dir: Path, *, name: str | None = None,

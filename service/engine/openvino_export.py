@@ -12,7 +12,7 @@ head's convolutions are quantized). bf16 needs no file of its own: it is a run-t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +25,14 @@ from service.engine.engine import openvino_dir
 from service.engine.errors import ModelLoadError
 from service.engine.preprocess import letterbox
 
-__all__ = ["calibration_images", "export_openvino", "head_ignored_scope"]
+__all__ = ["export_openvino", "head_ignored_scope", "images_in"]
 
 log = logging.getLogger(__name__)
 
-def calibration_images(folder: Path | None, count: int) -> Iterator[NDArray[np.uint8]]:
-    """BGR images to calibrate on: up to ``count`` files under ``folder``, or, with no folder,
-    the demo's synthetic training images (seed 0, the distribution the demo model learnt)."""
+def images_in(folder: Path, count: int) -> Iterator[NDArray[np.uint8]]:
+    """BGR images to calibrate on: up to ``count`` image files under ``folder``."""
     import cv2
 
-    if folder is None:
-        from service.demo.synthetic import make_sample
-
-        for i in range(count):
-            yield make_sample(0, i).image
-        return
     files = image_files([folder])[:count]
     if not files:
         raise ValueError(f"no images in {folder} to calibrate on")
@@ -84,12 +77,12 @@ def _onnx_of(model: Path) -> Path:
     return sibling
 
 
-def _quantize(ov_model: Any, size: int, calibration: Path | None, count: int) -> Any:
+def _quantize(ov_model: Any, size: int, calibration: Iterable[NDArray[np.uint8]]) -> Any:
     try:
         import nncf
     except ImportError as exc:
         raise ModelLoadError("INT8 needs NNCF: pip install 'yoloserve[quantize]'") from exc
-    samples = [_network_input(img, size) for img in calibration_images(calibration, count)]
+    samples = [_network_input(img, size) for img in calibration]
     ignored = head_ignored_scope(ov_model)
     log.info("quantizing", extra={"images": len(samples), "ignored_ops": len(ignored)})
     return nncf.quantize(
@@ -100,8 +93,9 @@ def _quantize(ov_model: Any, size: int, calibration: Path | None, count: int) ->
 
 
 def export_openvino(model: Path, *, precision: str = "fp32", out: Path | None = None,
-                    calibration: Path | None = None, calibration_images_count: int = 300) -> Path:
-    """Write the IR of ``model`` at ``precision`` (fp32, bf16, fp16 or int8); returns its ``.xml``."""
+                    calibration: Iterable[NDArray[np.uint8]] = ()) -> Path:
+    """Write the IR of ``model`` at ``precision`` (fp32, bf16, fp16 or int8); returns its ``.xml``.
+    INT8 is calibrated on ``calibration`` (BGR images of what the model will see)."""
     import openvino as ov
     import yaml
 
@@ -112,7 +106,7 @@ def export_openvino(model: Path, *, precision: str = "fp32", out: Path | None = 
     size = input_side(meta.get("imgsz", 640))
     ov_model = ov.convert_model(str(onnx_path))
     if precision == "int8":
-        ov_model = _quantize(ov_model, size, calibration, calibration_images_count)
+        ov_model = _quantize(ov_model, size, calibration)
     folder = out or openvino_dir(model, precision)
     folder.mkdir(parents=True, exist_ok=True)
     xml = folder / f"{model.stem}.xml"

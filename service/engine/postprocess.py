@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torchvision
 
-from service.engine.types import Detection, Detections, DetectParams, Letterbox
+from service.engine.types import Detections, DetectParams, Letterbox
 
 __all__ = ["postprocess"]
 
@@ -82,10 +83,11 @@ def postprocess(
     keep = _nms(img, boxes, scores, cls, params, nc)
     img, scores, cls = img[keep], scores[keep], cls[keep]
     boxes = _scale(boxes[keep], img, letterboxes)
-    results = [Detections(width=lb.width, height=lb.height) for lb in letterboxes]
-    rows = zip(img.tolist(), cls.tolist(), scores.tolist(), boxes.tolist(), strict=True)
-    for b, c, s, (x0, y0, x1, y1) in rows:
-        items = results[b].items
-        if len(items) < params[b].max_det:
-            items.append(Detection(c, names.get(c, str(c)), s, x0, y0, x1, y1))
+    img_of = img.cpu().numpy()
+    boxes_of, scores_of, cls_of = boxes.cpu().numpy(), scores.cpu().numpy(), cls.cpu().numpy()
+    results = []
+    for b, lb in enumerate(letterboxes):
+        rows = np.flatnonzero(img_of == b)[: params[b].max_det]  # in score order already
+        results.append(Detections(lb.width, lb.height, boxes_of[rows], scores_of[rows],
+                                  cls_of[rows].astype(np.int64), names))
     return results

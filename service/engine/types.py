@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,13 +57,61 @@ class Detection:
     y_max: float
 
 
-@dataclass(frozen=True)
+def _no_boxes() -> NDArray[np.float32]:
+    return np.zeros((0, 4), np.float32)
+
+
+def _no_scores() -> NDArray[np.float32]:
+    return np.zeros((0,), np.float32)
+
+
+def _no_classes() -> NDArray[np.int64]:
+    return np.zeros((0,), np.int64)
+
+
+@dataclass(frozen=True, eq=False)
 class Detections:
-    """Boxes for one image, in pixels of the original image, sorted by confidence."""
+    """Boxes for one image, in pixels of the original image, sorted by confidence, as the model
+    gave them: full-precision arrays (``boxes`` ``(n, 4)`` xyxy, ``scores`` ``(n,)``,
+    ``class_ids`` ``(n,)``) and the model's class names. Each protocol renders these its own way;
+    ``items`` is the same as one object per box."""
 
     width: int
     height: int
-    items: list[Detection] = field(default_factory=list)
+    boxes: NDArray[np.floating[Any]] = field(default_factory=_no_boxes)  # float32; float64 tracked
+    scores: NDArray[np.float32] = field(default_factory=_no_scores)
+    class_ids: NDArray[np.int64] = field(default_factory=_no_classes)
+    names: Mapping[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_items(cls, width: int, height: int, items: Sequence[Detection]) -> Detections:
+        return cls(
+            width, height,
+            np.array([(d.x_min, d.y_min, d.x_max, d.y_max) for d in items], np.float32).reshape(-1, 4),
+            np.array([d.confidence for d in items], np.float32),
+            np.array([d.class_id for d in items], np.int64),
+            {d.class_id: d.class_name for d in items})
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def class_name(self, class_id: int) -> str:
+        return self.names.get(class_id, str(class_id))
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.class_name(c) for c in self.class_ids.tolist()]
+
+    @property
+    def items(self) -> list[Detection]:
+        rows = zip(self.class_ids.tolist(), self.scores.tolist(), self.boxes.tolist(), strict=True)
+        return [Detection(c, self.class_name(c), s, *box) for c, s, box in rows]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (self.width, self.height) == (other.width, other.height) and \
+            self.items == other.items
 
 
 @dataclass(frozen=True)

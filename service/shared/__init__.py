@@ -1,5 +1,6 @@
 """State shared by every process of a fleet, in Redis: the result cache's second level, coalescing
-across processes, and the fleet-wide rate limit. Without a Redis URL none of it exists and each
+across processes (``results``; the cache itself is ``service.runtime.cache``), and the fleet-wide
+rate limit. Without a Redis URL none of it exists and each
 process keeps its own (today's behaviour); with one, Redis failing never fails a request.
 """
 
@@ -7,11 +8,10 @@ from __future__ import annotations
 
 from service.ratelimit import RateLimiter
 from service.settings import Settings
-from service.shared.cache import TwoLevelCache
 from service.shared.codec import CodecError, decode, encode
-from service.shared.lease import SharedResults
 from service.shared.limiter import SharedRateLimiter
 from service.shared.metrics import SharedMetrics
+from service.shared.results import SharedResults
 from service.shared.store import SharedStore, StoreUnavailable
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "SharedResults",
     "SharedStore",
     "StoreUnavailable",
-    "TwoLevelCache",
     "decode",
     "encode",
     "open_store",

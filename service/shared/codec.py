@@ -26,10 +26,11 @@ class CodecError(ValueError):
 
 
 def encode(detections: Detections, batch_size: int) -> bytes:
-    items = detections.items
+    rows = zip(detections.class_ids.tolist(), detections.scores.tolist(),
+               detections.boxes.tolist(), strict=True)
     parts = [_HEADER.pack(_VERSION, min(batch_size, 0xFFFF), detections.width, detections.height,
-                          len(items))]
-    parts += [_ITEM.pack(d.class_id, d.confidence, d.x_min, d.y_min, d.x_max, d.y_max) for d in items]
+                          len(detections))]
+    parts += [_ITEM.pack(c, s, *box) for c, s, box in rows]
     return b"".join(parts)
 
 
@@ -44,4 +45,4 @@ def decode(data: bytes, classes: Mapping[int, str]) -> tuple[Detections, int]:
             items.append(Detection(cid, classes.get(cid, str(cid)), conf, x1, y1, x2, y2))
     except struct.error as exc:
         raise CodecError(str(exc)) from exc
-    return Detections(width, height, items), batch_size
+    return Detections.from_items(width, height, items), batch_size

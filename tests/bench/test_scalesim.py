@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bench.common import RESULTS
-from bench.procs import ROOT
+from harness.procs import ROOT
 
 pytestmark = pytest.mark.slow
 

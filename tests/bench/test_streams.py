@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from bench.common import RESULTS
-from bench.procs import ROOT
 from bench.streams import BASELINE
+from harness.procs import ROOT
 
 pytestmark = pytest.mark.slow
 

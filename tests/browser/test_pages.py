@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.procs import Balancer, FakeBackend, Fleet, wait_until
+from harness.procs import Balancer, FakeBackend, Fleet, wait_until
 from service.demo.synthetic import make_sample
 from tests.support.procs import ROOT, ServiceProcess
 

@@ -21,7 +21,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 
-from bench.procs import wait_until
+from harness.procs import wait_until
 from wire.schemas import (
     Box2D,
     Detection,

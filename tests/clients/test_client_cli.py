@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 from fake_detect_service import serve
 from PIL import Image
 
-from bench.procs import free_port
 from clients.cli import detect_command
+from harness.procs import free_port
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from bench.procs import Balancer, free_port, wait_until
+from harness.procs import Balancer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -11,7 +11,7 @@ import pytest
 
 from service.engine import DetectParams, Engine, ModelLoadError
 from service.engine.evaluation import agreement
-from service.engine.openvino_export import export_openvino, head_ignored_scope
+from service.engine.openvino_export import export_openvino, head_ignored_scope, images_in
 from service.engine.precision import detect_hardware, missing_for
 from tests.engine.images import shapes_image
 
@@ -117,8 +117,8 @@ def test_int8_export_keeps_the_head_in_higher_precision(demo_pt: Path, tmp_path:
     head = [n for n in ignored if n.startswith("/model.22/")]
     branches = [n for n in head if n.startswith(("/model.22/cv2", "/model.22/cv3"))]
     assert head and all(n.endswith("Sigmoid") for n in branches)  # the head's convs are int8
-    xml = export_openvino(demo_pt, precision="int8", out=tmp_path / "ir", calibration=calib,
-                          calibration_images_count=24)
+    xml = export_openvino(demo_pt, precision="int8", out=tmp_path / "ir",
+                          calibration=images_in(calib, 24))
     assert (xml.parent / "metadata.yaml").is_file()
     engine = Engine.load(xml, backend="openvino", device="cpu", precision="int8")
     assert engine.meta.classes == {0: "circle", 1: "square", 2: "triangle", 3: "star", 4: "hexagon"}

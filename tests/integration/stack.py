@@ -16,7 +16,7 @@ import cv2
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import Service, await_until, start_all, stop_all
+from harness.procs import Service, await_until, start_all, stop_all
 from tests.engine.images import shapes_image
 from tests.loadbalancer.harness import LBProc
 from wire.schemas import Detection, DetectionResult

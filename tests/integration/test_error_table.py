@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.procs import Balancer, Fleet, Service
+from harness.procs import Balancer, Fleet, Service
 from wire import errors as codes
 from wire.errors import ERRORS
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.procs import Balancer, start_all, wait_all_healthy
 from clients import AsyncDetectionClient, LostFrame
+from harness.procs import Balancer, start_all, wait_all_healthy
 from loadbalancer.hashing import Ring, key_hash
 from tests.integration.stack import Fleet
 from wire.schemas import StreamResult

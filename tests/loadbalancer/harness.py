@@ -1,7 +1,7 @@
 """Real processes on loopback for the load balancer's tests: fake backends (uvicorn running
 ``backend_app``) and the balancer itself (``python -m loadbalancer``), plus a load generator.
 The processes and the waits (polls with a deadline; nothing sleeps as synchronisation) are
-``bench.procs``'s."""
+``harness.procs``'s."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench.procs import Balancer, FakeBackend, start_all
+from harness.procs import Balancer, FakeBackend, start_all
 
 
 class BackendProc(FakeBackend):

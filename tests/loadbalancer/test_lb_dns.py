@@ -24,7 +24,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import Proc, await_until, free_port, start_all, stop_all, wait_until
+from harness.procs import Proc, await_until, free_port, start_all, stop_all, wait_until
 from loadbalancer.discovery import DnsResolver, Resolution
 from loadbalancer.errors import NameNotFound, ResolverUnavailable
 from tests.loadbalancer.harness import BackendProc, LBProc, Result, load

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import await_until, free_port, wait_until
+from harness.procs import await_until, free_port, wait_until
 from tests.loadbalancer.harness import BackendProc, LBProc, load, start_backends
 
 PER_TRY = 1.0

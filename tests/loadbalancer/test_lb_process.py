@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 import pytest
 
-from bench.procs import await_until, free_port, wait_until
+from harness.procs import await_until, free_port, wait_until
 from tests.loadbalancer.harness import BackendProc, LBProc, start_backends
 
 

@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bench.procs import await_until
+from harness.procs import await_until
 from tests.loadbalancer.harness import BackendProc, LBProc, start_backends
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.multihost.harness import Ground
-from tests.multihost.netns import unavailable
+from harness.multihost.ground import Ground
+from harness.multihost.netns import unavailable
 
 
 @pytest.fixture(scope="module")

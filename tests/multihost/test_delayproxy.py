@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 
-from tests.multihost.delayproxy import start
+from harness.multihost.delayproxy import start
 
 DELAY_MS = 50.0  # each way
 

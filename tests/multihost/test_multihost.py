@@ -3,7 +3,7 @@ closed-loop load of real detections from the project's client at its defaults (1
 4 tries), on three namespace hosts, no fault fails a single call.
 
 The +100 ms of the delay test is emulated by a user-space proxy (the kernel has no netem): see
-``tests/multihost/delayproxy.py``.
+``harness/multihost/delayproxy.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from tests.multihost.harness import (
+from harness.multihost.ground import (
     Ground,
     Outcome,
     delayed,
@@ -22,7 +22,7 @@ from tests.multihost.harness import (
     lossy,
     rolling_restart,
 )
-from tests.multihost.netns import loss_unavailable
+from harness.multihost.netns import loss_unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -1,7 +1,7 @@
 """Load for the reliability tests: closed and open loops that record every answer, and process
 probes (RSS, open file descriptors) polled with deadlines.
 
-Every request is a pre-encoded multipart body (``bench.loadgen.make_bodies``). Each answer is a
+Every request is a pre-encoded multipart body (``harness.images.make_bodies``). Each answer is a
 ``Shot``: when it was scheduled, sent and answered, its status, error code and ``Retry-After``. The
 open loop fires on a fixed schedule whatever the server does, and latencies can be taken from the
 scheduled time, so a slow server cannot hide behind a slow generator (no coordinated omission).
@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 import psutil
 
-from bench.loadgen import Body
-from bench.procs import wait_until
+from harness.images import Body
+from harness.procs import wait_until
 from service.heap import frozen_heap
 
 __all__ = ["Shot", "closed_loop", "open_loop", "rss_mb", "settle_fds"]

@@ -28,9 +28,9 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from bench.common import percentile as p
-from bench.procs import await_until, start_all
 from clients import AsyncDetectionClient, ItemResult
+from harness.procs import await_until, start_all
+from harness.stats import percentile as p
 from service.app import create_app
 from service.settings import Settings
 from tests.loadbalancer.harness import LBProc
@@ -101,8 +101,8 @@ async def test_engine_exception_fails_only_that_image() -> None:
     before = len(asyncio.all_tasks())
     poison = _poison_png()
     async with _app(cache_enabled=False, max_wait_ms=100, warmup=False) as (c, state):
-        fake = PoisonBackend(state.inferencer.engine.backend)
-        state.inferencer.engine.backend = fake
+        fake = PoisonBackend(state.inferencer._engine.backend)
+        state.inferencer._engine.backend = fake
         idle = len(asyncio.all_tasks())
         good = [jpeg(i, (160, 120)) for i in range(7)]
 

@@ -40,8 +40,8 @@ from collections import Counter
 import psutil
 import pytest
 
-from bench.common import percentile as p
-from bench.loadgen import Body, make_bodies, make_images
+from harness.images import Body, make_bodies, make_images
+from harness.stats import percentile as p
 from tests.reliability.loadtools import Shot, closed_loop, open_loop, session, settle_fds, shoot
 from tests.support.procs import ServiceProcess
 

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from bench.procs import free_port
+from harness.procs import free_port
 from loadbalancer.settings import LBSettings
 from service.settings import Settings
 from tests.loadbalancer.harness import LBProc

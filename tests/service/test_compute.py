@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.compute import plan_compute
+from service.runtime.compute import plan_compute
 from service.settings import Settings
 
 

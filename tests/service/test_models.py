@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients import AsyncDetectionClient, InvalidRequest
 from service.cli import _model_flags
-from service.models import WeightedPicker
 from service.modelspec import ModelConfigError, parse_alias, parse_spec, resolve_specs
+from service.runtime.registry import WeightedPicker
 from service.settings import Settings
 from tests.service.conftest import jpeg
 from tests.support.procs import ROOT, ServiceProcess
@@ -141,3 +141,39 @@ async def test_the_alias_splits_real_requests_and_the_client_names_models(
         with pytest.raises(InvalidRequest) as err:
             await client.detect(img, model="nope")
         assert err.value.code == "model_not_found"
+
+
+def _metric(text: str, name: str) -> float:
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == name)
+
+
+def test_every_model_and_raw_twin_share_the_devices_slots(two_models: ServiceProcess) -> None:
+    """Two models and their ``-raw`` networks under load at once: the passes running together
+    never exceed the process's slots (one compute plan), and every kind of request is served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    raw = np.random.default_rng(0).random((2, 3, 256, 256), dtype=np.float32)  # the demo's input
+    head = b'{"inputs":[{"name":"images","shape":[2,3,256,256],"datatype":"FP32",' \
+           b'"parameters":{"binary_data_size":%d}}]}' % raw.nbytes
+
+    def v1(model: str) -> int:
+        with httpx.Client(base_url=two_models.url, timeout=60) as c:
+            return sum(c.post(f"/v1/models/{model}/detect",
+                              files={"image": jpeg(i)}).status_code == 200 for i in range(6))
+
+    def v2(model: str) -> int:
+        with httpx.Client(base_url=two_models.url, timeout=60) as c:
+            return sum(c.post(f"/v2/models/{model}-raw/infer", content=head + raw.tobytes(),
+                              headers={"Inference-Header-Content-Length": str(len(head))}
+                              ).status_code == 200 for _ in range(3))
+
+    calls = [(v1, "demo")] * 4 + [(v1, "shapes")] * 4 + [(v2, "demo"), (v2, "shapes")] * 2
+    with ThreadPoolExecutor(len(calls)) as pool:
+        served = list(pool.map(lambda call: call[0](call[1]), calls))
+    assert served == [6] * 8 + [3] * 4
+    text = httpx.get(f"{two_models.url}/metrics").text
+    slots, peak = _metric(text, "device_slots"), _metric(text, "device_passes_peak")
+    assert slots >= 1 and 1 <= peak <= slots

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.demo.synthetic import CLASSES, make_sample
-from service.monitoring import Baseline, psi
+from service.runtime.monitoring import Baseline, psi
 from tests.service.conftest import app_client
 from yoloserve.cli import main
 

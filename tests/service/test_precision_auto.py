@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.compute import plan_compute
 from service.engine.evaluation import EvalRow, Evaluation, save
 from service.engine.precision import CPU_FLAGS_ENV
+from service.runtime.compute import plan_compute
 from service.settings import Settings
 from tests.service.conftest import app_client
 

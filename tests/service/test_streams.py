@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import await_until
+from harness.procs import await_until
 from tests.service.conftest import app_client
 from tests.service.streams_support import clip, encoded
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.procs import RedisServer
+from harness.procs import RedisServer
 
 
 @pytest.fixture(scope="module")

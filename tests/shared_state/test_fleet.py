@@ -20,7 +20,7 @@ import pytest
 import redis as redis_sync
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import RedisServer, await_until, wait_until
+from harness.procs import RedisServer, await_until, wait_until
 from tests.service.conftest import jpeg
 from tests.support.procs import ServiceProcess
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import RedisServer, free_port
+from harness.procs import RedisServer, free_port
 from service.engine.types import Detection, Detections
 from service.ratelimit import RateLimiter
 from service.shared import (
@@ -40,9 +40,9 @@ def _store(url: str, registry: CollectorRegistry | None = None) -> SharedStore:
 def test_entry_format_round_trips_exactly() -> None:
     items = [Detection(3, "star", 0.912345678, 1.5, 2.25, 300.125, 400.0625),
              Detection(0, "circle", 0.25, 0.0, 0.0, 1.0, 1.0)]
-    data = encode(Detections(640, 480, items), 6)
+    data = encode(Detections.from_items(640, 480, items), 6)
     assert len(data) == 13 + 2 * 42
-    assert decode(data, {0: "circle", 3: "star"}) == (Detections(640, 480, items), 6)
+    assert decode(data, {0: "circle", 3: "star"}) == (Detections.from_items(640, 480, items), 6)
     with pytest.raises(CodecError):
         decode(data[:-1], {})
 

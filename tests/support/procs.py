@@ -1,4 +1,4 @@
-"""The service as a real process on a loopback port, as the tests start it (``bench.procs`` holds
+"""The service as a real process on a loopback port, as the tests start it (``harness.procs`` holds
 the parts the tests and the benchmarks share: free ports, waits with deadlines, processes)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Self
 
-from bench.procs import ROOT, Service, free_port
+from harness.procs import ROOT, Service, free_port
 
 __all__ = ["ROOT", "ServiceProcess"]
 

@@ -1,0 +1,84 @@
+"""The JSON of ``/v1`` (and of a stream's frames, which add track ids to it), rendered once from
+the runtime's ``Result``: ``DetectionResult``; and a stored evaluation as ``ModelEvaluation``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from service.engine.types import Detections
+from service.runtime.result import Result, Timings
+from wire.schemas import (
+    Box2D,
+    Detection,
+    DetectionResult,
+    ImageDimensions,
+    ModelEvaluation,
+    NormalizedBox,
+    ProcessingMetadata,
+    TrackedDetection,
+)
+from wire.schemas import Timings as WireTimings
+
+__all__ = ["detections", "evaluation", "metadata", "result", "tracked_detections"]
+
+
+def _fields(dets: Detections) -> Iterator[dict[str, Any]]:
+    """Each box in original-image pixels (3 decimals), normalised (6), with its area."""
+    width, height = dets.width, dets.height
+    rows = zip(dets.class_ids.tolist(), dets.scores.tolist(), dets.boxes.tolist(), strict=True)
+    for class_id, score, (x0, y0, x1, y1) in rows:
+        w, h = x1 - x0, y1 - y0
+        yield {
+            "class_name": dets.class_name(class_id), "class_id": class_id,
+            "confidence": round(score, 6),
+            "box_2d": Box2D(x_min=round(x0, 3), y_min=round(y0, 3), x_max=round(x1, 3),
+                            y_max=round(y1, 3)),
+            "normalized_box": NormalizedBox(
+                x_center=round((x0 + x1) / 2 / width, 6), y_center=round((y0 + y1) / 2 / height, 6),
+                width=round(w / width, 6), height=round(h / height, 6)),
+            "box_area": round(w * h, 3),
+        }
+
+
+def detections(dets: Detections) -> list[Detection]:
+    return [Detection(**fields) for fields in _fields(dets)]
+
+
+def tracked_detections(dets: Detections, track_ids: Sequence[int | None]) -> list[TrackedDetection]:
+    """A stream frame's detections: ``/v1``'s, each with its track's id (None: not tracked)."""
+    return [TrackedDetection(**fields, track_id=track_id)
+            for fields, track_id in zip(_fields(dets), track_ids, strict=True)]
+
+
+def _timings(t: Timings) -> WireTimings:
+    return WireTimings(queue=round(t.queue, 3), preprocess=round(t.preprocess, 3),
+                       inference=round(t.inference, 3), postprocess=round(t.postprocess, 3),
+                       total=round(t.total, 3))
+
+
+def metadata(r: Result) -> ProcessingMetadata:
+    return ProcessingMetadata(
+        model_name=r.model, model_version=r.version, confidence_threshold=r.params.conf,
+        iou_threshold=r.params.iou, batch_size=r.batch_size, timestamp=datetime.now(UTC),
+        timings_ms=_timings(r.timings), cached=r.cached)
+
+
+def result(r: Result) -> DetectionResult:
+    found = detections(r.detections)
+    return DetectionResult(
+        image_name=r.name,
+        image_dimensions=ImageDimensions(width=r.detections.width, height=r.detections.height),
+        detections=found, detection_count=len(found), processing_metadata=metadata(r))
+
+
+def evaluation(precision: str, entry: dict[str, Any] | None) -> ModelEvaluation | None:
+    """A model's stored evaluation (``yoloserve evaluate``) at ``precision``, if there is one."""
+    if entry is None:
+        return None
+    return ModelEvaluation(
+        precision=precision, map50=entry.get("map50"), map50_95=entry.get("map50_95"),
+        fp32_map50_95=entry.get("fp32_map50_95"), delta_map50_95=entry.get("delta_map50_95"),
+        box_agreement=entry.get("agreement"), images=entry.get("images"), data=entry.get("data"),
+        cpu=entry.get("cpu"))

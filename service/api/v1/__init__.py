@@ -1,0 +1,1 @@
+"""``/v1``: detection, annotation, the model and the models, as the contract defines them."""

@@ -1,1 +1,0 @@
-"""Thin routers, one per resource."""
