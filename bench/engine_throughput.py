@@ -73,7 +73,7 @@ def combos(backends: list[str], precisions: list[str] | None,
 def measure(engine: Any, batch: int, seconds: float, data: bytes) -> dict[str, Any]:
     prepared = [engine.prepare(data) for _ in range(batch)]
     stacked = np.stack([p.tensor for p in prepared])
-    forward = rate(lambda: _finished(engine.backend.forward(stacked)), batch, seconds)
+    forward = rate(lambda: _finished(engine.backend.forward(stacked)[0]), batch, seconds)
     infer = rate(lambda: engine.infer(prepared), batch, seconds)
     e2e = rate(lambda: engine.infer([engine.prepare(data) for _ in range(batch)]), batch, seconds)
     return {"backend": engine.meta.backend, "precision": engine.meta.precision, "batch": batch,

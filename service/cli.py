@@ -177,21 +177,22 @@ def _export_openvino(model: Path, precision: str, calibration: Path | None, imag
 
 
 @click.command("train-demo")
+@click.option("--task", type=click.Choice(["detect", "segment", "pose", "obb", "classify"]),
+              default="detect", show_default=True, help="Which demo model")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("models"))
-@click.option("--hours", type=float, default=None, help="Training time cap [0.72]")
+@click.option("--hours", type=float, default=None,
+              help="Training time cap [0.72 for detect, 0.3 for segment, pose and obb, 0.2 for classify]")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
-def train_demo_command(out: Path, hours: float | None, workdir: Path | None) -> None:
-    """Regenerate the synthetic data set and retrain the demo model (CPU)."""
-    from dataclasses import replace
+def train_demo_command(task: str, out: Path, hours: float | None, workdir: Path | None) -> None:
+    """Regenerate the synthetic data set and retrain a demo model (CPU)."""
+    from service.demo.train import task_config, train_demo
 
-    from service.demo.train import TrainConfig, train_demo
-
-    cfg = TrainConfig(out=out)
+    overrides: dict[str, object] = {"out": out}
     if hours is not None:
-        cfg = replace(cfg, hours=hours)
+        overrides["hours"] = hours
     if workdir is not None:
-        cfg = replace(cfg, workdir=workdir)
-    click.echo(train_demo(cfg))
+        overrides["workdir"] = workdir
+    click.echo(train_demo(task_config(task, **overrides)))  # type: ignore[arg-type]
 
 
 @click.group("monitor")

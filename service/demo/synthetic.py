@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -28,6 +28,7 @@ Box = tuple[int, float, float, float, float]  # class id, x_min, y_min, x_max, y
 class Sample:
     image: Image
     boxes: list[Box]
+    outlines: list[NDArray[np.int32]] = field(default_factory=list)  # each shape's polygon, pixels
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> Image:
@@ -121,14 +122,17 @@ def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float,
     return iw * ih / area
 
 
-def make_sample(seed: int, index: int, only: int | None = None) -> Sample:
+def make_sample(seed: int, index: int, only: int | None = None, shapes: int | None = None
+                ) -> Sample:
     """Image ``index`` of the split with ``seed``: varied size, background and 1-8 shapes (every
-    one of class ``only`` when given)."""
+    one of class ``only`` when given; ``shapes`` of them when given)."""
     rng = np.random.default_rng([seed, index])
     width, height = (int(v) for v in rng.integers(192, 720, size=2))
     img = _background(rng, height, width)
     boxes: list[Box] = []
-    for _ in range(int(rng.integers(1, 9))):
+    outlines: list[NDArray[np.int32]] = []
+    count = int(rng.integers(1, 9))
+    for _ in range(count if shapes is None else shapes):
         cls = int(rng.integers(0, len(CLASSES)))
         cls = cls if only is None else only
         for _attempt in range(10):
@@ -150,9 +154,10 @@ def make_sample(seed: int, index: int, only: int | None = None) -> Sample:
             edge = tuple(int(c) for c in rng.integers(0, 256, size=3))
             cv2.polylines(img, [pts], True, edge, int(rng.integers(1, 4)), lineType=cv2.LINE_AA)
         boxes.append((cls, *box))
+        outlines.append(pts)
     if rng.random() < 0.3:
         img = np.asarray(cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 1.5))), np.uint8)
-    return Sample(image=img, boxes=boxes)
+    return Sample(image=img, boxes=boxes, outlines=outlines)
 
 
 def _label_lines(sample: Sample) -> list[str]:

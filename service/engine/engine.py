@@ -21,7 +21,8 @@ from service.engine.backends import Backend, resolve_device
 from service.engine.decode import ImageLimits, decode_image, decode_reduced
 from service.engine.errors import ModelLoadError
 from service.engine.postprocess import postprocess
-from service.engine.preprocess import letterbox
+from service.engine.preprocess import classify_crop, letterbox
+from service.engine.tasks import postprocess_task
 from service.engine.types import Detections, DetectParams, ModelMeta, Prepared
 
 __all__ = ["BackendName", "BatchOutput", "Engine", "check_precision", "choose_backend",
@@ -173,7 +174,7 @@ class Engine:
             name=name or path.stem, version=weights_version(path), backend=impl.name, device=impl.device,
             precision=impl.precision, input_size=impl.input_size, classes=dict(impl.names),
             path=path, source=source, letterbox="rect" if rect else "square",
-            stride=getattr(impl, "stride", 32),
+            stride=getattr(impl, "stride", 32), task=impl.task, kpt_shape=impl.kpt_shape,
         )
         log.info("model loaded", extra={"model": meta.name, "backend": meta.backend,
                                         "precision": meta.precision})
@@ -192,7 +193,10 @@ class Engine:
         original: tuple[int, int] | None = None,
     ) -> Prepared:
         start = time.perf_counter() if start is None else start
-        canvas, info = letterbox(img, self.meta.input_size, self._stride, original)
+        if self.meta.task == "classify":
+            canvas, info = classify_crop(img, self.meta.input_size)
+        else:
+            canvas, info = letterbox(img, self.meta.input_size, self._stride, original)
         return Prepared(canvas, info, name, (time.perf_counter() - start) * 1000)
 
     def infer(
@@ -218,9 +222,14 @@ class Engine:
 
     def _pass(self, batch: Sequence[Prepared], params: Sequence[DetectParams]) -> BatchOutput:
         t0 = time.perf_counter()
-        preds = self.backend.forward(np.stack([p.tensor for p in batch]))
+        outputs = self.backend.forward(np.stack([p.tensor for p in batch]))
         t1 = time.perf_counter()
-        dets = postprocess(preds, [p.letterbox for p in batch], params, self.meta.classes)
+        boxes = [p.letterbox for p in batch]
+        meta = self.meta
+        if meta.task == "detect":
+            dets = postprocess(outputs[0], boxes, params, meta.classes)
+        else:
+            dets = postprocess_task(meta.task, outputs, boxes, params, meta.classes, meta.kpt_shape)
         t2 = time.perf_counter()
         return BatchOutput(dets, (t1 - t0) * 1000, (t2 - t1) * 1000)
 

@@ -216,7 +216,7 @@ def _forward(engine: Engine, batch: Sequence[Prepared], run: _Run) -> None:
 
     letterboxes = [p.letterbox for p in batch]
     t0 = time.perf_counter()
-    preds = engine.backend.forward(np.stack([p.tensor for p in batch]))
+    preds = engine.backend.forward(np.stack([p.tensor for p in batch]))[0]
     run.served.extend(postprocess(preds, letterboxes, [DetectParams()] * len(batch),
                                   engine.meta.classes))
     run.seconds += time.perf_counter() - t0

@@ -112,7 +112,7 @@ def export_openvino(model: Path, *, precision: str = "fp32", out: Path | None = 
     xml = folder / f"{model.stem}.xml"
     ov.save_model(ov_model, str(xml), compress_to_fp16=precision == "fp16")
     keep = ("description", "author", "version", "license", "stride", "task", "batch", "imgsz",
-            "names", "channels")
+            "names", "channels", "kpt_shape")
     written: dict[str, Any] = {k: meta[k] for k in keep if k in meta}
     written["precision"] = "int8" if precision == "int8" else "fp32"
     (folder / "metadata.yaml").write_text(yaml.safe_dump(written, sort_keys=False))

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from service.engine.types import Letterbox
 
-__all__ = ["PAD_VALUE", "letterbox"]
+__all__ = ["PAD_VALUE", "classify_crop", "letterbox"]
 
 PAD_VALUE = 114
 
@@ -44,3 +44,17 @@ def letterbox(
         width=w, height=h, gain_x=new_w / w, gain_y=new_h / h, pad_x=left, pad_y=top
     )
     return np.ascontiguousarray(canvas), info
+
+
+def classify_crop(img: NDArray[np.uint8], size: int) -> tuple[NDArray[np.uint8], Letterbox]:
+    """A classifier's input as Ultralytics' ``classify_transforms``: the shorter side resized to
+    ``size`` (PIL, bilinear, through torchvision's ``Resize``), then the centre ``size`` square.
+    The channels keep their order (BGR in, BGR out), as in its predictor's host transforms."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    crop = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BILINEAR),
+                      T.CenterCrop(size)])(Image.fromarray(img))
+    r = size / min(w, h)
+    return np.ascontiguousarray(np.asarray(crop, np.uint8)), Letterbox(w, h, r, r, 0, 0)

@@ -22,6 +22,7 @@ class DetectParams:
     max_det: int = 300
     classes: frozenset[int] | None = None
     agnostic: bool = False
+    mask_format: str = "polygons"  # a segmenter's masks: polygons, rle or none
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,12 @@ class Detections:
     scores: NDArray[np.float32] = field(default_factory=_no_scores)
     class_ids: NDArray[np.int64] = field(default_factory=_no_classes)
     names: Mapping[int, str] = field(default_factory=dict)
+    # what other tasks add, one entry per detection (None: not this task)
+    outlines: list[NDArray[np.float32]] | None = None  # segment: (m, 2) polygon, original pixels
+    rles: list[dict[str, Any]] | None = None  # segment with mask_format=rle: COCO RLE
+    keypoints: NDArray[np.float32] | None = None  # pose: (n, k, 3) x, y, confidence
+    rotated: NDArray[np.float32] | None = None  # obb: (n, 5) x_center, y_center, w, h, angle
+    probs: NDArray[np.float32] | None = None  # classify: (nc,) probabilities; no boxes
 
     @classmethod
     def from_items(cls, width: int, height: int, items: Sequence[Detection]) -> Detections:
@@ -127,3 +134,5 @@ class ModelMeta:
     source: Path | None = None  # the model file as named by the user
     letterbox: str = "square"  # or "rect": padded to the stride multiple only
     stride: int = 32
+    task: str = "detect"  # Ultralytics' task: detect, segment, pose, obb or classify
+    kpt_shape: tuple[int, int] | None = None  # pose: keypoints per object, values per keypoint

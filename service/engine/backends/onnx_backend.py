@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from service.engine.backends.base import Outputs, task_of
 from service.engine.errors import ModelLoadError
 
 __all__ = ["OnnxBackend", "half_model"]
@@ -59,7 +60,7 @@ def half_model(src: Path) -> Any:
     return half
 
 
-def _metadata(session: Any) -> tuple[dict[int, str], int, int]:
+def _metadata(session: Any) -> tuple[dict[int, str], int, int, dict[str, str]]:
     meta = session.get_modelmeta().custom_metadata_map
     try:
         names = {int(k): str(v) for k, v in ast.literal_eval(meta["names"]).items()}
@@ -67,7 +68,7 @@ def _metadata(session: Any) -> tuple[dict[int, str], int, int]:
     except (KeyError, ValueError, SyntaxError) as exc:
         raise ModelLoadError("the ONNX model carries no Ultralytics metadata (names, imgsz)") from exc
     size = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
-    return names, size, int(meta.get("stride", "32"))
+    return names, size, int(meta.get("stride", "32")), dict(meta)
 
 
 def _input_type(path: Path) -> str:
@@ -115,24 +116,24 @@ class OnnxBackend:
         inp = self._session.get_inputs()[0]
         self._input = inp.name
         self._dtype = np.float16 if "float16" in inp.type else np.float32
-        self.names, self.input_size, self.stride = _metadata(self._session)
+        self.names, self.input_size, self.stride, meta = _metadata(self._session)
+        self.task, self.kpt_shape = task_of(dict(meta), self.names)
         self.device = device if on_gpu else "cpu"
         self.precision = "fp16" if self._dtype == np.float16 or (on_gpu and precision == "fp16") \
             else "fp32"
 
-    def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
+    def forward(self, batch: NDArray[np.uint8]) -> Outputs:
         # BHWC BGR uint8 -> BCHW RGB /255 in one pass per channel (no transposed temporaries)
         x = np.empty((batch.shape[0], 3, *batch.shape[1:3]), self._dtype)
         for c in range(3):
             np.divide(batch[..., 2 - c], np.float32(255), out=x[:, c])
-        return torch.from_numpy(self._run(x))
+        return tuple(torch.from_numpy(out) for out in self._run(x))
 
     def forward_raw(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        return self._run(np.ascontiguousarray(batch, dtype=self._dtype))
+        return self._run(np.ascontiguousarray(batch, dtype=self._dtype))[0]
 
-    def _run(self, x: NDArray[Any]) -> NDArray[np.float32]:
-        out = self._session.run(None, {self._input: x})[0]
-        return np.asarray(out, dtype=np.float32)
+    def _run(self, x: NDArray[Any]) -> list[NDArray[np.float32]]:
+        return [np.asarray(out, dtype=np.float32) for out in self._session.run(None, {self._input: x})]
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
         for n in batch_sizes:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from service.engine.backends.base import Outputs, task_of
 from service.engine.errors import ModelLoadError
 
 __all__ = ["OpenVinoBackend", "input_side", "read_metadata"]
@@ -78,6 +79,7 @@ class OpenVinoBackend:
         self.names = {int(k): str(v) for k, v in dict(meta["names"]).items()}
         self.input_size = input_side(meta.get("imgsz", 640))
         self.stride = int(meta.get("stride", 32))
+        self.task, self.kpt_shape = task_of(meta, self.names)
         quantized = str(meta.get("precision", "")) == "int8"
         if (precision == "int8") != quantized:
             raise ModelLoadError(
@@ -139,16 +141,18 @@ class OpenVinoBackend:
             setattr(self._local, key, req)
         return req
 
-    def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
-        return torch.from_numpy(self._run(self._request(), np.ascontiguousarray(batch)))
+    def forward(self, batch: NDArray[np.uint8]) -> Outputs:
+        outs = self._run(self._request(), np.ascontiguousarray(batch))
+        return tuple(torch.from_numpy(out) for out in outs)
 
     def forward_raw(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        return self._run(self._request(raw=True), np.ascontiguousarray(batch, dtype=np.float32))
+        return self._run(self._request(raw=True), np.ascontiguousarray(batch, dtype=np.float32))[0]
 
     @staticmethod
-    def _run(request: Any, x: NDArray[Any]) -> NDArray[np.float32]:
+    def _run(request: Any, x: NDArray[Any]) -> list[NDArray[np.float32]]:
         request.infer({0: x})
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        return [np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+                for i in range(len(request.model_outputs))]
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
         for n in batch_sizes:

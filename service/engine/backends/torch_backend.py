@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from service.engine.backends.base import Outputs, task_of
 from service.engine.errors import ModelLoadError
 
 __all__ = ["TorchBackend"]
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 def _input_size(args: Any) -> int:
     imgsz = args.get("imgsz", 640) if isinstance(args, dict) else getattr(args, "imgsz", 640)
     return int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
+
+
+def _guess_task(model: Any) -> str:
+    from ultralytics.nn.tasks import guess_model_task
+
+    return str(guess_model_task(model))  # type: ignore[no-untyped-call]
 
 
 class TorchBackend:
@@ -54,8 +61,11 @@ class TorchBackend:
         self.input_size = _input_size(getattr(model, "args", {}))
         self.stride = int(max(int(model.stride.max()), 32)) if hasattr(model, "stride") else 32
         self.names = {int(k): str(v) for k, v in dict(model.names).items()}
+        self.task, self.kpt_shape = task_of(
+            {"task": getattr(model, "task", None) or _guess_task(model),
+             "kpt_shape": getattr(model, "kpt_shape", None)}, self.names)
 
-    def forward(self, batch: NDArray[np.uint8]) -> torch.Tensor:
+    def forward(self, batch: NDArray[np.uint8]) -> Outputs:
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self._device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).contiguous().flip(1)  # BHWC BGR -> BCHW RGB
@@ -65,15 +75,17 @@ class TorchBackend:
     def forward_raw(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
-            out = self._run(x.half() if self._half else x.float())
+            out = self._run(x.half() if self._half else x.float())[0]
             return np.asarray(out.cpu().numpy(), dtype=np.float32)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> Outputs:
         with torch.autocast(self._device.type, dtype=self._autocast, enabled=self._amp):
             y = self._model(x)
+        # eval mode answers (inference outputs, training-form outputs); a segmenter's first part
+        # is itself (predictions, prototypes)
         y = y[0] if isinstance(y, list | tuple) else y
-        out: torch.Tensor = y.float()
-        return out
+        parts = y if isinstance(y, list | tuple) else (y,)
+        return tuple(part.float() for part in parts)
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
         for n in batch_sizes:
