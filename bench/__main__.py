@@ -18,6 +18,7 @@ SCENARIOS = {
     "shared": ("bench.shared", "the service without and with Redis (shared cache, rate limit)"),
     "precision": ("bench.precision", "served at each precision against the unavoidable work"),
     "streams": ("bench.streams", "video streams with tracking: one service vs model.track per stream"),
+    "models": ("bench.models", "one device: a service with two models against one with one"),
 }
 
 
