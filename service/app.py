@@ -22,7 +22,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from service.api import boundary, dashboard, health, redoc
 from service.api.middleware import RequestContextMiddleware
 from service.api.streams import routes as streams
-from service.api.v1 import detect, model, models
+from service.api.v1 import classify, detect, model, models
 from service.api.v2 import routes as v2_routes
 from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.yoloserve = state
     app.include_router(detect.router)
+    app.include_router(classify.router)
     app.include_router(model.router)
     app.include_router(streams.router)
     app.include_router(health.router)

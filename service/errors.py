@@ -45,6 +45,7 @@ __all__ = [
     "Unavailable",
     "UnsupportedMediaType",
     "ValidationFailed",
+    "WrongTask",
     "boundary_error",
     "to_service_error",
     "validation_failed",
@@ -83,6 +84,12 @@ class ServiceError(Exception):
 
 class BadRequest(ServiceError):
     row = codes.INVALID_IMAGE
+
+
+class WrongTask(BadRequest):
+    """A route of another task (detection routes on a classifier, or the reverse)."""
+
+    row = codes.WRONG_TASK
 
 
 class Unauthorized(ServiceError):

@@ -69,6 +69,8 @@ def _row(code: str, status: int, when: str, *, retryable: bool = False,
 INVALID_IMAGE: Final = _row("invalid_image", 400, "not an image, corrupt or truncated, unsupported "
                             "pixel format, or bad base64")
 IMAGE_DIMENSIONS: Final = _row("image_dimensions", 400, "a side of the image outside the allowed range")
+WRONG_TASK: Final = _row("wrong_task", 400, "a route of another task: /v1/detect (and annotate) on a "
+                         "classifier, /v1/classify on a model that is not one")
 INVALID_REQUEST: Final = _row("invalid_request", 400, "not valid HTTP/1.1, or a body that cannot be read")
 UNAUTHORIZED: Final = _row("unauthorized", 401, "a valid API key (or admin token) is required")
 NOT_FOUND: Final = _row("not_found", 404, "no such route")
@@ -104,7 +106,8 @@ DEADLINE_EXCEEDED: Final = _row("deadline_exceeded", 504, "the request's deadlin
 ERRORS: Final[dict[str, ErrorCode]] = {
     row.code: row
     for row in (
-        INVALID_IMAGE, IMAGE_DIMENSIONS, INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND, MODEL_NOT_FOUND,
+        INVALID_IMAGE, IMAGE_DIMENSIONS, WRONG_TASK, INVALID_REQUEST, UNAUTHORIZED, NOT_FOUND,
+        MODEL_NOT_FOUND,
         STREAM_NOT_FOUND, BACKEND_NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT, STALE_FRAME,
         BACKEND_EXISTS, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, VALIDATION_ERROR, RATE_LIMITED,
         HEADERS_TOO_LARGE, INTERNAL_ERROR, NO_HEALTHY_BACKEND, BAD_GATEWAY, OVERLOADED, NOT_READY,

@@ -17,17 +17,23 @@ __all__ = [
     "BatchItemError",
     "BatchResponse",
     "Box2D",
+    "ClassScore",
     "ClassesResponse",
+    "ClassificationResult",
     "Detection",
     "DetectionResult",
     "ErrorBody",
     "ErrorDetail",
     "HealthResponse",
     "ImageDimensions",
+    "Keypoint",
+    "MaskPolygons",
+    "MaskRLE",
     "ModelInfo",
     "ModelsResponse",
     "NormalizedBox",
     "ProcessingMetadata",
+    "RotatedBox",
     "StreamInfo",
     "StreamList",
     "StreamResult",
@@ -69,13 +75,56 @@ class NormalizedBox(_Model):
     height: float
 
 
+class MaskPolygons(_Model):
+    polygons: list[list[list[float]]] = Field(
+        description="The mask's outline(s), each a list of [x, y] in original-image pixels "
+                    "(as Ultralytics' masks.xy).")
+
+
+class MaskRLE(_Model):
+    size: list[int] = Field(description="[height, width] of the original image.")
+    counts: str = Field(description="COCO's compressed run-length encoding (column-major).")
+
+
+class Keypoint(_Model):
+    x: float
+    y: float
+    confidence: float
+
+
+class RotatedBox(_Model):
+    x_center: float
+    y_center: float
+    width: float
+    height: float
+    angle: float = Field(description="Radians, as Ultralytics' xywhr.")
+
+
+def _absent(value: object) -> bool:
+    """A task's field is left out of the JSON for the tasks that do not have it."""
+    return value is None
+
+
 class Detection(_Model):
     class_name: str
     class_id: int
     confidence: float = Field(ge=0.0, le=1.0)
-    box_2d: Box2D = Field(description="Box in pixels of the original image.")
+    box_2d: Box2D = Field(description="Box in pixels of the original image (for an oriented box: "
+                                      "the axis-aligned bound of its corners).")
     normalized_box: NormalizedBox = Field(description="Box centre and size as fractions of the image.")
     box_area: float = Field(description="Area of box_2d in square pixels.")
+    mask: MaskPolygons | MaskRLE | None = Field(
+        None, exclude_if=_absent,
+        description="segment models: the object's pixels (absent for other tasks, and with "
+                    "mask_format=none).")
+    keypoints: list[Keypoint] | None = Field(
+        None, exclude_if=_absent,
+        description="pose models: the keypoints in the model's order (absent otherwise).")
+    rotated_box: RotatedBox | None = Field(
+        None, exclude_if=_absent, description="obb models: the oriented box (absent otherwise).")
+    polygon: list[list[float]] | None = Field(
+        None, exclude_if=_absent,
+        description="obb models: the oriented box's four corners, [x, y] (absent otherwise).")
 
 
 class Timings(_Model):
@@ -128,6 +177,22 @@ class DetectionResult(_Model):
     image_dimensions: ImageDimensions
     detections: list[Detection]
     detection_count: int
+    processing_metadata: ProcessingMetadata
+
+
+class ClassScore(_Model):
+    class_id: int
+    class_name: str
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class ClassificationResult(_Model):
+    """A classifier's answer for one image: its five most likely classes, most likely first."""
+
+    image_name: str
+    image_dimensions: ImageDimensions
+    top: list[ClassScore] = Field(description="The five most likely classes (fewer when the model "
+                                              "has fewer), most likely first.")
     processing_metadata: ProcessingMetadata
 
 
@@ -232,6 +297,8 @@ class ModelInfo(_Model):
     device: str
     precision: str = Field(description="fp32, fp16, bf16 or int8: what the forward pass runs at.")
     input_size: int = Field(description="Side of the square letterbox the model reads.")
+    task: str = Field("detect", description="detect, segment, pose, obb or classify (Ultralytics' "
+                                            "task, from the weights).")
     letterbox: str = Field("square", description="square, or rect: padded to the stride multiple only.")
     classes: dict[str, str]
     max_batch_size: int

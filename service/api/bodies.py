@@ -10,7 +10,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Request
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 
+MaskFormat = Literal["polygons", "rle", "none"]
 MAX_NAME = 512  # longest image name (echoed in the answer): JSON ``image_name`` or a file name
 
 
@@ -55,6 +56,8 @@ class ParamFields(BaseModel):
     iou: float = IOU.field()
     max_det: int = MAX_DET.field()
     classes: list[str] | None = None
+    mask_format: MaskFormat = Field("polygons", description="segment models: masks as polygons, "
+                                                            "COCO RLE, or none")
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -108,7 +111,8 @@ def _resolve(values: Mapping[str, Any], names: Mapping[int, str]) -> DetectParam
                 raise ValidationFailed(f"classes: unknown class {c!r}")
             ids.add(cid)
         classes = frozenset(ids)
-    return DetectParams(conf=fields.conf, iou=fields.iou, max_det=fields.max_det, classes=classes)
+    return DetectParams(conf=fields.conf, iou=fields.iou, max_det=fields.max_det, classes=classes,
+                        mask_format=fields.mask_format)
 
 
 def media_type(request: Request) -> str:

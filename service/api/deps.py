@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Query
 from starlette.requests import HTTPConnection
@@ -134,8 +134,13 @@ async def _query_params(
         list[str] | None,
         Query(description="Class ids or names to keep; repeated or comma-separated"),
     ] = None,
+    mask_format: Annotated[
+        Literal["polygons", "rle", "none"] | None,
+        Query(description="segment models: masks as polygons (default), COCO RLE, or none"),
+    ] = None,
 ) -> QueryParams:
-    given = {"conf": conf, "iou": iou, "max_det": max_det, "classes": classes}
+    given = {"conf": conf, "iou": iou, "max_det": max_det, "classes": classes,
+             "mask_format": mask_format}
     return QueryParams({k: v for k, v in given.items() if v is not None})
 
 

@@ -42,6 +42,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _PARAM_PROPS: dict[str, Any] = {
     **{bound.name: bound.json_schema() for bound in PARAMS},
     "classes": {"type": "string", "description": "Comma-separated class ids or names"},
+    "mask_format": {"type": "string", "enum": ["polygons", "rle", "none"],
+                    "description": "segment models: masks as polygons (default), COCO RLE, or none"},
 }
 
 DETECT_BODY: dict[str, Any] = {

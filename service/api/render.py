@@ -7,28 +7,65 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from service.engine.types import Detections
 from service.runtime.result import Result, Timings
 from wire.schemas import (
     Box2D,
+    ClassificationResult,
+    ClassScore,
     Detection,
     DetectionResult,
     ImageDimensions,
+    Keypoint,
+    MaskPolygons,
+    MaskRLE,
     ModelEvaluation,
     NormalizedBox,
     ProcessingMetadata,
+    RotatedBox,
     TrackedDetection,
 )
 from wire.schemas import Timings as WireTimings
 
-__all__ = ["detections", "evaluation", "metadata", "result", "tracked_detections"]
+__all__ = ["classification", "detections", "evaluation", "metadata", "result",
+           "tracked_detections"]
+
+
+def _task_fields(dets: Detections) -> Iterator[dict[str, Any]]:
+    """Per detection, what its task adds: a mask, keypoints, an oriented box and its corners."""
+    n = len(dets)
+    if dets.rles is not None:
+        for rle in dets.rles:
+            yield {"mask": MaskRLE(size=rle["size"], counts=rle["counts"])}
+    elif dets.outlines is not None:
+        for outline in dets.outlines:
+            points = np.round(outline.astype(np.float64), 3).tolist()
+            yield {"mask": MaskPolygons(polygons=[points] if points else [])}
+    elif dets.keypoints is not None:
+        for kpts in np.round(dets.keypoints.astype(np.float64), 6).tolist():
+            yield {"keypoints": [Keypoint(x=round(x, 3), y=round(y, 3), confidence=c)
+                                 for x, y, c in kpts]}
+    elif dets.rotated is not None and dets.corners is not None:
+        corners = np.round(dets.corners.astype(np.float64), 3).tolist()
+        for (cx, cy, w, h, a), quad in zip(dets.rotated.astype(np.float64).tolist(), corners,
+                                           strict=True):
+            yield {"rotated_box": RotatedBox(x_center=round(cx, 3), y_center=round(cy, 3),
+                                             width=round(w, 3), height=round(h, 3),
+                                             angle=round(a, 6)),
+                   "polygon": quad}
+    else:
+        yield from ({} for _ in range(n))
 
 
 def _fields(dets: Detections) -> Iterator[dict[str, Any]]:
-    """Each box in original-image pixels (3 decimals), normalised (6), with its area."""
+    """Each box in original-image pixels (3 decimals), normalised (6), with its area, and what
+    its task adds."""
     width, height = dets.width, dets.height
-    rows = zip(dets.class_ids.tolist(), dets.scores.tolist(), dets.boxes.tolist(), strict=True)
-    for class_id, score, (x0, y0, x1, y1) in rows:
+    rows = zip(dets.class_ids.tolist(), dets.scores.tolist(), dets.boxes.tolist(),
+               _task_fields(dets), strict=True)
+    for class_id, score, (x0, y0, x1, y1), extra in rows:
         w, h = x1 - x0, y1 - y0
         yield {
             "class_name": dets.class_name(class_id), "class_id": class_id,
@@ -39,6 +76,7 @@ def _fields(dets: Detections) -> Iterator[dict[str, Any]]:
                 x_center=round((x0 + x1) / 2 / width, 6), y_center=round((y0 + y1) / 2 / height, 6),
                 width=round(w / width, 6), height=round(h / height, 6)),
             "box_area": round(w * h, 3),
+            **extra,
         }
 
 
@@ -71,6 +109,19 @@ def result(r: Result) -> DetectionResult:
         image_name=r.name,
         image_dimensions=ImageDimensions(width=r.detections.width, height=r.detections.height),
         detections=found, detection_count=len(found), processing_metadata=metadata(r))
+
+
+def classification(r: Result, top: int = 5) -> ClassificationResult:
+    """A classifier's answer: its ``top`` most likely classes, most likely first."""
+    probs = r.detections.probs
+    assert probs is not None  # a classifier's result
+    order = np.argsort(-probs, kind="stable")[:top].tolist()
+    return ClassificationResult(
+        image_name=r.name,
+        image_dimensions=ImageDimensions(width=r.detections.width, height=r.detections.height),
+        top=[ClassScore(class_id=c, class_name=r.detections.class_name(c),
+                        confidence=round(float(probs[c]), 6)) for c in order],
+        processing_metadata=metadata(r))
 
 
 def evaluation(precision: str, entry: dict[str, Any] | None) -> ModelEvaluation | None:

@@ -135,7 +135,8 @@ def _obb(pred: torch.Tensor, lb: Letterbox, p: DetectParams, names: Mapping[int,
                         rboxes[:, 4:5]], dim=-1)
     corners = ops.xywhr2xyxyxyxy(rboxes) if len(rows) else torch.zeros((0, 4, 2))  # type: ignore[no-untyped-call]
     xyxy = torch.cat([corners.amin(1), corners.amax(1)], dim=-1) if len(rows) else rows[:, :4]
-    return _detections(lb, rows, xyxy, names, rotated=rboxes.cpu().numpy().astype(np.float32))
+    return _detections(lb, rows, xyxy, names, rotated=rboxes.cpu().numpy().astype(np.float32),
+                       corners=corners.cpu().numpy().astype(np.float32))
 
 
 def postprocess_task(

@@ -45,11 +45,24 @@ class Tensor:
         return entry
 
 
-def detect_tensors() -> tuple[list[Tensor], list[Tensor]]:
-    """The end-to-end form: encoded images in, EfficientNMS-style detections out."""
-    return ([Tensor(DETECT_INPUT, "BYTES", (-1,))],
-            [Tensor("boxes", "FP32", (-1, -1, 4)), Tensor("scores", "FP32", (-1, -1)),
-             Tensor("classes", "INT32", (-1, -1)), Tensor("num_detections", "INT32", (-1,))])
+def detect_tensors(task: str = "detect", kpt_shape: tuple[int, int] | None = None,
+                   classes: int = 0) -> tuple[list[Tensor], list[Tensor]]:
+    """The end-to-end form: encoded images in, EfficientNMS-style detections out, and what the
+    model's task adds: ``masks`` (each detection's COCO RLE as JSON, BYTES), ``keypoints``,
+    ``rotated_boxes`` (xywhr); a classifier answers ``probabilities`` alone."""
+    inputs = [Tensor(DETECT_INPUT, "BYTES", (-1,))]
+    if task == "classify":
+        return inputs, [Tensor("probabilities", "FP32", (-1, classes or -1))]
+    outputs = [Tensor("boxes", "FP32", (-1, -1, 4)), Tensor("scores", "FP32", (-1, -1)),
+               Tensor("classes", "INT32", (-1, -1)), Tensor("num_detections", "INT32", (-1,))]
+    if task == "segment":
+        outputs.append(Tensor("masks", "BYTES", (-1, -1)))
+    elif task == "pose":
+        k, d = kpt_shape or (17, 3)
+        outputs.append(Tensor("keypoints", "FP32", (-1, -1, k, max(d, 3))))
+    elif task == "obb":
+        outputs.append(Tensor("rotated_boxes", "FP32", (-1, -1, 5)))
+    return inputs, outputs
 
 
 def raw_tensors(input_size: int, output_shape: Sequence[int]) -> tuple[list[Tensor], list[Tensor]]:
@@ -59,8 +72,8 @@ def raw_tensors(input_size: int, output_shape: Sequence[int]) -> tuple[list[Tens
 
 
 def ultralytics_metadata(names: dict[int, str], input_size: int, batch: int,
-                         stride: int = 32) -> str:
-    return repr({"task": "detect", "stride": stride, "batch": batch, "channels": 3,
+                         stride: int = 32, task: str = "detect") -> str:
+    return repr({"task": task, "stride": stride, "batch": batch, "channels": 3,
                  "imgsz": [input_size, input_size], "names": dict(names), "end2end": False})
 
 
@@ -82,17 +95,18 @@ def _config(name: str, platform: str, inputs: list[Tensor], outputs: list[Tensor
 def raw_config(name: str, *, input_size: int, output_shape: Sequence[int],
                names: dict[int, str], max_batch_size: int, max_wait_ms: float,
                instances: int = 1, gpu: bool = False,
-               platform: str = "onnxruntime_onnx") -> dict[str, Any]:
+               platform: str = "onnxruntime_onnx", task: str = "detect") -> dict[str, Any]:
     inputs, outputs = raw_tensors(input_size, output_shape)
-    meta = ultralytics_metadata(names, input_size, max_batch_size)
+    meta = ultralytics_metadata(names, input_size, max_batch_size, task=task)
     return _config(name, platform, inputs, outputs, max_batch_size=max_batch_size,
                    max_wait_ms=max_wait_ms, instances=instances, gpu=gpu, metadata=meta)
 
 
 def detect_config(name: str, *, input_size: int, names: dict[int, str], max_batch_size: int,
-                  max_wait_ms: float, instances: int = 1, gpu: bool = False) -> dict[str, Any]:
-    inputs, outputs = detect_tensors()
-    meta = ultralytics_metadata(names, input_size, max_batch_size)
+                  max_wait_ms: float, instances: int = 1, gpu: bool = False, task: str = "detect",
+                  kpt_shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    inputs, outputs = detect_tensors(task, kpt_shape, len(names))
+    meta = ultralytics_metadata(names, input_size, max_batch_size, task=task)
     return _config(name, "yoloserve", inputs, outputs, max_batch_size=max_batch_size,
                    max_wait_ms=max_wait_ms, instances=instances, gpu=gpu, metadata=meta)
 

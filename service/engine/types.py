@@ -88,6 +88,7 @@ class Detections:
     rles: list[dict[str, Any]] | None = None  # segment with mask_format=rle: COCO RLE
     keypoints: NDArray[np.float32] | None = None  # pose: (n, k, 3) x, y, confidence
     rotated: NDArray[np.float32] | None = None  # obb: (n, 5) x_center, y_center, w, h, angle
+    corners: NDArray[np.float32] | None = None  # obb: (n, 4, 2) the rotated boxes' corners
     probs: NDArray[np.float32] | None = None  # classify: (nc,) probabilities; no boxes
 
     @classmethod

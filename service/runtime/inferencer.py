@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from batching import Device, DynamicBatcher
 from service.engine.decode import ImageLimits, decode_image
 from service.engine.types import Detections, DetectParams, ModelMeta, Prepared
-from service.errors import DeadlineExceeded
+from service.errors import DeadlineExceeded, WrongTask
 from service.runtime.admission import Admission
 from service.runtime.cache import ResultCache, TwoLevelCache, cache_key
 from service.runtime.compute import decode_threads
@@ -120,6 +120,17 @@ class Inferencer:
         return self._engine.limits
 
     @property
+    def task(self) -> str:
+        return self.meta.task
+
+    def require(self, *tasks: str) -> None:
+        """Refuse a route made for other tasks than this model's (400 ``wrong_task``)."""
+        if self.meta.task not in tasks:
+            kind = "a classifier" if self.meta.task == "classify" else f"a {self.meta.task} model"
+            route = "/v1/classify" if self.meta.task == "classify" else "/v1/detect"
+            raise WrongTask(f"model {self.meta.name!r} is {kind}: use {route}")
+
+    @property
     def instances(self) -> int:
         """Forward passes that may run at once (the device's slots)."""
         return self.device.slots
@@ -130,7 +141,8 @@ class Inferencer:
         if not settings.cache_enabled or settings.cache_size <= 0:
             return None
         classes = self.meta.classes
-        shared = None if store is None else SharedResults[_Computed](
+        # the fleet's level keeps boxes only (service.shared.codec): a detector's answers
+        shared = None if store is None or self.meta.task != "detect" else SharedResults[_Computed](
             store, ttl_s=settings.cache_ttl_s, lease_s=settings.redis_lock_lease_ms / 1000,
             encode=lambda c: encode(c.detections, c.batch_size),
             decode=lambda b: _Computed(*decode(b, classes), Timings()))

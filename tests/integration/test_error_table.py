@@ -97,6 +97,9 @@ ROWS: dict[str, Callable[[str, str], tuple[int, str]]] = {
                                                 params={"conf": "2"})),
     "headers_too_large": lambda url, key: _code(_post(url, key, files={"image": ("x.png", _png(64, 64))},
                                                  headers={"X-Padding": "a" * 20_000})),
+    "wrong_task": lambda url, key: _code(httpx.post(url + "/v1/classify", headers={"X-API-Key": key},
+                                                    files={"image": ("x.png", _png(64, 64))},
+                                                    timeout=30)),
     "deadline_exceeded": lambda url, key: _code(_post(url, key, files={"image": ("x.png", _png(64, 64))},
                                                  headers={"X-Request-Timeout-Ms": "0"})),
 }

@@ -120,6 +120,7 @@ async def serve_feed(ws: WebSocket, state: AppState, stream_id: str) -> None:
         if not valid_stream_id(stream_id):
             raise ValidationFailed("stream_id: 1-128 characters of letters, digits, '.', '_' and '-'")
         inferencer = await ready_inferencer(state)
+        inferencer.require("detect", "segment", "pose", "obb")
         assert state.streams is not None
         feed = _Feed(ws, state, inferencer, state.streams, stream_id, request_id)
     except ServiceError as err:

@@ -58,6 +58,7 @@ def _json(payload: object, status: int = 200) -> Response:
 async def post_frame(request: Request, stream_id: StreamId, inferencer: InferencerDep,
                      streams: StreamsDep, query: QueryParamsDep, state: StateDep,
                      deadline: DeadlineDep, _auth: AuthDep) -> Response:
+    inferencer.require("detect", "segment", "pose", "obb")
     frame = await read_frame(request, state.settings, query.values, inferencer.classes, stream_id)
     tracked = await process_frame(
         streams, inferencer, state.metrics, stream_id, frame.upload.data, frame.upload.name,

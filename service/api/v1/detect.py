@@ -47,6 +47,7 @@ def _note(request: Request, **fields: object) -> None:
 async def _single(request: Request, inferencer: Inferencer, query: QueryParams, state: AppState,
                   deadline: float | None) -> tuple[Upload, Result]:
     """Read one image and its parameters, and detect: the common part of detect and annotate."""
+    inferencer.require("detect", "segment", "pose", "obb")
     upload, body_params = await read_single(request, state.settings)
     params = resolve_params(query.values, body_params, inferencer.classes)
     return upload, await inferencer.detect(upload.data, upload.name, params, deadline)
@@ -66,6 +67,7 @@ async def detect(request: Request, inferencer: InferencerDep, query: QueryParams
              openapi_extra=BATCH_BODY, summary="Detect objects in up to 64 images")
 async def detect_batch(request: Request, inferencer: InferencerDep, query: QueryParamsDep,
                        state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
+    inferencer.require("detect", "segment", "pose", "obb")
     uploads, body_params = await read_batch(request, state.settings)
     params = resolve_params(query.values, body_params, inferencer.classes)
     outcomes = await asyncio.gather(

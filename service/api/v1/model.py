@@ -21,6 +21,7 @@ def describe(inferencer: Inferencer) -> ModelInfo:
     return ModelInfo(
         name=meta.name, version=meta.version, backend=meta.backend, device=meta.device,
         precision=meta.precision, input_size=meta.input_size, letterbox=meta.letterbox,
+        task=meta.task,
         classes={str(k): v for k, v in meta.classes.items()},
         max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
         evaluation=evaluation(meta.precision, inferencer.evaluation),

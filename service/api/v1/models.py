@@ -11,9 +11,16 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from service.api.deps import AuthDep, DeadlineDep, QueryParamsDep, RegistryDep, StateDep
 from service.api.docs import BATCH_BODY, DETECT_BODY, errors
 from service.api.v1 import detect
+from service.api.v1.classify import CLASSIFY_ERRORS, classify_image
 from service.api.v1.model import describe
 from service.runtime.inferencer import Inferencer
-from wire.schemas import BatchResponse, DetectionResult, ModelInfo, ModelsResponse
+from wire.schemas import (
+    BatchResponse,
+    ClassificationResult,
+    DetectionResult,
+    ModelInfo,
+    ModelsResponse,
+)
 
 __all__ = ["router"]
 
@@ -64,3 +71,11 @@ async def model_detect_batch(request: Request, inferencer: NamedDep, query: Quer
 async def model_annotate(request: Request, inferencer: NamedDep, query: QueryParamsDep,
                          state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
     return await detect.annotate(request, inferencer, query, state, deadline, _auth)
+
+
+@router.post("/{name}/classify", response_model=ClassificationResult,
+             responses={**CLASSIFY_ERRORS, 404: _ERRORS[404]}, openapi_extra=DETECT_BODY,
+             summary="Classify one image with this model (classifier models)")
+async def model_classify(request: Request, inferencer: NamedDep, query: QueryParamsDep,
+                         state: StateDep, deadline: DeadlineDep, _auth: AuthDep) -> Response:
+    return await classify_image(request, inferencer, query, state, deadline)

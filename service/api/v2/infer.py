@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service.api.bodies import resolve_params
 from service.api.v2.tensors import Decoded, Output, invalid
@@ -55,10 +57,14 @@ def _image_bytes(value: Any, binary: bool) -> list[bytes]:
         raise invalid(f"{DETECT_INPUT!r} elements sent as JSON must be base64 strings") from None
 
 
-def _pack(results: list[Result], max_det: int) -> list[Output]:
+def _pack(results: list[Result], max_det: int, task: str) -> list[Output]:
     """The detections of each image, padded to ``max_det`` (EfficientNMS' layout), at the
-    model's own precision."""
+    model's own precision, with what the model's task adds; a classifier's probabilities."""
     n = len(results)
+    if task == "classify":
+        probs = [r.detections.probs for r in results]
+        return [Output("probabilities", "FP32",
+                       np.stack([p for p in probs if p is not None]).astype(np.float32))]
     boxes = np.zeros((n, max_det, 4), np.float32)
     scores = np.zeros((n, max_det), np.float32)
     classes = np.zeros((n, max_det), np.int32)
@@ -69,8 +75,35 @@ def _pack(results: list[Result], max_det: int) -> list[Output]:
         boxes[i, :k] = dets.boxes
         scores[i, :k] = dets.scores
         classes[i, :k] = dets.class_ids
-    return [Output("boxes", "FP32", boxes), Output("scores", "FP32", scores),
-            Output("classes", "INT32", classes), Output("num_detections", "INT32", counts)]
+    out = [Output("boxes", "FP32", boxes), Output("scores", "FP32", scores),
+           Output("classes", "INT32", classes), Output("num_detections", "INT32", counts)]
+    return out + _task_outputs(results, max_det, task)
+
+
+def _task_outputs(results: list[Result], max_det: int, task: str) -> list[Output]:
+    n = len(results)
+    if task == "segment":
+        masks = np.full((n, max_det), b"", dtype=object)
+        for i, r in enumerate(results):
+            for j, rle in enumerate(r.detections.rles or []):
+                masks[i, j] = orjson.dumps(rle)
+        return [Output("masks", "BYTES", masks)]
+    if task == "pose":
+        shapes = [r.detections.keypoints.shape[1:] for r in results
+                  if r.detections.keypoints is not None and len(r.detections.keypoints)]
+        k, d = shapes[0] if shapes else (0, 3)
+        kpts = np.zeros((n, max_det, k, d), np.float32)
+        for i, r in enumerate(results):
+            if r.detections.keypoints is not None and len(r.detections.keypoints):
+                kpts[i, :len(r.detections)] = r.detections.keypoints
+        return [Output("keypoints", "FP32", kpts)]
+    if task == "obb":
+        rotated = np.zeros((n, max_det, 5), np.float32)
+        for i, r in enumerate(results):
+            if r.detections.rotated is not None:
+                rotated[i, :len(r.detections)] = r.detections.rotated
+        return [Output("rotated_boxes", "FP32", rotated)]
+    return []
 
 
 async def infer_detect(inferencer: Inferencer, request: Decoded, deadline: float | None
@@ -80,6 +113,8 @@ async def infer_detect(inferencer: Inferencer, request: Decoded, deadline: float
     if isinstance(given.get("classes"), str):
         given["classes"] = given["classes"].split(",")
     params = resolve_params(given, {}, inferencer.classes)
+    if inferencer.task == "segment":
+        params = replace(params, mask_format="rle")  # masks travel as COCO RLE
     outcomes = await asyncio.gather(
         *(inferencer.detect(data, f"image{i}", params, deadline, protocol="v2")
           for i, data in enumerate(images)), return_exceptions=True)
@@ -94,7 +129,7 @@ async def infer_detect(inferencer: Inferencer, request: Decoded, deadline: float
             raise err from outcome
         else:
             raise outcome
-    return _pick(request, _pack(results, params.max_det))
+    return _pick(request, _pack(results, params.max_det, inferencer.task))
 
 
 async def infer_raw(model: ServedModel, request: Decoded, deadline: float | None) -> list[Output]:

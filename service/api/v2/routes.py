@@ -122,7 +122,8 @@ def _metadata(target: _Target) -> ModelMetadata:
         platform = "onnxruntime_onnx" if m.inferencer.meta.backend == "onnx" \
             else "pytorch_libtorch"
     else:
-        inputs, outputs = detect_tensors()
+        meta = m.inferencer.meta
+        inputs, outputs = detect_tensors(meta.task, meta.kpt_shape, len(meta.classes))
         platform = "yoloserve"
     return ModelMetadata.model_validate({
         "name": target.name, "versions": [VERSION], "platform": platform,
@@ -139,8 +140,8 @@ def _config(target: _Target, settings: Settings) -> dict[str, Any]:
     if target.raw:
         platform = "onnxruntime_onnx" if meta.backend == "onnx" else "pytorch_libtorch"
         return raw_config(target.name, output_shape=m.raw.output_shape, platform=platform,
-                          **common)
-    return detect_config(target.name, **common)
+                          task=meta.task, **common)
+    return detect_config(target.name, task=meta.task, kpt_shape=meta.kpt_shape, **common)
 
 
 _INFER_BODY: dict[str, Any] = {

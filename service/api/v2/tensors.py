@@ -145,12 +145,15 @@ def encode_response(model: str, version: str, request: Decoded, outputs: Sequenc
     for out in outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
                                  "shape": list(out.array.shape)}
+        text = out.datatype == "BYTES"  # elements are bytes: length-prefixed in binary form
         if request.binary.get(out.name, request.binary_default):
-            blob = np.ascontiguousarray(out.array).tobytes()
+            blob = b"".join(struct.pack("<I", len(b)) + b for b in out.array.ravel()) if text \
+                else np.ascontiguousarray(out.array).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = out.array.ravel().tolist()
+            entry["data"] = [b.decode() for b in out.array.ravel()] if text \
+                else out.array.ravel().tolist()
         entries.append(entry)
     header: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
     if request.id is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -100,4 +100,4 @@ def _with_tracks(dets: Detections, tracked: list[TrackedBox]
     for t in tracked:
         ids[t.index] = t.track_id
         boxes[t.index] = t.box
-    return Detections(dets.width, dets.height, boxes, dets.scores, dets.class_ids, dets.names), ids
+    return replace(dets, boxes=boxes), ids
