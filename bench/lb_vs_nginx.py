@@ -2,16 +2,23 @@
 
 Starts N fake backends (uvicorn with uvloop and httptools, ``harness/backend_app.py``),
 our balancer (``python -m loadbalancer``, default settings) and nginx (``least_conn`` upstream
-with keep-alive, one worker, config in a temp dir, not daemonised). wrk POSTs a 2 KB body to
-``/v1/detect`` through a Lua script. Targets are measured in interleaved rounds (direct to one
-backend, ours, nginx, again), and each figure is the median over the rounds, so that a noisy
-machine moves all three alike. Two phases per target: ``load`` (many connections: throughput)
-and ``light`` (one connection: the latency a proxy adds).
+with keep-alive, one worker, config in a temp dir, not daemonised); and, unless ``--no-tls``, a
+second balancer terminating TLS (``--tls-cert``/``--tls-key``) and an HTTPS server of the same
+nginx, both with a self-signed P-256 certificate made by ``openssl``. wrk POSTs a 2 KB body to
+``/v1/detect`` through a Lua script, on keep-alive connections (over TLS: one handshake per
+connection). Targets are measured in interleaved rounds (direct to one backend, ours, nginx,
+ours-tls, nginx-tls, again), and each figure is the median over the rounds, so that a noisy
+machine moves all of them alike; the ratios are ours / nginx within each round. Two phases per
+target: ``load`` (many connections: throughput) and ``light`` (one connection: the latency a
+proxy adds). With ``--profile`` (py-spy installed), one more load run through our plain balancer
+is sampled by ``py-spy record`` (``bench/pyspy.py``): where its time goes.
 
-    python -m bench lb [--backends 2] [--duration 8] [--rounds 3] [--connections 64]
+    python -m bench lb [--backends 2] [--duration 8] [--rounds 3] [--connections 64] [--no-tls]
+                       [--profile]
 
-Needs ``nginx`` and ``wrk`` on PATH (Debian: ``apt-get install -y nginx wrk``); Linux only
-(proxy CPU is read from /proc). Writes ``bench/results/lb_vs_nginx.{json,md}``.
+Needs ``nginx`` and ``wrk`` on PATH (Debian: ``apt-get install -y nginx wrk``) and ``openssl``
+for TLS; Linux only (proxy CPU is read from /proc). Writes ``bench/results/lb_vs_nginx.{json,md}``
+(and the profile's raw stacks in ``bench/results/raw/lb_profile.txt``).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import pyspy
 from bench.common import markdown_table, save
-from harness.procs import Balancer, FakeBackend, Fleet, Proc, free_port
+from harness.procs import ROOT, Balancer, FakeBackend, Fleet, Proc, free_port
 
 LUA = """wrk.method = "POST"
 wrk.body = string.rep("x", 2048)
@@ -56,6 +64,7 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{port};
+{tls}
     client_max_body_size 11m;
     client_body_buffer_size 64k;
     location / {{
@@ -67,6 +76,14 @@ http {{
   }}
 }}
 """
+# nginx's HTTPS: the same server on a second port; TLS 1.2 and 1.3, a session cache and tickets.
+NGINX_TLS = """    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;"""
+PROFILE_RAW = ROOT / "bench" / "results" / "raw" / "lb_profile.txt"
+PROFILE_RATE = 200
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -89,24 +106,39 @@ def start_backends(stack: ExitStack, count: int) -> list[int]:
     return [b.port for b in backends]
 
 
-def start_ours(stack: ExitStack, backends: list[int]) -> tuple[int, list[int]]:
-    """Our balancer with its default settings (none from this environment)."""
+def start_ours(
+    stack: ExitStack, backends: list[int], *args: str, name: str = "ours"
+) -> tuple[int, list[int]]:
+    """Our balancer with its default settings (none from this environment) and ``args``."""
     urls = [f"http://127.0.0.1:{b}" for b in backends]
-    ours = Balancer("ours", urls, drop_env=("YOLOSERVE_LB_",), ready_timeout=30.0, stop_timeout=10.0)
+    ours = Balancer(name, urls, *args, drop_env=("YOLOSERVE_LB_",), ready_timeout=30.0, stop_timeout=10.0)
     stack.enter_context(ours)
     return ours.port, [ours.pid]
 
 
-def start_nginx(stack: ExitStack, backends: list[int], tmp: Path) -> tuple[int, list[int]]:
-    port = free_port()
+def make_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed P-256 certificate for 127.0.0.1 (wrk does not verify it)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def start_nginx(
+    stack: ExitStack, backends: list[int], tmp: Path, tls: tuple[Path, Path] | None
+) -> tuple[int, int | None, list[int]]:
+    """nginx on a plain port and, with ``tls`` (certificate, key), an HTTPS one."""
+    port, tls_port = free_port(), (free_port() if tls else None)
     servers = "\n".join(f"    server 127.0.0.1:{b};" for b in backends)
+    tls_lines = NGINX_TLS.format(port=tls_port, cert=tls[0], key=tls[1]) if tls else ""
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port, tls=tls_lines))
     nginx = Proc("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port, ready_path="/health/live",
                  ready_timeout=30.0, poll_max=None, stop_timeout=10.0)
     stack.enter_context(nginx)
     children = subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True)
-    return port, [nginx.pid, *map(int, children.stdout.split())]
+    return port, tls_port, [nginx.pid, *map(int, children.stdout.split())]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -167,11 +199,11 @@ def measure(targets: dict[str, tuple[str, list[int]]], lua: Path, args: argparse
     return runs
 
 
-def round_ratios(runs: list[Run]) -> list[float]:
-    """ours / nginx throughput within each round (runs taken side by side)."""
+def round_ratios(runs: list[Run], ours: str = "ours", nginx: str = "nginx") -> list[float]:
+    """``ours`` / ``nginx`` throughput within each round (runs taken side by side)."""
     by = {(r.target, r.round): r.rps for r in runs if r.phase == "load"}
     rounds = sorted({r.round for r in runs})
-    return [by[("ours", n)] / by[("nginx", n)] for n in rounds]
+    return [by[(ours, n)] / by[(nginx, n)] for n in rounds]
 
 
 def summarise(runs: list[Run]) -> dict[str, dict[str, float | None]]:
@@ -191,6 +223,8 @@ def summarise(runs: list[Run]) -> dict[str, dict[str, float | None]]:
             "proxy_cpu_us_per_request": statistics.median(cpu) if cpu else None,
         }
     summary["ours"]["round_ratio"] = statistics.median(round_ratios(runs))
+    if "ours-tls" in summary:
+        summary["ours-tls"]["round_ratio"] = statistics.median(round_ratios(runs, "ours-tls", "nginx-tls"))
     return summary
 
 
@@ -226,33 +260,58 @@ def report(summary: dict[str, dict[str, float | None]]) -> tuple[list[dict[str, 
         "added_p50_ms_nginx": f(nginx["light_p50_ms"]) - f(direct["light_p50_ms"]),
         "added_p99_ms_nginx": f(nginx["light_p99_ms"]) - f(direct["light_p99_ms"]),
     }
+    if "ours-tls" in summary:
+        ours_tls, nginx_tls = summary["ours-tls"], summary["nginx-tls"]
+        verdict["tls_ratio_rps_ours_over_nginx"] = f(ours_tls["rps"]) / f(nginx_tls["rps"])
+        verdict["tls_ratio_rps_median_of_rounds"] = f(ours_tls["round_ratio"])
     return rows, verdict
 
 
-def run_all(args: argparse.Namespace) -> list[Run]:
-    """Starts everything, measures, stops everything."""
+def run_all(args: argparse.Namespace) -> tuple[list[Run], pyspy.Profile | None]:
+    """Starts everything, measures (then profiles ours, if asked), stops everything."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lb-vs-nginx-")))
         lua = tmp / "post.lua"
         lua.write_text(LUA)
+        tls = make_certificate(tmp) if args.tls else None
         backends = start_backends(stack, args.backends)
         ours_port, ours_pids = start_ours(stack, backends)
-        nginx_port, nginx_pids = start_nginx(stack, backends, tmp)
+        nginx_port, nginx_tls_port, nginx_pids = start_nginx(stack, backends, tmp, tls)
         targets = {
             "direct": (f"http://127.0.0.1:{backends[0]}", []),
             "ours": (f"http://127.0.0.1:{ours_port}", ours_pids),
             "nginx": (f"http://127.0.0.1:{nginx_port}", nginx_pids),
         }
-        return measure(targets, lua, args)
+        if tls is not None:
+            tls_args = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
+            ours_tls_port, ours_tls_pids = start_ours(stack, backends, *tls_args, name="ours-tls")
+            targets["ours-tls"] = (f"https://127.0.0.1:{ours_tls_port}", ours_tls_pids)
+            targets["nginx-tls"] = (f"https://127.0.0.1:{nginx_tls_port}", nginx_pids)
+        runs = measure(targets, lua, args)
+        profile = None
+        if args.profile:
+            url, pids = targets["ours"]
+            profile = profile_ours(url, pids[0], lua, args)
+        return runs, profile
 
 
-def write(args: argparse.Namespace, runs: list[Run]) -> str:
+def profile_ours(url: str, pid: int, lua: Path, args: argparse.Namespace) -> pyspy.Profile:
+    """One more load run through our plain balancer, sampled by py-spy throughout."""
+    PROFILE_RAW.parent.mkdir(parents=True, exist_ok=True)
+    seconds = max(1, round(args.duration))
+    sampler = pyspy.record(pid, seconds + 1, PROFILE_RAW, rate=PROFILE_RATE)
+    result = wrk(url, lua, args.connections, seconds, [pid])
+    sampler.wait(timeout=60)
+    print(f"profiled  load  ours   {result[0]:8.0f} req/s (sampled by py-spy at {PROFILE_RATE} Hz)")
+    return pyspy.summarise(PROFILE_RAW, expected=PROFILE_RATE * (seconds + 1))
+
+
+def write(args: argparse.Namespace, runs: list[Run], profile: pyspy.Profile | None) -> str:
     """Saves JSON and markdown; returns the markdown text."""
     summary = summarise(runs)
     rows, verdict = report(summary)
     v = verdict
-    text = "\n".join(
-        [
+    lines = [
             markdown_table(rows, list(rows[0])),
             "",
             f"ours / nginx throughput: **{v['ratio_rps_ours_over_nginx']:.2f}x** (ratio of the medians; "
@@ -260,17 +319,42 @@ def write(args: argparse.Namespace, runs: list[Run]) -> str:
             f"(1 connection) ours {v['added_p50_ms_ours']:.3f} ms, nginx "
             f"{v['added_p50_ms_nginx']:.3f} ms; added p99 ours {v['added_p99_ms_ours']:.3f} "
             f"ms, nginx {v['added_p99_ms_nginx']:.3f} ms.",
+    ]
+    if "tls_ratio_rps_ours_over_nginx" in v:
+        lines += ["", f"Over TLS (keep-alive), ours-tls / nginx-tls throughput: "
+                      f"**{v['tls_ratio_rps_ours_over_nginx']:.2f}x** (median of the per-round ratios "
+                      f"{v['tls_ratio_rps_median_of_rounds']:.2f}x)."]
+    lines += [
             "",
             f"{args.backends} backends (uvicorn + uvloop + httptools, fake detect), wrk 1 thread, "
             f"2 KB POST; load = {args.connections} connections x {args.duration:g} s, light = 1 "
             f"connection; median of {args.rounds} interleaved rounds; nginx 1 worker, least_conn, "
-            f"keepalive; ours with default settings (one process).",
-        ]
-    )
+            f"keepalive; ours with default settings (one process); TLS: a self-signed P-256 "
+            f"certificate, TLS 1.3, keep-alive connections.",
+    ]
+    if profile is not None:
+        lines += ["", profile_text(profile)]
+    text = "\n".join(lines)
     config = {**vars(args), "generator": "wrk -t1, POST 2 KB to /v1/detect"}
-    data = {"config": config, "summary": summary, "verdict": verdict, "runs": [asdict(r) for r in runs]}
+    data = {"config": config, "summary": summary, "verdict": verdict, "runs": [asdict(r) for r in runs],
+            "profile": profile.as_dict() if profile is not None else None}
     path = save("lb_vs_nginx", data, text, "Load balancer: ours vs nginx")
     return f"{text}\n\nsaved {path} and {path.with_suffix('.json')}"
+
+
+def profile_text(profile: pyspy.Profile) -> str:
+    """The profile as markdown: where the balancer's busy time went."""
+    rows = [{"function (self time)": name, "share": f"{share:.1%}"} for name, share in profile.self_time]
+    inclusive = [{"function (inclusive)": name, "share": f"{share:.1%}"} for name, share in profile.inclusive]
+    return "\n".join([
+        f"Profile of ours (plain HTTP, load phase): py-spy, {profile.samples} samples at "
+        f"{PROFILE_RATE} Hz; the process was busy {profile.busy:.0%} of the time. Shares of the busy "
+        f"samples (C code, such as uvloop's and httptools', counts in the Python frame that called it):",
+        "",
+        markdown_table(rows, list(rows[0])) if rows else "(no samples)",
+        "",
+        markdown_table(inclusive, list(inclusive[0])) if inclusive else "",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,14 +363,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per load run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--no-tls", dest="tls", action="store_false", help="plain HTTP only")
+    parser.add_argument("--profile", action="store_true", help="py-spy our plain balancer under load")
     args = parser.parse_args(argv)
-    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    missing = [tool for tool in ("nginx", "wrk", *(["openssl"] if args.tls else []))
+               if shutil.which(tool) is None]
     if missing:
-        print(f"missing {', '.join(missing)}: apt-get install -y nginx wrk", file=sys.stderr)
+        print(f"missing {', '.join(missing)}: apt-get install -y nginx wrk openssl", file=sys.stderr)
         return 2
-    runs = run_all(args)
+    if args.profile and not pyspy.available():
+        print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
+    runs, profile = run_all(args)
     print()
-    print(write(args, runs))
+    print(write(args, runs, profile))
     return 0
 
 

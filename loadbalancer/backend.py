@@ -105,6 +105,7 @@ class Backend:
         "removed",
         "requests",
         "retiring",
+        "tls",
         "tuning",
         "typical",
         "typical_n",
@@ -127,6 +128,7 @@ class Backend:
         self.url = spec.url
         self.host = spec.host
         self.port = spec.port
+        self.tls = spec.tls  # https://: TLS to it, for requests and health checks alike
         self.weight = spec.weight
         self.tuning = tuning
         self.health = Health.PENDING if probe_first else Health.UNKNOWN

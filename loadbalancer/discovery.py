@@ -10,7 +10,12 @@ the union of every name's addresses:
   removed once idle; back in DNS before that, it is simply un-drained;
 - a failed resolution (no answer in time, SERVFAIL, NXDOMAIN, an empty answer) keeps the last good
   set; it is logged, counted per name and reason, and retried sooner (``dns_min_ttl``, doubling
-  up to ``dns_max_ttl``).
+  up to ``dns_max_ttl``);
+- A and AAAA are asked in parallel, and one family's answer is enough, as ``getaddrinfo``, Envoy
+  and gRPC take it: a resolver that refuses AAAA (dnsmasq without an upstream, some appliances)
+  does not hide the A records. The failing family keeps its last good addresses, is asked again
+  at every resolution, and is logged once when it starts failing and once when it recovers; the
+  resolution itself counts as a success.
 
 Configured backends (``--backend``, the admin API, SIGHUP) are never touched by discovery, and an
 address that one of them already has is not registered twice.
@@ -74,25 +79,54 @@ class DnsResolver:
         resolver.lifetime = timeout
         resolver.cache = None
         self._resolver = resolver
+        self._last: dict[tuple[str, str], list[str]] = {}  # (name, family): last good addresses
+        self._failing: dict[tuple[str, str], str] = {}  # (name, family): the error logged
 
     async def resolve(self, name: str) -> Resolution:
-        """Both record types at once; a failure of either fails the whole resolution (a partial
-        answer would drop the other family's backends)."""
+        """Both record types at once; the resolution succeeds when either answers (the other
+        keeps its last good addresses) and fails, with the first error, when neither does."""
+        families = ("A", "AAAA")
         answers = await asyncio.gather(
-            self._query(name, "A"), self._query(name, "AAAA"), return_exceptions=True
+            *(self._query(name, family) for family in families), return_exceptions=True
         )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, DiscoveryError):
+                raise answer
+        errors = [a for a in answers if isinstance(a, DiscoveryError)]
+        if len(errors) == len(families):
+            raise errors[0]  # the name's failure, not a family's
         addresses: set[str] = set()
         ttls: list[float] = []
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
-            found, ttl = answer
-            addresses.update(found)
-            if ttl is not None:
-                ttls.append(ttl)
+        for family, answer in zip(families, answers, strict=True):
+            if isinstance(answer, DiscoveryError):
+                self._family_failed(name, family, answer)
+                addresses.update(self._last.get((name, family), ()))
+            elif not isinstance(answer, BaseException):
+                found, ttl = answer
+                self._family_answered(name, family, found)
+                addresses.update(found)
+                if ttl is not None:
+                    ttls.append(ttl)
         if not addresses:
-            raise NameNotFound(f"{name} has no A or AAAA records")
-        return Resolution(frozenset(addresses), min(ttls))
+            raise errors[0] if errors else NameNotFound(f"{name} has no A or AAAA records")
+        return Resolution(frozenset(addresses), min(ttls, default=0.0))
+
+    def _family_failed(self, name: str, family: str, error: DiscoveryError) -> None:
+        key = (name, family)
+        if key not in self._failing:
+            log.warning(
+                "DNS: one address family fails; using the other's answer (asked again at every "
+                "resolution)",
+                extra={"dns_name": name, "family": family, "error": str(error),
+                       "kept": self._last.get(key, [])},
+            )
+        self._failing[key] = str(error)
+
+    def _family_answered(self, name: str, family: str, found: list[str]) -> None:
+        key = (name, family)
+        self._last[key] = found
+        if self._failing.pop(key, None) is not None:
+            log.info("DNS: the address family answers again", extra={"dns_name": name, "family": family})
 
     async def _query(self, name: str, rdtype: str) -> tuple[list[str], float | None]:
         try:

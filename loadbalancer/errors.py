@@ -20,6 +20,8 @@
     │   └── DeadlineExceeded        504: the caller's deadline passed before an answer started
     └── UpstreamError               one attempt at one backend failed before its answer started
         ├── ConnectFailed           retryable: refused, unreachable or connect timeout
+        │   └── TlsFailed           retryable: the TLS handshake failed (a certificate that does
+        │                           not verify, no common protocol, a client certificate refused)
         ├── PoolExhausted           retryable: no connection slot to that backend in time (ours)
         ├── UpstreamReset           retryable: closed or reset before the answer started
         │   └── StaleConnection     retryable on the same backend: an idle keep-alive connection
@@ -29,9 +31,9 @@
         ├── UpstreamProtocolError   not retryable: the backend did not speak HTTP/1.1
         └── ResponseAborted         not retryable: the answer broke after it started streaming
 
-Foreign errors (``OSError``, ``httptools`` parser errors, ``aiohttp``, ``dnspython`` and pydantic
-validation errors) are mapped to these at the boundary where they happen, raised ``from`` the
-original.
+Foreign errors (``OSError``, ``ssl.SSLError``, ``httptools`` parser errors, ``aiohttp``,
+``dnspython`` and pydantic validation errors) are mapped to these at the boundary where they
+happen, raised ``from`` the original.
 Statuses and codes of the answers come from the shared table in :mod:`wire.errors`.
 """
 
@@ -63,6 +65,7 @@ __all__ = [
     "ResolverUnavailable",
     "ResponseAborted",
     "StaleConnection",
+    "TlsFailed",
     "UpstreamError",
     "UpstreamOverloaded",
     "UpstreamProtocolError",
@@ -167,6 +170,10 @@ class UpstreamError(LoadBalancerError):
 
 class ConnectFailed(UpstreamError):
     kind = "connect"
+
+
+class TlsFailed(ConnectFailed):
+    kind = "tls"
 
 
 class PoolExhausted(UpstreamError):

@@ -10,7 +10,11 @@ so that with the default interval the balancer, not the backend, ends idle probe
 when a backend closes one anyway just as a probe is sent, aiohttp sends that GET once more on a
 new connection (it retries idempotent requests on a reused connection), so the race is not a
 failed probe. A killed backend's connection is reset with it; a frozen one's probe times out on
-the old connection as it would on a new one."""
+the old connection as it would on a new one.
+
+An ``https://`` backend is probed over the same TLS as its requests (the same context: CA,
+client certificate, host or IP check); a handshake that fails is a failed probe, logged with its
+reason once until the reason changes or a probe passes."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import aiohttp
 
 from loadbalancer.backend import Backend, Health
 from loadbalancer.cluster import Cluster
+from loadbalancer.tls import Reloading
 
 __all__ = ["HealthChecker"]
 
@@ -42,9 +47,18 @@ class HealthChecker:
     """A Cluster watcher: starts probing a backend when it is added, stops when removed."""
 
     def __init__(
-        self, cluster: Cluster, *, path: str, interval: float, jitter: float, timeout: float
+        self,
+        cluster: Cluster,
+        *,
+        path: str,
+        interval: float,
+        jitter: float,
+        timeout: float,
+        tls: Reloading | None = None,
     ) -> None:
         self.cluster = cluster
+        self.tls = tls
+        self._tls_errors: dict[str, str] = {}  # backend id -> the handshake failure last logged
         self.path = path
         self.interval = interval
         self.jitter = jitter
@@ -83,6 +97,7 @@ class HealthChecker:
         task.add_done_callback(self._done)
 
     def removed(self, backend: Backend) -> None:
+        self._tls_errors.pop(backend.id, None)
         task = self._tasks.pop(backend.id, None)
         if task is not None:
             task.cancel()
@@ -103,18 +118,32 @@ class HealthChecker:
         """One probe; never raises (a failure is ``Health.UNHEALTHY``)."""
         assert self._session is not None
         url = backend.url + self.path
+        context = self.tls.current if backend.tls and self.tls is not None else None
         try:
-            async with self._session.get(url, allow_redirects=False) as response:
+            async with self._session.get(url, allow_redirects=False, ssl=context or True) as response:
                 body = await response.content.read(MAX_BODY)
                 status = response.status
+        except aiohttp.ClientSSLError as exc:
+            self._tls_failed(backend, exc)
+            return Health.UNHEALTHY
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.debug("probe failed", extra={"backend": backend.id, "error": repr(exc)})
             return Health.UNHEALTHY
+        self._tls_errors.pop(backend.id, None)
         if status == 200:
             return Health.HEALTHY
         if status == 503:
             return _state_of(body)
         return Health.UNHEALTHY
+
+
+    def _tls_failed(self, backend: Backend, exc: aiohttp.ClientSSLError) -> None:
+        cause = getattr(exc, "certificate_error", None) or exc.os_error
+        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+        if self._tls_errors.get(backend.id) != reason:
+            self._tls_errors[backend.id] = reason
+            log.warning("TLS to a backend failed: unhealthy while this lasts",
+                        extra={"backend": backend.id, "reason": reason, "error": str(exc)})
 
 
 def _state_of(body: bytes) -> Health:

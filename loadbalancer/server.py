@@ -2,6 +2,8 @@
 
 ``async with LoadBalancer(settings) as lb:`` starts the proxy port, the admin port, the pools,
 the health checks and DNS discovery; leaving it shuts down gracefully. Signals only set events.
+With TLS configured, a background task checks the certificate files every
+``tls_reload_interval`` seconds and reloads those that changed (``loadbalancer.tls``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from enum import Enum
@@ -29,6 +32,7 @@ from loadbalancer.policies import make_policy
 from loadbalancer.proxy import Proxy
 from loadbalancer.settings import LBSettings, load_config_file, parse_backends, parse_discover
 from loadbalancer.stats import ProxyStats
+from loadbalancer.tls import Reloading, client_context, listening_context, server_context
 from loadbalancer.upstream import UpstreamPool
 from wire.logs import configure_logging
 
@@ -48,8 +52,9 @@ class State(Enum):
 class _Pools:
     """Cluster watcher: a connection pool per backend, closed when it leaves."""
 
-    def __init__(self, settings: LBSettings) -> None:
+    def __init__(self, settings: LBSettings, upstream_tls: Reloading) -> None:
         self.settings = settings
+        self.upstream_tls = upstream_tls
 
     def added(self, backend: Backend) -> None:
         s = self.settings
@@ -59,6 +64,7 @@ class _Pools:
             max_connections=s.max_connections_per_backend,
             connect_timeout=s.connect_timeout,
             idle_timeout=s.upstream_idle_timeout,
+            tls=self.upstream_tls if backend.tls else None,
         )
 
     def removed(self, backend: Backend) -> None:
@@ -87,6 +93,7 @@ class LoadBalancer:
                 max_ttl=settings.dns_max_ttl,
             )
         self.registry = make_registry(self.cluster, self.stats, self.discovery)
+        self.tls, self.admin_tls, self.upstream_tls = _tls_contexts(settings)
         self.port = settings.port
         self.admin_port = settings.admin_port
         self._connections: set[ClientConnection] = set()
@@ -114,7 +121,7 @@ class LoadBalancer:
         if self.state is not State.CREATED:
             raise LoadBalancerError(f"cannot start a load balancer that is {self.state.value}")
         s = self.settings
-        self.cluster.watchers.append(_Pools(s))
+        self.cluster.watchers.append(_Pools(s, self.upstream_tls))
         for spec in s.backends:
             self.cluster.add(spec, time.monotonic(), warm=True)
         self._proxy = Proxy(s, self.cluster, self.stats)
@@ -124,6 +131,7 @@ class LoadBalancer:
             interval=s.health_interval,
             jitter=s.health_jitter,
             timeout=s.health_timeout,
+            tls=self.upstream_tls,
         )
         await self._health.__aenter__()
         try:
@@ -135,11 +143,12 @@ class LoadBalancer:
             await self.aclose()
             raise ConfigError(f"cannot listen: {exc}") from exc
         self._spawn(self._sweep_pools())
+        self._spawn(self._watch_tls())
         self.state = State.RUNNING
         log.info(
             "load balancer listening",
             extra={
-                "proxy": f"{s.host}:{self.port}",
+                "proxy": f"{'https' if self.tls else 'http'}://{s.host}:{self.port}",
                 "admin": f"{s.admin_host}:{self.admin_port}",
                 "policy": s.policy,
                 "backends": [b.url for b in s.backends],
@@ -155,6 +164,8 @@ class LoadBalancer:
             s.port,
             backlog=1024,
             reuse_address=True,
+            ssl=listening_context(self.tls) if self.tls is not None else None,
+            ssl_handshake_timeout=s.client_request_timeout if self.tls is not None else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -164,7 +175,10 @@ class LoadBalancer:
         app = create_admin_app(self.cluster, self.stats, self.registry, token, self.discovery)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin.setup()
-        site = web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True)
+        context = listening_context(self.admin_tls) if self.admin_tls is not None else None
+        site = web.TCPSite(
+            self._admin, s.admin_host, s.admin_port, reuse_address=True, ssl_context=context
+        )
         await site.start()
         server = site._server  # aiohttp keeps the listening server private
         if isinstance(server, asyncio.Server) and server.sockets:
@@ -187,6 +201,14 @@ class LoadBalancer:
             for backend in list(self.cluster.backends.values()):
                 if backend.pool is not None:
                     backend.pool.sweep(now)
+
+    async def _watch_tls(self) -> None:
+        """Reloads the certificates whose files changed (new connections get them)."""
+        watched = [t for t in (self.tls, self.admin_tls, self.upstream_tls) if t is not None and t.files]
+        while watched:
+            await asyncio.sleep(self.settings.tls_reload_interval)
+            for reloading in watched:
+                reloading.check()
 
     def reload(self) -> bool:
         """SIGHUP: makes the configured backends equal to the config file's ``backends`` (those
@@ -244,6 +266,24 @@ class LoadBalancer:
             await self._admin.cleanup()
         self.state = State.CLOSED
         log.info("load balancer stopped")
+
+
+def _tls_contexts(s: LBSettings) -> tuple[Reloading | None, Reloading | None, Reloading]:
+    """The proxy port's and the admin port's TLS (None: plain HTTP), and the backends'."""
+    proxy = admin = None
+    if s.tls_cert is not None and s.tls_key is not None:
+        cert, key, ca = s.tls_cert, s.tls_key, s.tls_client_ca
+        files = [cert, key] if ca is None else [cert, key, ca]
+        proxy = Reloading("proxy", files, lambda: server_context(cert, key, ca))
+    if s.admin_tls_cert is not None and s.admin_tls_key is not None:
+        admin_cert, admin_key = s.admin_tls_cert, s.admin_tls_key
+        admin = Reloading("admin", [admin_cert, admin_key], lambda: server_context(admin_cert, admin_key))
+    upstream_files = [f for f in (s.upstream_ca, s.upstream_cert, s.upstream_key) if f is not None]
+
+    def upstream_build() -> ssl.SSLContext:
+        return client_context(s.upstream_ca, s.upstream_cert, s.upstream_key)
+
+    return proxy, admin, Reloading("upstream", upstream_files, upstream_build)
 
 
 async def serve_until_signalled(lb: LoadBalancer) -> None:

@@ -58,7 +58,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 class BackendSpec(BaseModel):
-    """One backend: ``http://host:port`` and an integer weight."""
+    """One backend: ``http://host:port`` or ``https://host:port`` and an integer weight."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,12 +69,12 @@ class BackendSpec(BaseModel):
     @classmethod
     def _check_url(cls, url: str) -> str:
         parts = urlsplit(url.strip())
-        if parts.scheme != "http" or not parts.hostname or parts.port is None:
-            raise ValueError(f"backend URL must be http://host:port, got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise ValueError(f"backend URL must be http://host:port or https://host:port, got {url!r}")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(f"backend URL must not have a path or query: {url!r}")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        return f"http://{host}:{parts.port}"
+        return f"{parts.scheme}://{host}:{parts.port}"
 
     @classmethod
     def parse(cls, spec: str | dict[str, Any] | BackendSpec) -> BackendSpec:
@@ -99,9 +99,14 @@ class BackendSpec(BaseModel):
         return urlsplit(self.url).port or 80
 
     @property
+    def tls(self) -> bool:
+        """An ``https://`` backend: spoken to over TLS, its certificate verified."""
+        return self.url.startswith("https://")
+
+    @property
     def id(self) -> str:
         """The backend's id: ``host:port``, stable across reloads."""
-        return self.url.removeprefix("http://")
+        return self.url.partition("://")[2]
 
 
 def _items(value: Any, what: str) -> list[Any]:
@@ -273,6 +278,21 @@ class LBSettings(BaseSettings):
     client_keepalive_timeout: float = Field(60.0, gt=0, description="Idle client connection.")
     client_request_timeout: float = Field(30.0, gt=0, description="Seconds to read one request.")
     shutdown_timeout: float = Field(30.0, ge=0, description="Seconds to drain on SIGTERM.")
+    # TLS (``loadbalancer.tls``): certificate files are watched and reloaded when they change.
+    tls_cert: Path | None = Field(None, description="Certificate chain (PEM) served on the proxy "
+                                  "port; with --tls-key the port speaks HTTPS only.")
+    tls_key: Path | None = Field(None, description="Private key (PEM) of --tls-cert.")
+    tls_client_ca: Path | None = Field(None, description="CA bundle (PEM): clients must present a "
+                                       "certificate it signed (mutual TLS).")
+    admin_tls_cert: Path | None = Field(None, description="Certificate chain (PEM) of the admin port.")
+    admin_tls_key: Path | None = Field(None, description="Private key (PEM) of --admin-tls-cert.")
+    upstream_ca: Path | None = Field(None, description="CA bundle (PEM) https:// backends are "
+                                     "verified against (default: the system's store).")
+    upstream_cert: Path | None = Field(None, description="Client certificate (PEM) for https:// "
+                                       "backends that require one (mutual TLS).")
+    upstream_key: Path | None = Field(None, description="Private key (PEM) of --upstream-cert.")
+    tls_reload_interval: float = Field(1.0, gt=0, description="Seconds between checks of the "
+                                       "certificate files for a change.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging.")
     access_log: bool = Field(False, description="One JSON line per proxied request.")
 
@@ -303,6 +323,16 @@ class LBSettings(BaseSettings):
             url = followed.get((backend.host.lower().rstrip("."), backend.port))
             if url is not None:
                 raise ValueError(f"backend {backend.url} is also discovered by {url}: give one")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> LBSettings:
+        for cert, key in (("tls_cert", "tls_key"), ("admin_tls_cert", "admin_tls_key"),
+                          ("upstream_cert", "upstream_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (the proxy port's TLS)")
         return self
 
     @field_validator("hash_header")

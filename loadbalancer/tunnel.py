@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from enum import Enum
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol, cast
@@ -40,6 +41,7 @@ from wire.headers import REQUEST_TIMEOUT_MS, UPSTREAM
 
 if TYPE_CHECKING:
     from loadbalancer.proxy import Proxy
+    from loadbalancer.upstream import UpstreamPool
 
 __all__ = ["Tunnel", "TunnelClient", "is_websocket_upgrade"]
 
@@ -107,18 +109,26 @@ class Tunnel:
             return self.fail(backend)
         assert backend.pool is not None
         pool = backend.pool
-        connect = self._connect(pool.host, pool.port, pool.connect_timeout)
+        connect = self._connect(pool)
         task = self.proxy.loop.create_task(connect)
         self._pending = task
         task.add_done_callback(self._connected)
 
-    async def _connect(
-        self, host: str, port: int, connect_timeout: float
-    ) -> tuple[asyncio.BaseTransport, TunnelUpstream]:
+    async def _connect(self, pool: UpstreamPool) -> tuple[asyncio.BaseTransport, TunnelUpstream]:
+        """A connection of its own to the pool's backend (over TLS for an https:// one)."""
         limit = self.proxy.settings.max_header_bytes
-        within = min(connect_timeout, self.retry.try_deadline - monotonic())
-        async with asyncio.timeout(max(0.001, within)):
-            return await self.proxy.loop.create_connection(lambda: TunnelUpstream(self, limit), host, port)
+        within = min(pool.connect_timeout, self.retry.try_deadline - monotonic())
+        try:
+            async with asyncio.timeout(max(0.001, within)):
+                return await self.proxy.loop.create_connection(
+                    lambda: TunnelUpstream(self, limit),
+                    pool.host,
+                    pool.port,
+                    ssl=pool.tls_context,
+                    server_hostname=pool.server_hostname,
+                )
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise pool.tls_failed(exc) from exc
 
     def _connected(self, task: asyncio.Task[tuple[asyncio.BaseTransport, TunnelUpstream]]) -> None:
         if task is not self._pending:  # given up on meanwhile
@@ -127,6 +137,8 @@ class Tunnel:
             return
         self._pending = None
         error = None if task.cancelled() else task.exception()
+        if isinstance(error, UpstreamError):  # a failed TLS handshake
+            return self._attempt_failed(error)
         if task.cancelled() or error is not None:
             return self._attempt_failed(ConnectFailed(f"cannot connect: {error!r}"))
         upstream = self.upstream = task.result()[1]

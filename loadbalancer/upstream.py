@@ -8,6 +8,8 @@ One exchange at a time per connection. The parser's events go straight to the co
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
@@ -21,13 +23,17 @@ from loadbalancer.errors import (
     PoolExhausted,
     ResponseAborted,
     StaleConnection,
+    TlsFailed,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamReset,
 )
+from loadbalancer.tls import Reloading
 from wire.headers import HOP_BY_HOP_BYTES, REQUEST_ID, RETRY_AFTER
 
 __all__ = ["Framing", "Receiver", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
+
+log = logging.getLogger("loadbalancer.upstream")
 
 # framing and hop-by-hop headers: the balancer writes its own
 DROPPED = HOP_BY_HOP_BYTES | {b"content-length"}
@@ -218,7 +224,8 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to one backend, at most ``max_connections`` open at once."""
+    """Keep-alive connections to one backend, at most ``max_connections`` open at once; over TLS
+    with ``tls`` (an ``https://`` backend), its certificate checked against the host or IP."""
 
     def __init__(
         self,
@@ -229,9 +236,12 @@ class UpstreamPool:
         connect_timeout: float,
         idle_timeout: float,
         max_head_bytes: int = 65_536,
+        tls: Reloading | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
+        self.tls = tls
+        self.tls_error: str | None = None  # the last handshake failure, until one succeeds
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -311,21 +321,47 @@ class UpstreamPool:
             self.close_connection(self._idle[0])
         self._wake(everyone=True)
 
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context a new connection is made with (None: plain TCP)."""
+        return self.tls.current if self.tls is not None else None
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The name (or IP address) the backend's certificate must carry."""
+        return self.host if self.tls is not None else None
+
     async def _open(self, deadline: float) -> UpstreamConnection:
         self.size += 1
         until = min(deadline, monotonic() + self.connect_timeout)
         try:
             async with asyncio.timeout_at(until):
                 _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls_context,
+                    server_hostname=self.server_hostname,
                 )
         except BaseException as exc:
             self.size -= 1
             self._wake()
+            if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+                raise self.tls_failed(exc) from exc
             if isinstance(exc, OSError | TimeoutError):
                 raise ConnectFailed(f"cannot connect to {self.address}: {exc!r}") from exc
             raise
+        self.tls_error = None
         return conn
+
+    def tls_failed(self, exc: Exception) -> TlsFailed:
+        """The error for a failed handshake, logged once per reason (not once per request)."""
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+        if reason != self.tls_error:
+            self.tls_error = reason
+            log.warning("TLS to a backend failed; it is not used while this lasts",
+                        extra={"backend": self.address, "reason": reason, "error": str(exc)})
+        return TlsFailed(f"TLS to {self.address} failed: {reason}")
 
     async def _wait(self, deadline: float) -> None:
         waiter: asyncio.Future[bool] = self.loop.create_future()

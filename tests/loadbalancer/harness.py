@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import tempfile
 import time
 from collections.abc import Iterable
@@ -111,15 +112,17 @@ async def load(
     headers: dict[str, str] | None = None,
     stop: asyncio.Event | None = None,
     into: list[Result] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> list[Result]:
     """POSTs to ``url`` from ``concurrency`` workers, ``total`` requests, for ``duration`` or until
-    ``stop`` is set; each result is appended to ``into`` (read while it runs) as it comes."""
+    ``stop`` is set; each result is appended to ``into`` (read while it runs) as it comes. An
+    ``https://`` URL is verified with ``tls`` (the system's store without it)."""
     assert total is not None or duration is not None or stop is not None
     results: list[Result] = [] if into is None else into
     stop_at = time.monotonic() + duration if duration is not None else float("inf")
     budget = [total if total is not None else 1 << 60]
     timeout = aiohttp.ClientTimeout(total=30)
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls or True)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:

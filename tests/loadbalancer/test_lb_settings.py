@@ -36,11 +36,25 @@ def test_backend_spec_forms(text: str, url: str, weight: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["127.0.0.1:9000", "https://a:1", "http://a", "http://a:1/v1", "http://a:1=x", "http://a:1=0"],
+    ["127.0.0.1:9000", "ftp://a:1", "https://a", "http://a", "http://a:1/v1", "http://a:1=x",
+     "http://a:1=0"],
 )
 def test_bad_backend_specs_are_config_errors(text: str) -> None:
     with pytest.raises(ConfigError):
         load_settings(backends=[text])
+
+
+def test_https_backends_and_tls_settings() -> None:
+    spec = BackendSpec.parse("https://Backend.example:8443=3")
+    assert (spec.url, spec.id, spec.tls, spec.weight) == ("https://backend.example:8443",
+                                                          "backend.example:8443", True, 3)
+    assert not BackendSpec.parse("http://a:1").tls
+    for given in ({"tls_cert": "c.pem"}, {"admin_tls_key": "k.pem"}, {"upstream_cert": "c.pem"},
+                  {"tls_client_ca": "ca.pem"}):
+        with pytest.raises(ConfigError):
+            load_settings(**given)  # a certificate without its key, or a client CA without TLS
+    s = load_settings(tls_cert="c.pem", tls_key="k.pem", tls_client_ca="ca.pem")
+    assert s.tls_cert is not None and s.tls_cert.name == "c.pem" and s.tls_reload_interval == 1.0
 
 
 def test_environment_and_cli_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

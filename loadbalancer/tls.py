@@ -1,0 +1,127 @@
+"""TLS: the contexts of the proxy and admin ports (HTTPS, optionally mutual) and of the connections
+to ``https://`` backends, each rebuilt when its files change.
+
+Server side: TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AEAD ciphers (the TLS
+1.3 suites are all AEAD and OpenSSL's defaults stay); ALPN ``http/1.1``; session resumption by
+OpenSSL's tickets, whose keys belong to the listening context and so survive a certificate
+reload.
+
+Reload: a :class:`Reloading` context is built from its files and built again, into a new
+``SSLContext``, when one of them changes (inode, size or mtime: a Kubernetes Secret's symlink
+swap or cert-manager's renewal). The listening socket keeps the first context for its whole life;
+its ``sni_callback``, which OpenSSL runs on every ClientHello (with or without a server name),
+hands the connection the newest context. Connections already open keep the certificate they were
+given; a new file that does not load (a key written before its certificate, say) is logged and
+the previous context stays until the files are whole again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from loadbalancer.errors import ConfigError
+
+__all__ = ["ALPN", "CIPHERS", "Reloading", "client_context", "listening_context", "server_context"]
+
+log = logging.getLogger("loadbalancer.tls")
+# TLS 1.2: forward secrecy and AEAD only (Mozilla's "intermediate" profile without DHE).
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# What the proxy port speaks. "h2" goes first here once the balancer serves gRPC (HTTP/2) on it.
+ALPN = ("http/1.1",)
+Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """A server context for ``cert`` and ``key``; with ``client_ca``, clients must present a
+    certificate it signed. Raises :class:`ConfigError` when a file does not load."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
+    context.set_alpn_protocols(list(ALPN))
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.load_cert_chain(cert, key)
+        if client_ca is not None:
+            context.load_verify_locations(cafile=client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"cannot load the TLS certificate {cert} and key {key}: {exc}") from exc
+    return context
+
+
+def client_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A client context for ``https://`` backends: their certificate must chain to ``ca`` (the
+    system's store without one) and name the host or IP address they are reached at; ``cert``
+    and ``key`` are presented to backends that ask for a client certificate."""
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols(list(ALPN))
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the backends' TLS files ({ca}, {cert}, {key}): {exc}") from exc
+    return context
+
+
+class Reloading:
+    """``current``: the context last built from ``files`` by ``build``; :meth:`check` builds it
+    again when a file has changed. The first build raises :class:`ConfigError`; later failures
+    are logged (once per change of the files) and keep the previous context."""
+
+    def __init__(self, name: str, files: Sequence[Path], build: Callable[[], ssl.SSLContext]) -> None:
+        self.name = name
+        self.files = tuple(files)
+        self.build = build
+        self.reloads = 0
+        self._stamp = self._stat()
+        self.current = build()
+        self._failed: Stamp | None = None
+
+    def check(self) -> bool:
+        """Rebuilds the context if a file changed since the last build; True when it did."""
+        stamp = self._stat()
+        if stamp == self._stamp or stamp == self._failed:
+            return False
+        try:
+            context = self.build()
+        except ConfigError as exc:
+            self._failed = stamp
+            log.warning("TLS files changed but do not load; keeping the previous ones",
+                        extra={"tls": self.name, "error": str(exc)})
+            return False
+        self.current, self._stamp, self._failed = context, stamp, None
+        self.reloads += 1
+        log.info("TLS files reloaded", extra={"tls": self.name, "files": [str(f) for f in self.files]})
+        return True
+
+    def _stat(self) -> Stamp:
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in self.files:
+            try:
+                st = os.stat(path)  # follows symlinks: a Secret volume swaps its ..data link
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamps)
+
+
+def listening_context(reloading: Reloading) -> ssl.SSLContext:
+    """The context to listen with: ``reloading``'s first one, which gives every new connection
+    ``reloading.current`` as the handshake begins."""
+    front = reloading.current
+
+    def on_client_hello(ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        current = reloading.current
+        if current is not context:
+            ssl_object.context = current
+
+    front.sni_callback = on_client_hello
+    return front
