@@ -17,7 +17,7 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from types import TracebackType
-from typing import Self, TypedDict, TypeVar, Unpack
+from typing import Literal, Self, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -47,6 +47,7 @@ from clients.errors import (
 from wire.schemas import (
     BatchItemError,
     BatchResponse,
+    ClassificationResult,
     DetectionResult,
     HealthResponse,
     ModelInfo,
@@ -80,6 +81,9 @@ class ClientOptions(TypedDict, total=False):
     sleep: Callable[[float], Awaitable[None]]
     jitter: Callable[[], float]
     clock: Callable[[], float]
+
+
+MaskFormat = Literal["polygons", "rle", "none"]
 
 
 class DetectOptions(TypedDict, total=False):
@@ -221,14 +225,36 @@ class AsyncDetectionClient:
         classes: Sequence[int | str] | None = None,
         image_name: str | None = None,
         model: str | None = None,
+        mask_format: MaskFormat | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
     ) -> DetectionResult:
-        """Detect objects in one image (a path, encoded bytes, or a uint8 BGR numpy array)."""
+        """Detect objects in one image (a path, encoded bytes, or a uint8 BGR numpy array).
+
+        A segmenter's detections carry ``mask`` (polygons, or COCO RLE with
+        ``mask_format="rle"``), a pose model's ``keypoints``, an oriented-box model's
+        ``rotated_box`` and ``polygon``. A classifier answers ``classify``, not this
+        (``InvalidRequest`` with code ``wrong_task``)."""
         upload = await self._encode(image, image_name)
         form = _form(conf, iou, max_det, classes)
+        if mask_format is not None:
+            form["mask_format"] = mask_format
         spec = RequestSpec("POST", self._route("/detect", model), [("image", upload.as_file())],
                            form)
         return parse_answer(DetectionResult, await self._send(spec, timeout))
+
+    async def classify(
+        self,
+        image: ImageInput,
+        *,
+        image_name: str | None = None,
+        model: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a deadline: see the class docstring)
+    ) -> ClassificationResult:
+        """A classifier's five most likely classes for one image, most likely first."""
+        upload = await self._encode(image, image_name)
+        spec = RequestSpec("POST", self._route("/classify", model), [("image", upload.as_file())],
+                           {})
+        return parse_answer(ClassificationResult, await self._send(spec, timeout))
 
     async def annotate(
         self,

@@ -153,6 +153,7 @@ class DetectionClient:
                 self._loop.run(agen.aclose)
 
     detect = _blocking(AsyncDetectionClient.detect)
+    classify = _blocking(AsyncDetectionClient.classify)
     annotate = _blocking(AsyncDetectionClient.annotate)
     detect_batch = _blocking(AsyncDetectionClient.detect_batch)
     detect_many = _blocking_iter(AsyncDetectionClient.detect_many)

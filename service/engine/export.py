@@ -95,6 +95,11 @@ def compare(a: list[Detections], b: list[Detections], row: ExportRow) -> ExportR
     """Fill ``row`` with how closely detections ``b`` follow reference ``a``."""
     same = 0
     for ra, rb in zip(a, b, strict=True):
+        if ra.probs is not None and rb.probs is not None:  # a classifier: the same top 5
+            top = np.argsort(-ra.probs, kind="stable")[:5]
+            same += bool((np.argsort(-rb.probs, kind="stable")[:5] == top).all())
+            row.max_conf = max(row.max_conf, float(np.abs(ra.probs - rb.probs).max()))
+            continue
         if [d.class_id for d in ra.items] != [d.class_id for d in rb.items]:
             continue
         same += 1
