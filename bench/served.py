@@ -33,7 +33,7 @@ import argparse
 import gc
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class Plan:
     sweep: tuple[int, ...]
     saturation: int
     fractions: tuple[float, ...]
+    route: str = "/v1/detect"  # /v1/classify for a classifier
 
 
 def _floor(x: float, nd: int = 3) -> str:
@@ -185,7 +186,7 @@ def _row(target: Target, res: Any, batch: dict[str, Any]) -> dict[str, Any]:
 def run_target(target: Target, proc: Proc, bodies: list[Body], plan: Plan,
                out: dict[str, list[dict[str, Any]]]) -> None:
     """Closed-loop points, then open-loop points at fractions of this target's saturation."""
-    url = proc.url + "/v1/detect"
+    url = proc.url + plan.route
     pids = {"server": proc.pid}
     concurrencies = plan.sweep if target.full else (plan.saturation,)
     if plan.saturation not in concurrencies:
@@ -446,6 +447,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def model_task(model: Path) -> str:
+    """The Ultralytics task the weights say they do (their metadata)."""
+    from ultralytics import YOLO  # type: ignore[attr-defined]
+
+    return str(YOLO(str(model)).task)
+
+
 def plan_for(args: argparse.Namespace) -> Plan:
     mb = args.max_batch_size
     sat = args.saturation or max(16, 2 * mb)
@@ -465,11 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     srv = served_as(args.model, args.backend, device, precision=args.precision, half=args.half,
                     letterbox=args.letterbox, decode_reduce=args.decode_reduce)
     served_backend = choose_backend(args.model, args.backend, device, srv.precision)[0]
-    plan = plan_for(args)
+    task = model_task(args.model)
+    plan = replace(plan_for(args), route="/v1/classify" if task == "classify" else "/v1/detect")
     defaults = (args.backend == "auto" and args.precision is None and not args.half
                 and args.letterbox is None and args.decode_reduce is None)
-    name = args.name or ("served" if device == "cpu" and args.max_batch_size == 8 and defaults else
-                         f"served_{device.replace(':', '')}_{served_backend}_{srv.precision}"
+    of_task = "" if task == "detect" else f"_{task}"
+    name = args.name or (f"served{of_task}" if device == "cpu" and args.max_batch_size == 8
+                         and defaults else
+                         f"served{of_task}_{device.replace(':', '')}_{served_backend}_{srv.precision}"
                          f"_b{args.max_batch_size}{'_rect' if srv.rect else ''}"
                          f"{'_reduce' if srv.decode_reduce else ''}")
     if args.quick:
@@ -483,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     images = make_images(max(16 if args.quick else args.images, args.max_batch_size))
     bodies = make_bodies(images)
-    data: dict[str, Any] = {"model": str(args.model), "device": device, "half": args.half,
+    data: dict[str, Any] = {"model": str(args.model), "task": task, "device": device,
+                            "half": args.half,
                             "precision": args.precision, "letterbox": args.letterbox,
                             "decode_reduce": args.decode_reduce,
                             "served_backend": served_backend, "served_precision": srv.precision,

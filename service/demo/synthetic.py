@@ -8,7 +8,7 @@ normalised), and a ``data.yaml`` ties the splits together for Ultralytics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,15 +169,18 @@ def _label_lines(sample: Sample) -> list[str]:
     return lines
 
 
-def write_split(root: Path, split: str, seed: int, count: int) -> Path:
-    """Write ``count`` images and labels under ``root/images/split`` and ``root/labels/split``."""
-    images, labels = root / "images" / split, root / "labels" / split
+def write_split(root: Path, split: str, seed: int, count: int,
+                labels: Callable[[Sample], list[str]] | None = None) -> Path:
+    """Write ``count`` images and labels under ``root/images/split`` and ``root/labels/split``
+    (YOLO box labels, or the lines ``labels`` gives for another task)."""
+    label_lines = labels or _label_lines
+    images, label_dir = root / "images" / split, root / "labels" / split
     images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         sample = make_sample(seed, i)
         cv2.imwrite(str(images / f"{i:05d}.jpg"), sample.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        (labels / f"{i:05d}.txt").write_text("\n".join(_label_lines(sample)) + "\n")
+        (label_dir / f"{i:05d}.txt").write_text("\n".join(label_lines(sample)) + "\n")
     return images
 
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from service.demo.synthetic import CLASSES, Sample, make_sample, write_dataset
+from service.demo.synthetic import CLASSES, Sample, make_sample, write_dataset, write_split
 
 __all__ = ["KEYPOINTS", "Task", "label_lines", "write_task_dataset"]
 
@@ -77,13 +77,7 @@ def _write_split(root: Path, split: str, seed: int, count: int, task: Task) -> N
             sample = make_sample(seed, i, only=cls, shapes=1)
             cv2.imwrite(str(folder / f"{i:05d}.jpg"), sample.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         return
-    images, labels = root / "images" / split, root / "labels" / split
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        sample = make_sample(seed, i)
-        cv2.imwrite(str(images / f"{i:05d}.jpg"), sample.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        (labels / f"{i:05d}.txt").write_text("\n".join(label_lines(sample, task)) + "\n")
+    write_split(root, split, seed, count, lambda sample: label_lines(sample, task))
 
 
 def write_task_dataset(root: Path, task: Task, *, train: int, val: int, train_seed: int = 0,

@@ -161,14 +161,15 @@ def export_triton(model: Path, out_dir: Path, *, name: str | None = None,
     else:
         export_onnx(model, target)
     if _dynamic_batch(target) != (RAW_INPUT, RAW_OUTPUT):
-        raise ValueError(f"{model.name}: expected an Ultralytics detection model "
+        raise ValueError(f"{model.name}: expected an Ultralytics model "
                          f"({RAW_INPUT} -> {RAW_OUTPUT})")
     engine = Engine.load(target, backend="onnx", device="cpu")
     size = engine.meta.input_size
     output = engine.backend.forward_raw(np.zeros((1, 3, size, size), np.float32)).shape[1:]
     config = raw_config(name, input_size=size, output_shape=output, names=engine.meta.classes,
                         max_batch_size=opts.max_batch_size, max_wait_ms=opts.max_wait_ms,
-                        instances=opts.instances, gpu=opts.gpu or opts.tensorrt_fp16)
+                        instances=opts.instances, gpu=opts.gpu or opts.tensorrt_fp16,
+                        task=engine.meta.task)
     if opts.tensorrt_fp16:
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             {"name": "tensorrt", "parameters": {"precision_mode": "FP16",

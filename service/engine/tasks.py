@@ -31,11 +31,15 @@ __all__ = ["TASKS", "postprocess_task", "rle_encode"]
 TASKS = ("detect", "segment", "pose", "obb", "classify")
 
 
-def _unletterbox(xy: torch.Tensor, lb: Letterbox) -> torch.Tensor:
-    """Input-space x, y (the last axis's first two) to original pixels, clipped to the image."""
+def _unletterbox(xy: torch.Tensor, lb: Letterbox, clip: bool = True) -> torch.Tensor:
+    """Input-space x, y (the last axis's first two) to original pixels, clipped to the image
+    unless told not to (a rotated box's centre is not clipped, as in Ultralytics)."""
     out = xy.clone()
-    out[..., 0] = ((xy[..., 0] - lb.pad_x) / lb.gain_x).clamp(0, lb.width)
-    out[..., 1] = ((xy[..., 1] - lb.pad_y) / lb.gain_y).clamp(0, lb.height)
+    out[..., 0] = (xy[..., 0] - lb.pad_x) / lb.gain_x
+    out[..., 1] = (xy[..., 1] - lb.pad_y) / lb.gain_y
+    if clip:
+        out[..., 0] = out[..., 0].clamp(0, lb.width)
+        out[..., 1] = out[..., 1].clamp(0, lb.height)
     return out
 
 
@@ -66,12 +70,14 @@ def _segment(pred: torch.Tensor, proto: torch.Tensor, lb: Letterbox, p: DetectPa
 
     rows = _nms(pred, p, len(names))
     if not len(rows):
-        return _detections(lb, rows, rows[:, :4], names, outlines=[])
+        return _detections(lb, rows, rows[:, :4], names,
+                           outlines=None if p.mask_format == "none" else [])
     masks = ops.process_mask(proto, rows[:, 6:], rows[:, :4], input_hw, upsample=True)
     keep = masks.amax((-2, -1)) > 0  # a box without a mask is dropped, as Ultralytics drops it
     rows, masks = rows[keep], masks[keep]
-    outlines = [_unletterbox(torch.from_numpy(xy), lb).numpy() if len(xy) else xy
-                for xy in ops.masks2segments(masks)]
+    outlines = None if p.mask_format == "none" else [
+        _unletterbox(torch.from_numpy(xy), lb).numpy() if len(xy) else xy
+        for xy in ops.masks2segments(masks)]
     rles = [rle_encode(m) for m in _original_masks(masks, lb)] if p.mask_format == "rle" else None
     return _detections(lb, rows, _boxes(rows[:, :4], lb), names, outlines=outlines, rles=rles)
 
@@ -130,7 +136,7 @@ def _obb(pred: torch.Tensor, lb: Letterbox, p: DetectParams, names: Mapping[int,
 
     rows = _nms(pred, p, len(names), rotated=True)  # x, y, w, h, conf, cls, angle
     rboxes = torch.cat([rows[:, :4], rows[:, -1:]], dim=-1)
-    centres = _unletterbox(rboxes[:, :2], lb)
+    centres = _unletterbox(rboxes[:, :2], lb, clip=False)
     rboxes = torch.cat([centres, rboxes[:, 2:3] / lb.gain_x, rboxes[:, 3:4] / lb.gain_y,
                         rboxes[:, 4:5]], dim=-1)
     corners = ops.xywhr2xyxyxyxy(rboxes) if len(rows) else torch.zeros((0, 4, 2))  # type: ignore[no-untyped-call]

@@ -9,7 +9,18 @@ import { startVideo, stopVideo } from "./video.js";
 const state = {
   images: [],           // {file, bitmap, card, wanted, done, busy}
   generation: 0,        // bumped when a parameter changes
+  models: {},           // name -> model info (/v1/models), when the service serves several
+  model: null,          // the chosen one's name (null: the default model's routes)
 };
+
+function task() {
+  return state.model ? state.models[state.model].task || "detect" : state.defaultTask || "detect";
+}
+
+function route() {
+  const base = state.model ? `/v1/models/${encodeURIComponent(state.model)}` : "/v1";
+  return task() === "classify" ? `${base}/classify` : `${base}/detect`;
+}
 
 // -- parameters ------------------------------------------------------------------------------------
 
@@ -26,7 +37,9 @@ function parametersChanged() {
 
 function buildClassFilter(classes) {
   const box = $("class-filter");
-  $("class-filter-empty").remove();
+  const empty = $("class-filter-empty");
+  if (empty) empty.remove();
+  box.querySelectorAll("label").forEach((l) => l.remove());
   for (const [id, name] of Object.entries(classes)) {
     const input = el("input", { type: "checkbox", value: name, checked: true, id: `class-${id}` });
     input.addEventListener("change", parametersChanged);
@@ -110,7 +123,7 @@ async function pump(item) {
       form.append("image", item.file, item.file.name);
       for (const [k, v] of Object.entries(params())) form.append(k, v);
       try {
-        const result = await api("/v1/detect", { method: "POST", body: form });
+        const result = await api(route(), { method: "POST", body: form });
         if (generation === item.wanted) render(item, result, generation);
         status.textContent = "";
         status.classList.remove("error");
@@ -126,19 +139,52 @@ async function pump(item) {
   }
 }
 
+function topRow(t) {
+  const chip = el("span", { className: "chip" });
+  chip.style.background = colour(t.class_id);
+  return el("tr", {}, el("td", { className: "class" }, chip, t.class_name),
+    el("td", { className: "confidence" }, t.confidence.toFixed(3)), el("td", { className: "box" }, "—"));
+}
+
 function render(item, result, generation) {
-  const detections = result ? result.detections : [];
+  const detections = result && result.detections ? result.detections : [];
+  const top = result && result.top ? result.top : null;  // a classifier's answer
   const canvas = item.card.querySelector("canvas");
   if (item.bitmap) {
     drawDetections(canvas, item.bitmap, item.bitmap.width, item.bitmap.height, detections);
   }
   canvas.setAttribute("aria-label", `${item.file.name}: ${detections.length} object(s) found`);
   item.card.querySelector("p.timings").replaceChildren(...(result ? timingsLine(result) : []));
-  item.card.querySelector("tbody").replaceChildren(...detections.map(detectionRow));
+  item.card.querySelector("tbody").replaceChildren(...(top ? top.map(topRow) : detections.map(detectionRow)));
   item.done = generation;
-  item.card.dataset.count = String(detections.length);
+  item.card.dataset.count = String(top ? top.length : detections.length);
+  item.card.dataset.masks = String(detections.filter((d) => d.mask).length);
+  item.card.dataset.keypoints = String(detections.filter((d) => d.keypoints).length);
+  item.card.dataset.rotated = String(detections.filter((d) => d.polygon).length);
+  if (top) item.card.dataset.top = top[0] ? top[0].class_name : "";
   item.card.dataset.generation = String(generation);
   item.card.dataset.state = "done";
+}
+
+// -- several models: a choice of which one answers -------------------------------------------------------
+
+async function loadModels() {
+  try {
+    const listed = await api("/v1/models");
+    for (const m of listed.models) state.models[m.name] = m;
+    const select = $("model-select");
+    select.replaceChildren(...listed.models.map((m) =>
+      el("option", { value: m.name }, `${m.name} (${m.task || "detect"})`)));
+    select.value = listed.default;
+    $("model-field").hidden = listed.models.length < 2;
+    select.addEventListener("change", () => {
+      state.model = select.value;
+      buildClassFilter(state.models[state.model].classes);
+      parametersChanged();
+    });
+  } finally {
+    document.body.dataset.ready = "true";
+  }
 }
 
 // -- wiring ---------------------------------------------------------------------------------------------
@@ -170,8 +216,9 @@ function init() {
   webcam.addEventListener("click", () => startVideo(null));
   $("video-stop").addEventListener("click", stopVideo);
   loadModel((model) => {
+    state.defaultTask = model.task;
     buildClassFilter(model.classes);
-    document.body.dataset.ready = "true";
+    loadModels();
   });
   pollStats();
   pollDrift();

@@ -65,6 +65,44 @@ export function classesSelected() {
   return document.querySelectorAll("#class-filter input[type=checkbox]:checked").length > 0;
 }
 
+// which keypoints are joined: COCO's 17-point skeleton, else each to the next in a ring
+const COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7],
+  [6, 8], [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]];
+function skeleton(n) {
+  if (n === 17) return COCO_SKELETON.map(([a, b]) => [a - 1, b - 1]);
+  return n > 2 ? [...Array(n).keys()].map((i) => [i, (i + 1) % n]) : [];
+}
+
+function path(ctx, points) {
+  ctx.beginPath();
+  points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+  ctx.closePath();
+}
+
+// a segmenter's masks (filled, half opacity), an oriented box, a pose model's keypoints
+function drawTaskParts(ctx, d, c, line) {
+  if (d.mask && d.mask.polygons) {
+    ctx.globalAlpha = 0.45;
+    ctx.fillStyle = c;
+    for (const polygon of d.mask.polygons) if (polygon.length >= 3) { path(ctx, polygon); ctx.fill(); }
+    ctx.globalAlpha = 1;
+  }
+  if (d.keypoints) {
+    const k = d.keypoints;
+    ctx.strokeStyle = c;
+    ctx.lineWidth = Math.max(1, line / 2);
+    for (const [a, b] of skeleton(k.length)) {
+      if (k[a].confidence < 0.5 || k[b].confidence < 0.5) continue;
+      ctx.beginPath(); ctx.moveTo(k[a].x, k[a].y); ctx.lineTo(k[b].x, k[b].y); ctx.stroke();
+    }
+    for (const p of k) {
+      if (p.confidence < 0.5) continue;
+      ctx.beginPath(); ctx.arc(p.x, p.y, line + 2, 0, 2 * Math.PI);
+      ctx.fillStyle = "#fff"; ctx.fill(); ctx.stroke();
+    }
+  }
+}
+
 export function drawDetections(canvas, source, width, height, detections, withTracks = false) {
   canvas.width = width;
   canvas.height = height;
@@ -77,9 +115,11 @@ export function drawDetections(canvas, source, width, height, detections, withTr
   for (const d of detections) {
     const b = d.box_2d;
     const c = colour(d.class_id);
+    drawTaskParts(ctx, d, c, line);
     ctx.strokeStyle = c;
     ctx.lineWidth = line;
-    ctx.strokeRect(b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min);
+    if (d.polygon) { path(ctx, d.polygon); ctx.stroke(); }  // an oriented box: its corners
+    else ctx.strokeRect(b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min);
     const track = withTracks && d.track_id !== null && d.track_id !== undefined ? `#${d.track_id} ` : "";
     const label = `${track}${d.class_name} ${d.confidence.toFixed(2)}`;
     const w = ctx.measureText(label).width + 6;

@@ -400,6 +400,45 @@ def test_balancer_status_page_lists_both_backends_behind_the_token(
     w.check()
 
 
+@pytest.fixture(scope="module")
+def every_task() -> Iterator[ServiceProcess]:
+    """A service with the demo model of every task."""
+    files = {"det": "demo.onnx", "seg": "demo-seg.onnx", "pose": "demo-pose.onnx",
+             "obb": "demo-obb.onnx", "cls": "demo-cls.onnx"}
+    args = [flag for name, file in files.items() for flag in ("--model", f"{name}=models/{file}")]
+    with ServiceProcess(*args, "--max-batch-size", "4", env={"YOLOSERVE_ACCESS_LOG": "false"}) as svc:
+        yield svc
+
+
+def test_demo_page_draws_masks_keypoints_and_rotated_boxes(
+        every_task: ServiceProcess, browser: Any, watched: list[Watched], tmp_path: Path) -> None:
+    w = open_page(browser, watched, every_task.url + "/")
+    page = w.page
+    page.goto(every_task.url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.locator("#model-select option").count() == 5
+    assert page.is_visible("#model-select")
+    page.eval_on_selector("#conf", "e => { e.value = '0.1'; e.dispatchEvent(new Event('input')); }")
+    image = _jpeg(make_sample(31, 2).image)
+    page.set_input_files("#image-input", files=[
+        {"name": "shapes.jpg", "mimeType": "image/jpeg", "buffer": image}])
+    article = 'article[data-name="shapes.jpg"]'
+    page.wait_for_selector(f'{article}[data-state="done"]')
+    plain = page.eval_on_selector(f"{article} canvas", "c => c.toDataURL()")
+    for model, part in (("seg", "masks"), ("pose", "keypoints"), ("obb", "rotated")):
+        page.select_option("#model-select", model)
+        page.wait_for_function(
+            f"() => Number(document.querySelector('{article}').dataset.{part} || 0) > 0",
+            timeout=30_000)
+        drawn = page.eval_on_selector(f"{article} canvas", "c => c.toDataURL()")
+        assert drawn != plain, model
+    page.select_option("#model-select", "cls")
+    page.wait_for_function(f"() => !!document.querySelector('{article}').dataset.top",
+                           timeout=30_000)
+    assert page.locator(f"{article} tbody tr").count() == 5
+    w.check()
+
+
 def test_screenshots_are_committed() -> None:
     for name in ("demo-page-1280.jpg", "demo-page-400.jpg", "video-mode.jpg", "lb-status-1280.png",
                  "lb-status-400.png"):
