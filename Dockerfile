@@ -31,9 +31,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     YOLO_OFFLINE=1 \
     YOLO_CONFIG_DIR=/tmp/ultralytics \
     YOLOSERVE_HOST=0.0.0.0 \
-    YOLOSERVE_PORT=8000
+    YOLOSERVE_PORT=8000 \
+    YOLOSERVE_GRPC_PORT=8001
 USER yoloserve
-EXPOSE 8000
+# 8000 HTTP (/v1, /v2); 8001 the Open Inference Protocol over gRPC, as Triton
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8000/health/live || exit 1
 # no --model: the demo model shipped in the package; mount weights and pass --model (or set

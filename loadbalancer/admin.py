@@ -39,6 +39,7 @@ CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster", Cluster)
 STATS: web.AppKey[ProxyStats] = web.AppKey("stats", ProxyStats)
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 DISCOVERY: web.AppKey[Discovery | None] = web.AppKey("discovery")
+GRPC_CLUSTER: web.AppKey[Cluster | None] = web.AppKey("grpc_cluster")
 
 
 class PatchBackend(BaseModel):
@@ -54,6 +55,8 @@ def create_admin_app(
     registry: CollectorRegistry,
     token: str | None,
     discovery: Discovery | None = None,
+    *,
+    grpc_cluster: Cluster | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[_errors_middleware, _auth_middleware(token)], client_max_size=MAX_ADMIN_BODY
@@ -62,6 +65,7 @@ def create_admin_app(
     app[STATS] = stats
     app[REGISTRY] = registry
     app[DISCOVERY] = discovery
+    app[GRPC_CLUSTER] = grpc_cluster
     app.router.add_get("/lb/status", status)
     app.router.add_post("/lb/backends", add_backend)
     app.router.add_patch("/lb/backends/{id}", patch_backend)
@@ -156,6 +160,11 @@ async def status(request: web.Request) -> web.Response:
     discovery = request.app[DISCOVERY]
     if discovery is not None:
         body["discovery"] = discovery.snapshot()
+    grpc = request.app[GRPC_CLUSTER]
+    if grpc is not None:  # the gRPC backends, balanced per call on --grpc-port
+        grpc.candidates(now)
+        body["grpc"] = {"policy": grpc.policy.name, "panic": grpc.panic,
+                        "backends": [b.snapshot(now, wall) for b in grpc.backends.values()]}
     return web.json_response(body)
 
 

@@ -19,14 +19,25 @@ _DISCOVER = click.option("--discover", "discover", multiple=True, metavar="dns:/
                          help="Backends from a DNS name's A/AAAA records, followed at their TTL; "
                               f"repeatable. [env: {ENV_PREFIX}DISCOVER]")
 
+_GRPC_BACKENDS = click.option("--grpc-backend", "grpc_backends", multiple=True,
+                              metavar="HOST:PORT[=WEIGHT]",
+                              help="A gRPC backend (h2c), repeatable; needs --grpc-port. "
+                                   f"[env: {ENV_PREFIX}GRPC_BACKENDS]")
+_DISCOVER_GRPC = click.option("--discover-grpc", "discover_grpc", multiple=True,
+                              metavar="dns://NAME:PORT",
+                              help="gRPC backends from a DNS name's A/AAAA records; repeatable. "
+                                   f"[env: {ENV_PREFIX}DISCOVER_GRPC]")
+
 
 @click.command("lb", context_settings={"help_option_names": ["-h", "--help"]})
-@settings_options(LBSettings, special={"backends": _BACKENDS, "discover": _DISCOVER})
+@settings_options(LBSettings, special={"backends": _BACKENDS, "discover": _DISCOVER,
+                                        "grpc_backends": _GRPC_BACKENDS,
+                                        "discover_grpc": _DISCOVER_GRPC})
 def lb_command(**options: Any) -> None:
     """Run the load balancer: proxies every path to the backends, admin API on its own port."""
     from loadbalancer.server import run
 
-    for repeated in ("backends", "discover"):
+    for repeated in ("backends", "discover", "grpc_backends", "discover_grpc"):
         if not options.get(repeated):
             options.pop(repeated, None)  # not given: the env or the config file decides
     try:

@@ -81,8 +81,13 @@ class RetryState:
 
     def start(self, request: Request) -> None:
         """The request is admitted: its deadline and key are set and the budget grows with it."""
-        self.deadline = self.proxy.deadline_of(request)
-        self.key = self.proxy.hash_key(request)
+        self.begin(self.proxy.deadline_of(request), self.proxy.hash_key(request))
+
+    def begin(self, deadline: float, key: bytes | None) -> None:
+        """A request or call is admitted with this deadline and hash key (a gRPC call: from its
+        ``grpc-timeout`` and metadata)."""
+        self.deadline = deadline
+        self.key = key
         self.active = True
         self.proxy.budget.enter()
 

@@ -26,6 +26,8 @@ from loadbalancer.cluster import Cluster
 from loadbalancer.discovery import Discovery, DnsResolver
 from loadbalancer.downstream import ClientConnection
 from loadbalancer.errors import ConfigError, LoadBalancerError
+from loadbalancer.grpc_front import GrpcFront
+from loadbalancer.grpc_metrics import GrpcCollector
 from loadbalancer.health import HealthChecker
 from loadbalancer.metrics import make_registry
 from loadbalancer.policies import make_policy
@@ -93,6 +95,11 @@ class LoadBalancer:
                 max_ttl=settings.dns_max_ttl,
             )
         self.registry = make_registry(self.cluster, self.stats, self.discovery)
+        self.grpc: GrpcFront | None = None  # the gRPC side, on --grpc-port
+        if settings.grpc_port is not None:
+            self.grpc = GrpcFront(settings)
+            self.registry.register(GrpcCollector(self.grpc.cluster, self.grpc.stats,
+                                                 self.grpc.discovery))
         self.tls, self.admin_tls, self.upstream_tls = _tls_contexts(settings)
         self.port = settings.port
         self.admin_port = settings.admin_port
@@ -138,6 +145,8 @@ class LoadBalancer:
             if self.discovery is not None:
                 await self.discovery.start()  # the first answers, bounded by dns_timeout
             await self._start_proxy(self._proxy)
+            if self.grpc is not None:
+                await self.grpc.start()
             await self._start_admin()
         except OSError as exc:
             await self.aclose()
@@ -153,6 +162,7 @@ class LoadBalancer:
                 "policy": s.policy,
                 "backends": [b.url for b in s.backends],
                 "discover": [d.url for d in s.discover],
+                "grpc": f"{s.host}:{self.grpc.port}" if self.grpc is not None else None,
             },
         )
 
@@ -172,7 +182,8 @@ class LoadBalancer:
     async def _start_admin(self) -> None:
         s = self.settings
         token = s.admin_token.get_secret_value() if s.admin_token else None
-        app = create_admin_app(self.cluster, self.stats, self.registry, token, self.discovery)
+        app = create_admin_app(self.cluster, self.stats, self.registry, token, self.discovery,
+                               grpc_cluster=self.grpc.cluster if self.grpc is not None else None)
         self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin.setup()
         context = listening_context(self.admin_tls) if self.admin_tls is not None else None
@@ -246,6 +257,8 @@ class LoadBalancer:
         if self._proxy is not None:
             drained = await self._proxy.wait_idle(self.settings.shutdown_timeout)
             log.info("drained" if drained else "drain timed out", extra={"inflight": self.stats.active})
+        if self.grpc is not None:  # the gRPC side drains alike (GOAWAY, calls finish)
+            await self.grpc.aclose(self.settings.shutdown_timeout)
         # 4. Cut what is left, and stop the background work.
         for conn in list(self._connections):
             conn.abort()

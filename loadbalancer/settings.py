@@ -46,6 +46,7 @@ __all__ = [
     "load_settings",
     "parse_backends",
     "parse_discover",
+    "parse_grpc_backends",
     "parse_host_port",
 ]
 
@@ -123,6 +124,16 @@ def _items(value: Any, what: str) -> list[Any]:
 
 def parse_backends(value: Any) -> list[BackendSpec]:
     return [BackendSpec.parse(item) for item in _items(value, "backends")]
+
+
+def parse_grpc_backends(value: Any) -> list[BackendSpec]:
+    """gRPC backends as ``HOST:PORT[=WEIGHT]`` (h2c; ``http://`` in front is accepted)."""
+    out = []
+    for item in _items(value, "grpc_backends"):
+        if isinstance(item, str) and "://" not in item:
+            item = "http://" + item.strip()
+        out.append(BackendSpec.parse(item))
+    return out
 
 
 class DiscoverSpec(BaseModel):
@@ -211,6 +222,18 @@ class LBSettings(BaseSettings):
         default_factory=list,
         description="DNS names whose A/AAAA records are backends, as dns://NAME:PORT.",
     )
+    grpc_backends: Annotated[list[BackendSpec], NoDecode] = Field(
+        default_factory=list, description="gRPC backends as HOST:PORT[=WEIGHT] (h2c), "
+        "comma-separated in the env; balanced per call on --grpc-port."
+    )
+    discover_grpc: Annotated[list[DiscoverSpec], NoDecode] = Field(
+        default_factory=list, description="DNS names whose A/AAAA records are gRPC backends, as "
+        "dns://NAME:PORT."
+    )
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="Port the gRPC proxy (h2c) "
+                                  "listens on, on --host; None: off.")
+    grpc_connections_per_backend: int = Field(4, ge=1, le=256, description="HTTP/2 connections "
+                                              "to one gRPC backend at most.")
     host: str = Field("127.0.0.1", description="Address the proxy listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the proxy listens on.")
     admin_host: str = Field("127.0.0.1", description="Address of the admin API.")
@@ -300,6 +323,16 @@ class LBSettings(BaseSettings):
     @classmethod
     def _backends(cls, value: Any) -> list[BackendSpec]:
         return parse_backends(value)
+
+    @field_validator("grpc_backends", mode="before")
+    @classmethod
+    def _grpc_backends(cls, value: Any) -> list[BackendSpec]:
+        return parse_grpc_backends(value)
+
+    @field_validator("discover_grpc", mode="before")
+    @classmethod
+    def _discover_grpc(cls, value: Any) -> list[DiscoverSpec]:
+        return parse_discover(value)
 
     @field_validator("discover", mode="before")
     @classmethod

@@ -55,6 +55,9 @@ async function refresh() {
     return;
   }
   const status = await response.json();
+  // the gRPC backends (--grpc-port), balanced per call, in the same table
+  const grpc = status.grpc ? status.grpc.backends.map((b) => ({ ...b, id: `gRPC ${b.id}` })) : [];
+  status.backends = status.backends.concat(grpc);
   $("error").textContent = "";
   const now = performance.now();
   const requests = Object.fromEntries(status.backends.map((b) => [b.id, b.totals.requests]));

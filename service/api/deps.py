@@ -31,6 +31,7 @@ __all__ = [
     "StateDep",
     "StreamsDep",
     "authorize",
+    "check_access",
     "get_state",
     "ready_inferencer",
 ]
@@ -81,6 +82,13 @@ def _presented_key(request: HTTPConnection) -> str | None:
 async def authorize(request: HTTPConnection, state: StateDep) -> str | None:
     """Check the API key (when keys are configured) and the per-client rate limit."""
     key = _presented_key(request)
+    await check_access(state, key, request.client.host if request.client else None)
+    return key
+
+
+async def check_access(state: AppState, key: str | None, client: str | None) -> None:
+    """The API key presented (when keys are configured) and ``client``'s rate limit, for every
+    front: 401 ``unauthorized`` or 429 ``rate_limited``."""
     if state.settings.api_keys:
         given = (key or "").encode()
         ok = False
@@ -89,11 +97,9 @@ async def authorize(request: HTTPConnection, state: StateDep) -> str | None:
         if not ok:
             raise Unauthorized("a valid API key is required (Authorization: Bearer or X-API-Key)")
     if state.rate_limiter is not None:
-        client = key or (request.client.host if request.client else "unknown")
-        wait = await state.rate_limiter.acquire(client)
+        wait = await state.rate_limiter.acquire(key or client or "unknown")
         if wait > 0:
             raise RateLimited("rate limit exceeded; slow down", retry_after=wait)
-    return key
 
 
 AuthDep = Annotated[str | None, Depends(authorize)]

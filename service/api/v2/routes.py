@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
+from service.api import oip
 from service.api.boundary import V2Route
 from service.api.deps import AuthDep, DeadlineDep, RegistryDep, StateDep
-from service.api.v2.infer import infer_detect, infer_raw
+from service.api.oip import VERSION, Target
 from service.api.v2.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -25,9 +26,7 @@ from service.api.v2.schemas import (
     V2Error,
     inline_schema,
 )
-from service.api.v2.tensors import decode_request, encode_response, invalid
-from service.engine.triton import detect_config, detect_tensors, raw_config, raw_tensors
-from service.runtime.registry import ModelNotFound, ServedModel
+from service.api.v2.tensors import decode_request, encode_response
 from service.runtime.state import Lifecycle
 from service.settings import Settings
 from wire.errors import retry_after_header
@@ -36,7 +35,6 @@ from wire.headers import RETRY_AFTER
 __all__ = ["router"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-VERSION = "1"  # each model has one version; its weights' hash is accepted too
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=V2Route)
 
@@ -55,35 +53,22 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-class _Target:
-    """A model name of the protocol: a served model's detection form or its raw form."""
-
-    def __init__(self, model: ServedModel, raw: bool) -> None:
-        self.model = model
-        self.raw = raw
-        self.name = model.raw.name if raw else model.name
+async def _target(model_name: ModelName, registry: RegistryDep) -> Target:
+    return oip.target(registry, model_name)
 
 
-async def _target(model_name: ModelName, registry: RegistryDep) -> _Target:
-    served = registry.raw(model_name)
-    return _Target(served, True) if served else _Target(registry.get(model_name), False)
-
-
-TargetDep = Annotated[_Target, Depends(_target)]
+TargetDep = Annotated[Target, Depends(_target)]
 
 
 async def _versioned(
-    target: TargetDep,
+    model_name: ModelName, registry: RegistryDep,
     model_version: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$",
                                        description="1 (or the weights' hash)")],
-) -> _Target:
-    if model_version not in (VERSION, target.model.inferencer.meta.version):
-        raise ModelNotFound(f"model {target.name!r} has no version {model_version!r}; "
-                            f"it has {VERSION!r}")
-    return target
+) -> Target:
+    return oip.target(registry, model_name, model_version)
 
 
-VersionedDep = Annotated[_Target, Depends(_versioned)]
+VersionedDep = Annotated[Target, Depends(_versioned)]
 _M = "/models/{model_name}"
 _V = "/models/{model_name}/versions/{model_version}"
 
@@ -115,33 +100,12 @@ async def ready(state: StateDep, response: Response) -> ReadyResponse:
 
 # -- models ------------------------------------------------------------------------------------
 
-def _metadata(target: _Target) -> ModelMetadata:
-    m = target.model
-    if target.raw:
-        inputs, outputs = raw_tensors(m.raw.input_shape[-1], m.raw.output_shape)
-        platform = "onnxruntime_onnx" if m.inferencer.meta.backend == "onnx" \
-            else "pytorch_libtorch"
-    else:
-        meta = m.inferencer.meta
-        inputs, outputs = detect_tensors(meta.task, meta.kpt_shape, len(meta.classes))
-        platform = "yoloserve"
-    return ModelMetadata.model_validate({
-        "name": target.name, "versions": [VERSION], "platform": platform,
-        "inputs": [t.metadata() for t in inputs], "outputs": [t.metadata() for t in outputs]})
+def _metadata(target: Target) -> ModelMetadata:
+    return ModelMetadata.model_validate(oip.model_metadata(target))
 
 
-def _config(target: _Target, settings: Settings) -> dict[str, Any]:
-    m, s = target.model, settings
-    meta = m.inferencer.meta
-    common: dict[str, Any] = {
-        "names": meta.classes, "input_size": meta.input_size, "max_batch_size": s.max_batch_size,
-        "max_wait_ms": s.max_wait_ms, "instances": m.inferencer.instances,
-        "gpu": meta.device.startswith("cuda")}
-    if target.raw:
-        platform = "onnxruntime_onnx" if meta.backend == "onnx" else "pytorch_libtorch"
-        return raw_config(target.name, output_shape=m.raw.output_shape, platform=platform,
-                          task=meta.task, **common)
-    return detect_config(target.name, task=meta.task, kpt_shape=meta.kpt_shape, **common)
+def _config(target: Target, settings: Settings) -> dict[str, Any]:
+    return oip.model_config(target, settings)
 
 
 _INFER_BODY: dict[str, Any] = {
@@ -163,16 +127,13 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 _MODEL_ERRORS = _errors(404, 422, 503)
 
 
-async def _infer(request: Request, target: _Target, deadline: float | None) -> Response:
+async def _infer(request: Request, target: Target, deadline: float | None) -> Response:
     raw_length = request.headers.get(HEADER_LENGTH)
     if raw_length is not None and not raw_length.isdigit():
-        raise invalid(f"{HEADER_LENGTH} must be a number of bytes")
+        raise oip.invalid(f"{HEADER_LENGTH} must be a number of bytes")
     length = None if raw_length is None else int(raw_length)
     decoded = decode_request(await request.body(), length)
-    if target.raw:
-        outputs = await infer_raw(target.model, decoded, deadline)
-    else:
-        outputs = await infer_detect(target.model.inferencer, decoded, deadline)
+    outputs = await oip.infer(target, decoded, deadline, protocol="v2")
     body, head = encode_response(target.name, VERSION, decoded, outputs)
     if head is None:
         return Response(body, media_type="application/json")

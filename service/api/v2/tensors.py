@@ -9,9 +9,7 @@ strings. Outputs are answered the same way: binary when the request asks for it
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,60 +17,11 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
+from service.api.oip import DTYPES, Decoded, Output, count, invalid, pack_bytes, split_bytes
 from service.api.v2.schemas import InferenceRequest
-from service.errors import ServiceError, validation_failed
-from wire import errors as codes
+from service.errors import validation_failed
 
-__all__ = ["DTYPES", "Decoded", "Output", "decode_request", "encode_response", "invalid"]
-
-DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}
-
-
-def invalid(message: str) -> ServiceError:
-    return ServiceError(message, row=codes.INVALID_REQUEST)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A request: its id, parameters, inputs by name (arrays, or lists of bytes for BYTES), the
-    outputs asked for (None: all) and whether each is wanted in binary."""
-
-    id: str | None
-    parameters: dict[str, Any]
-    inputs: dict[str, NDArray[Any] | list[bytes]]
-    outputs: list[str] | None
-    binary: dict[str, bool] = field(default_factory=dict)
-    binary_default: bool = False
-    binary_inputs: frozenset[str] = frozenset()  # the inputs sent as binary data
-
-
-@dataclass(frozen=True)
-class Output:
-    name: str
-    datatype: str
-    array: NDArray[Any]
-
-
-def _split_bytes(raw: bytes, count: int, name: str) -> list[bytes]:
-    items, at = [], 0
-    while at < len(raw):
-        if at + 4 > len(raw):
-            raise invalid(f"input {name!r}: truncated BYTES element")
-        (size,) = struct.unpack_from("<I", raw, at)
-        items.append(raw[at + 4: at + 4 + size])
-        at += 4 + size
-    if at != len(raw) or len(items) != count:
-        raise invalid(f"input {name!r}: {len(items)} BYTES elements for a shape of {count}")
-    return items
-
-
-def _count(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
-
+__all__ = ["decode_request", "encode_response"]
 
 def _json_bytes(data: list[Any], name: str) -> list[bytes]:
     flat = np.asarray(data, dtype=object).ravel().tolist()
@@ -97,7 +46,7 @@ def decode_request(body: bytes, header_length: int | None) -> Decoded:
     at = 0
     sent_binary: set[str] = set()
     for tensor in request.inputs:
-        count = _count(tensor.shape)
+        n = count(tensor.shape)
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or at + size > len(binary):
@@ -106,10 +55,10 @@ def decode_request(body: bytes, header_length: int | None) -> Decoded:
             at += size
             sent_binary.add(tensor.name)
             if tensor.datatype == "BYTES":
-                inputs[tensor.name] = _split_bytes(raw, count, tensor.name)
+                inputs[tensor.name] = split_bytes(raw, n, tensor.name)
                 continue
             dtype = np.dtype(DTYPES[tensor.datatype])
-            if size != count * dtype.itemsize:
+            if size != n * dtype.itemsize:
                 raise invalid(f"input {tensor.name!r}: {size} bytes for shape {tensor.shape}")
             inputs[tensor.name] = np.frombuffer(raw, dtype).reshape(tensor.shape)
             continue
@@ -117,14 +66,14 @@ def decode_request(body: bytes, header_length: int | None) -> Decoded:
             raise invalid(f"input {tensor.name!r} has neither data nor binary_data_size")
         if tensor.datatype == "BYTES":
             inputs[tensor.name] = _json_bytes(tensor.data, tensor.name)
-            if len(inputs[tensor.name]) != count:
+            if len(inputs[tensor.name]) != n:
                 raise invalid(f"input {tensor.name!r}: data does not fit shape {tensor.shape}")
             continue
         try:
             array = np.asarray(tensor.data, dtype=DTYPES[tensor.datatype])
         except (ValueError, TypeError, OverflowError):
             raise invalid(f"input {tensor.name!r}: data is not {tensor.datatype}") from None
-        if array.size != count:
+        if array.size != n:
             raise invalid(f"input {tensor.name!r}: {array.size} values for shape {tensor.shape}")
         inputs[tensor.name] = array.reshape(tensor.shape)
     if at != len(binary):
@@ -147,7 +96,7 @@ def encode_response(model: str, version: str, request: Decoded, outputs: Sequenc
                                  "shape": list(out.array.shape)}
         text = out.datatype == "BYTES"  # elements are bytes: length-prefixed in binary form
         if request.binary.get(out.name, request.binary_default):
-            blob = b"".join(struct.pack("<I", len(b)) + b for b in out.array.ravel()) if text \
+            blob = pack_bytes(out.array.ravel()) if text \
                 else np.ascontiguousarray(out.array).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

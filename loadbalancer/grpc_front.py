@@ -1,0 +1,244 @@
+"""The balancer's gRPC side: h2c on ``--grpc-port``, each call (HTTP/2 stream) routed on its own
+by the policy over the gRPC backends (``--grpc-backend``, ``--discover-grpc``), which have their
+own cluster, health checks (``grpc.health.v1``), pools and totals; retries, the retry budget and
+the policies are the HTTP side's code (:mod:`loadbalancer.grpc_call`).
+
+:class:`GrpcDownstream` is one client connection (server side of ``h2``); :class:`GrpcFront`
+owns the rest and its lifecycle: ``start``, then ``aclose`` (stop listening, GOAWAY to clients,
+calls in flight finish within the shutdown timeout, then everything closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from loadbalancer.backend import Backend, Tuning
+from loadbalancer.cluster import Cluster
+from loadbalancer.discovery import Discovery, DnsResolver
+from loadbalancer.grpc_call import GrpcCall
+from loadbalancer.grpc_health import GrpcHealthChecker
+from loadbalancer.grpc_upstream import CONNECTION_WINDOW, GrpcPool, Headers, h2_settings
+from loadbalancer.policies import make_policy
+from loadbalancer.proxy import Proxy
+from loadbalancer.settings import LBSettings
+from loadbalancer.stats import ProxyStats
+
+__all__ = ["GrpcDownstream", "GrpcFront"]
+
+log = logging.getLogger("loadbalancer.grpc")
+MAX_STREAMS = 1024  # calls of one client connection at once
+
+
+class GrpcDownstream(asyncio.Protocol):
+    """One client's h2c connection: a :class:`GrpcCall` per stream."""
+
+    def __init__(self, front: GrpcFront) -> None:
+        self.front = front
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False))
+        self.transport: asyncio.Transport | None = None
+        self.calls: dict[int, GrpcCall] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.front.connections.add(self)
+        self.front.stats.client_connections += 1
+        self.h2.initiate_connection()
+        self.h2.update_settings({**h2_settings(),
+                                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.connections.discard(self)
+        self.front.stats.client_connections -= 1
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            call.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.flush()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            self._event(event)
+        self.flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            proxy = self.front.proxy
+            assert proxy is not None  # started before the port opens
+            call = GrpcCall(proxy, self.front.pools, self, event.stream_id, event.headers)
+            self.calls[event.stream_id] = call
+            call.start()
+            if event.stream_ended is not None and event.stream_id in self.calls:
+                call.on_request_end()
+        elif isinstance(event, h2.events.DataReceived):
+            found = self.calls.get(event.stream_id)
+            if found is None:
+                self.ack(event.stream_id, event.flow_controlled_length)
+            else:
+                found.on_request_data(event.data, event.flow_controlled_length,
+                                      event.stream_ended is not None)
+        elif isinstance(event, h2.events.StreamEnded):
+            found = self.calls.get(event.stream_id)
+            if found is not None:
+                found.on_request_end()
+        elif isinstance(event, h2.events.StreamReset):
+            found = self.calls.pop(event.stream_id, None)
+            if found is not None:
+                found.cancel()
+        elif isinstance(event, h2.events.WindowUpdated):
+            targets = list(self.calls.values()) if event.stream_id == 0 else \
+                [c for c in (self.calls.get(event.stream_id),) if c is not None]
+            for target in targets:
+                target.on_client_writable()
+        elif isinstance(event, h2.events.ConnectionTerminated) and self.transport is not None:
+            self.transport.close()
+
+    # -- ClientStream ---------------------------------------------------------------------------
+    def send_headers(self, stream_id: int, headers: Headers, end: bool) -> None:
+        try:
+            self.h2.send_headers(stream_id, list(headers), end_stream=end)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+        self.flush()
+
+    def send_data(self, stream_id: int, data: memoryview) -> int:
+        try:
+            room = min(self.h2.local_flow_control_window(stream_id), len(data))
+            sent = 0
+            while sent < room:
+                size = min(room - sent, self.h2.max_outbound_frame_size)
+                self.h2.send_data(stream_id, data[sent:sent + size].tobytes())
+                sent += size
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return len(data)  # the client is gone: its reset comes as an event
+        self.flush()
+        return sent
+
+    def ack(self, stream_id: int, length: int) -> None:
+        if not length:
+            return
+        try:
+            self.h2.acknowledge_received_data(length, stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            self.h2.increment_flow_control_window(length)
+        self.flush()
+
+    def reset(self, stream_id: int) -> None:
+        try:
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return
+        self.flush()
+
+    def call_done(self, call: GrpcCall) -> None:
+        self.calls.pop(call.stream_id, None)
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def goaway(self) -> None:
+        """Shutdown: no new calls on this connection; those in flight finish."""
+        try:
+            self.h2.close_connection()
+        except h2.exceptions.ProtocolError:
+            return
+        self.flush()
+        if not self.calls and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Pools:
+    """Cluster watcher: an h2c pool per gRPC backend, closed when it leaves."""
+
+    def __init__(self, settings: LBSettings, pools: dict[str, GrpcPool]) -> None:
+        self.settings, self.pools = settings, pools
+
+    def added(self, backend: Backend) -> None:
+        self.pools[backend.id] = GrpcPool(
+            backend.host, backend.port, max_connections=self.settings.grpc_connections_per_backend,
+            connect_timeout=self.settings.connect_timeout)
+
+    def removed(self, backend: Backend) -> None:
+        pool = self.pools.pop(backend.id, None)
+        if pool is not None:
+            pool.close()
+
+
+class GrpcFront:
+    def __init__(self, settings: LBSettings) -> None:
+        s = self.settings = settings
+        self.stats = ProxyStats()
+        self.cluster = Cluster(make_policy(s.policy), Tuning.from_settings(s),
+                               panic_threshold=s.panic_threshold,
+                               max_ejection_percent=s.outlier_max_ejection_percent)
+        self.pools: dict[str, GrpcPool] = {}
+        self.discovery: Discovery | None = None
+        if s.discover_grpc:
+            self.discovery = Discovery(self.cluster, s.discover_grpc,
+                                       DnsResolver(s.dns_server, s.dns_timeout),
+                                       min_ttl=s.dns_min_ttl, max_ttl=s.dns_max_ttl)
+        self.connections: set[GrpcDownstream] = set()
+        self.port = 0
+        self.proxy: Proxy | None = None
+        self._server: asyncio.Server | None = None
+        self._health: GrpcHealthChecker | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        assert s.grpc_port is not None
+        self.cluster.watchers.append(_Pools(s, self.pools))
+        for spec in s.grpc_backends:
+            self.cluster.add(spec, time.monotonic(), warm=True)
+        self.proxy = Proxy(s, self.cluster, self.stats)
+        self._health = GrpcHealthChecker(self.cluster, self.pools, interval=s.health_interval,
+                                         jitter=s.health_jitter, timeout=s.health_timeout)
+        self._health.start()
+        if self.discovery is not None:
+            await self.discovery.start()
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: GrpcDownstream(self), s.host, s.grpc_port, backlog=1024, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def aclose(self, within: float) -> None:
+        # 1. Stop accepting; 2. GOAWAY: clients send no new calls here
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.goaway()
+        # 3. Drain: the calls in flight finish, within the timeout
+        if self.proxy is not None:
+            await self.proxy.wait_idle(within)
+        # 4. Cut what is left and close the rest
+        for conn in list(self.connections):
+            conn.abort()
+        if self.proxy is not None:
+            self.proxy.close()
+        if self.discovery is not None:
+            await self.discovery.aclose()
+        if self._health is not None:
+            await self._health.aclose()
+        for pool in self.pools.values():
+            pool.close()
