@@ -12,11 +12,17 @@ When a batch goes (the dispatcher's rule, in order)::
     otherwise                                             → wait for more items or that time
 
 So a lone request never waits for a timer while the device has nothing to do, and under load
-items gather while a batch runs: batches grow with the load. A *staged* batch is one full batch
-handed to the worker pool while every worker is busy: the first worker to finish starts it at
-once, in its own thread, without waiting for the event loop (which under load is busy with
-the answers of the batch that just finished, so a worker waiting for it would sit idle between
-passes; see ``bench/README.md``, "Batch staging").
+items gather while a batch runs: batches grow with the load.
+
+With a ``latency_target`` (:mod:`._latency`), "full" means the plan's batch size, which keeps
+an item's predicted time (queue wait + its batch's pass, from a cost model kept up to date) under
+the target, and the batcher also waits while the plan's number of passes is in flight: smaller
+batches and fewer passes only when the cost model says the target needs them.
+
+A *staged* batch is one full batch handed to the worker pool while every worker is busy: the
+first worker to finish starts it at once, in its own thread, without waiting for the event
+loop (which under load is busy with the answers of the batch that just finished, so a worker
+waiting for it would sit idle between passes; see ``bench/README.md``, "Batch staging").
 Its items are checked for a passed deadline or a departed caller just before the call. Only a
 full batch is staged, so staging never makes batches smaller.
 
@@ -38,6 +44,7 @@ from typing import Any, Generic, TypeVar
 
 from ._device import Device
 from ._errors import BatchingError, DeadlineExceeded, QueueFull, ShuttingDown
+from ._latency import LatencyPlan, LatencyPlanner
 from ._observer import BatchObserver, GuardedObserver, NullObserver
 from ._pending import Pending, PendingQueue, fail_all, settle_exception, settle_result
 from ._policy import check_settings, default_is_oom
@@ -85,6 +92,8 @@ class DynamicBatcher(Generic[T, R]):
             shapes): a batch takes the oldest item's key and the items of that key behind
             it, in order; the others wait, in their order, for the next batch.
         name: names the worker threads, the tasks and the log lines.
+        latency_target: seconds an item may spend in the batcher (queue + pass), predicted;
+            batches and passes in flight are capped to keep to it when they must (None: off).
     """
 
     def __init__(
@@ -100,6 +109,7 @@ class DynamicBatcher(Generic[T, R]):
         name: str = "batcher",
         group_key: Callable[[T], Hashable] | None = None,
         device: Device | None = None,
+        latency_target: float | None = None,
     ) -> None:
         check_settings(max_batch_size, max_wait, max_queue, max_concurrent_batches)
         self._fn = batch_fn
@@ -107,7 +117,7 @@ class DynamicBatcher(Generic[T, R]):
         self._max_queue = max_queue
         self._owns_device = device is None
         self._device = Device(max_concurrent_batches, name=name) if device is None else device
-        self._observer: BatchObserver = (
+        self._observer: NullObserver | GuardedObserver = (
             NullObserver() if observer is None else GuardedObserver(observer)
         )
         self._is_oom = default_is_oom if is_oom is None else is_oom
@@ -116,6 +126,8 @@ class DynamicBatcher(Generic[T, R]):
         self._state = BatcherState.CREATED
         self._queue: PendingQueue[T, R] = PendingQueue()
         self._effective_max = max_batch_size
+        self._planner = (None if latency_target is None
+                         else LatencyPlanner(latency_target, max_batch_size, self._device.slots))
         self._inflight = 0  # batches launched and not yet finished (settled)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Future[None] | None = None
@@ -155,6 +167,24 @@ class DynamicBatcher(Generic[T, R]):
         """When the oldest item still waiting arrived (the device serves the oldest first)."""
         oldest = self._queue.oldest()
         return None if oldest is None else oldest.enqueued_at
+
+    @property
+    def latency_plan(self) -> LatencyPlan | None:
+        """The latency target's caps now (None without a target)."""
+        return None if self._planner is None else self._planner.plan
+
+    def _batch_limit(self, now: float) -> int:
+        """The most items the next batch takes: the latency plan's, within the OOM bound."""
+        oldest = self._queue.oldest()
+        if self._planner is None or oldest is None:
+            return self._effective_max
+        concurrent = min(self._device.busy + 1, self._device.slots)
+        return min(self._effective_max,
+                   self._planner.batch_size(now - oldest.enqueued_at, concurrent))
+
+    def _capped(self) -> bool:
+        """The latency plan's passes are in flight: the next batch waits for one to return."""
+        return self._planner is not None and self._device.busy >= self._planner.plan.max_inflight
 
     @property
     def effective_max_batch_size(self) -> int:
@@ -198,6 +228,9 @@ class DynamicBatcher(Generic[T, R]):
             name=self._name,
         )
         self._state = BatcherState.RUNNING
+        if self._planner is not None:
+            plan = self._planner.plan
+            self._observer.on_latency_plan(plan.max_batch_size, plan.max_inflight)
         self._spawn(self._dispatch_loop(), f"{self._name}-dispatcher")
 
     async def close(self, drain_timeout: float = 10.0) -> None:
@@ -342,13 +375,16 @@ class DynamicBatcher(Generic[T, R]):
         if oldest is None:
             self._check_drained()
             return (1, None)
-        full = len(self._queue) >= self._effective_max
+        limit = self._batch_limit(now)
+        full = len(self._queue) >= limit
         device = self._device
         if device.full:
             # one staged batch at most, and only from the batcher first in line for the device
             if device.staged or not device.first_in_line(self):
                 return (_NEVER, None)
-            return DispatchReason.FULL if full else (self._effective_max, None)
+            return DispatchReason.FULL if full else (limit, None)
+        if self._capped():
+            return (_NEVER, None)  # a returning pass wakes the dispatcher
         if full:
             return DispatchReason.FULL
         if self._state is not BatcherState.RUNNING:
@@ -358,7 +394,7 @@ class DynamicBatcher(Generic[T, R]):
         due = oldest.enqueued_at + self._max_wait
         if now >= due:
             return DispatchReason.TIMEOUT
-        return (self._effective_max, due)
+        return (limit, due)
 
     async def _sleep(self, threshold: int, due: float | None) -> None:
         """Wait until the queue reaches ``threshold``, a batch finishes, ``due``, or close."""
@@ -380,7 +416,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def _dispatch(self, reason: DispatchReason) -> None:
         now = time.monotonic()
-        taken = self._queue.take(self._effective_max, now, self._group_key)
+        taken = self._queue.take(self._batch_limit(now), now, self._group_key)
         if taken.cancelled:
             self._observer.on_dropped(DropReason.CANCELLED, taken.cancelled)
         if taken.expired:
@@ -390,7 +426,8 @@ class DynamicBatcher(Generic[T, R]):
         if taken.batch:
             self._inflight += 1
             self._device.acquire()
-            self._runner.launch(taken.batch, BatchReport(reason, now))
+            concurrent = min(self._device.busy, self._device.slots)
+            self._runner.launch(taken.batch, BatchReport(reason, now, concurrent=concurrent))
 
     def _worker_returned(self) -> None:
         """A batch's first call of ``batch_fn`` returned: its slot can take the next batch.
@@ -423,6 +460,12 @@ class DynamicBatcher(Generic[T, R]):
         self._inflight -= 1
         started_at = report.dispatched_at if report.started_at is None else report.started_at
         self._device.record(len(batch), time.monotonic() - started_at)
+        if self._planner is not None and not report.failed:
+            before = self._planner.plan
+            plan = self._planner.record(len(batch), report.concurrent, report.exec_seconds,
+                                        self._effective_max)
+            if plan != before:
+                self._observer.on_latency_plan(plan.max_batch_size, plan.max_inflight)
         waits = [started_at - entry.enqueued_at for entry in batch]
         self._observer.on_batch(
             len(batch), report.reason, report.exec_seconds, waits, report.failed

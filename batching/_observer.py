@@ -54,6 +54,9 @@ class NullObserver:
     def on_queue_depth(self, depth: int) -> None:
         return None
 
+    def on_latency_plan(self, max_batch_size: int, max_inflight: int) -> None:
+        return None
+
 
 class GuardedObserver:
     """Wraps a user's observer so that an exception in it is logged, never breaks batching."""
@@ -92,3 +95,13 @@ class GuardedObserver:
             self._inner.on_queue_depth(depth)
         except Exception:
             self._failed("on_queue_depth")
+
+    def on_latency_plan(self, max_batch_size: int, max_inflight: int) -> None:
+        """The latency target's caps changed (an observer without this method is not told)."""
+        method = getattr(self._inner, "on_latency_plan", None)
+        if method is None:
+            return
+        try:
+            method(max_batch_size, max_inflight)
+        except Exception:
+            self._failed("on_latency_plan")

@@ -81,6 +81,7 @@ class BatchReport:
     dispatched_at: float
     started_at: float | None = None  # when a worker took it (later than dispatch when staged)
     exec_seconds: float = 0.0
+    concurrent: int = 1  # passes on the device once this one was dispatched (for the cost model)
     failed: bool = False
     finished: bool = False
 

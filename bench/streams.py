@@ -19,6 +19,10 @@ keep one frame of a stream in flight. The baseline's processes load the
 checkpoint ``--model`` with Ultralytics' defaults (torch, its own thread count) and decode the
 frames before the clock starts; they start together and wait for a common start time.
 
+With ``--latency-target-ms T``, the same steps run again against a second service started with
+``--latency-target-ms T`` (rows "..., target T ms"), in the same run, so that the target's rows,
+the target-off rows and the baseline's share this machine's state.
+
 ``--precision``, ``--letterbox`` and ``--decode-reduce`` are passed to ``yoloserve serve`` (after
 ``--serve-args``) and to the ceiling's rows of the served backend; unset, the service's defaults.
 
@@ -412,7 +416,8 @@ def draw(data: dict[str, Any], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     systems = sorted({r["system"] for r in data["rows"]}, key=lambda s: (s == BASELINE, s))
-    for system, colour in zip(systems, ("tab:blue", "tab:green", "tab:orange"), strict=False):
+    for system, colour in zip(systems, ("tab:blue", "tab:green", "tab:orange", "tab:purple",
+                                        "tab:red"), strict=False):
         rows = [r for r in data["rows"] if r["system"] == system]
         ns = [r["streams"] for r in rows]
         axes[0].plot(ns, [r["total_fps"] for r in rows], marker="o", color=colour, label=system)
@@ -474,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transports", nargs="+", choices=("http", "ws"), default=["http", "ws"],
                     help="how this process feeds the service: the client's POST per frame, "
                     "or a WebSocket per stream")
+    ap.add_argument("--latency-target-ms", type=float, default=None,
+                    help="also run a service with this --latency-target-ms (off: not run)")
     ap.add_argument("--goal-streams", type=int, default=16)
     ap.add_argument("--ceiling-seconds", type=float, default=4.0,
                     help="seconds per forward-pass-alone measurement; 0: none")
@@ -500,18 +507,24 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[dict[str, Any]] = []  # baseline counts this machine had no memory for
     serve_args = serve_flags(args)
     ceiling = [{"when": "before", **r} for r in _ceiling(args, clips)]
-    svc = service("streams-svc", *serve_args).start()
-    try:
-        svc.wait_ready()
-        for transport in args.transports:
-            run = run_ours if transport == "http" else run_ours_ws
-            for n in args.streams:
-                print(f"  yoloserve over {transport}, {n} streams", flush=True)
-                rows.append(asyncio.run(run(svc.url, clips, n, args, f"{transport}{n}")))
-                print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 "
-                      f"{rows[-1]['p99_ms']:.0f} ms", flush=True)
-    finally:
-        svc.stop()
+    variants: list[tuple[list[str], str]] = [(serve_args, "")]
+    if args.latency_target_ms is not None:
+        target = f"{args.latency_target_ms:g}"
+        variants.append(([*serve_args, "--latency-target-ms", target], f", target {target} ms"))
+    for variant_args, suffix in variants:
+        svc = service("streams-svc", *variant_args).start()
+        try:
+            svc.wait_ready()
+            for transport in args.transports:
+                run = run_ours if transport == "http" else run_ours_ws
+                for n in args.streams:
+                    print(f"  yoloserve{suffix} over {transport}, {n} streams", flush=True)
+                    rows.append(asyncio.run(run(svc.url, clips, n, args, f"{transport}{n}")))
+                    rows[-1]["system"] = rows[-1]["system"][:-1] + suffix + ")"
+                    print(f"    {rows[-1]['total_fps']:.1f} frames/s, p99 "
+                          f"{rows[-1]['p99_ms']:.0f} ms", flush=True)
+        finally:
+            svc.stop()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         for n in baseline_counts:
             if (free := available_mib()) < n * WORKER_MIB + 2048:
@@ -527,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: getattr(args, k) for k in ("streams", "fps", "seconds", "warmup", "p99_ms",
                                               "conf", "clips", "frames", "goal_streams", "shared",
                                               "transports", "precision", "letterbox",
-                                              "decode_reduce", "baseline_openvino")}
+                                              "decode_reduce", "baseline_openvino",
+                                              "latency_target_ms")}
     settings.update(width=width, height=height, serve_args=serve_args,
                     model=os.path.relpath(args.model, ROOT), baseline_streams=baseline_counts)
     data: dict[str, Any] = {"settings": settings, "rows": rows, "baseline_not_run": skipped,

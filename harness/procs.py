@@ -39,6 +39,7 @@ __all__ = [
     "Balancer",
     "FakeBackend",
     "Fleet",
+    "GrpcBackend",
     "Proc",
     "RedisServer",
     "Service",
@@ -396,6 +397,35 @@ class FakeBackend(Proc):
     def id(self) -> str:
         """Its name in the balancer's status and ``X-Upstream``."""
         return f"127.0.0.1:{self.port}"
+
+
+class GrpcBackend(Proc):
+    """``harness/grpc_backend.py``: a stand-in gRPC backend (``ModelInfer`` and health), ready
+    when its health check answers SERVING; ``id`` is its name in the balancer's status."""
+
+    def __init__(self, name: str, *, delay_ms: float = 0.0, stop_timeout: float = 15.0) -> None:
+        port = free_port()
+        cmd = [sys.executable, "-m", "harness.grpc_backend", "--port", str(port), "--name", name,
+               "--delay-ms", str(delay_ms)]
+        super().__init__(name, cmd, port, env={"PYTHONUNBUFFERED": "1"}, drop_env=("YOLOSERVE_",),
+                         ready_timeout=30.0, poll_max=None, stop_timeout=stop_timeout)
+
+    @property
+    def id(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.check_running()
+        with grpc.insecure_channel(self.id) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0)
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class RedisServer(Proc):

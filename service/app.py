@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -27,9 +28,12 @@ from service.api.v2 import routes as v2_routes
 from service.heap import GcPauses, freeze_loaded_heap, thaw_heap
 from service.metrics import ServiceMetrics
 from service.runtime.state import AppState, Lifecycle
-from service.runtime.streams import StreamRegistry
+from service.runtime.streams import PeerSetup, SavedStreams, StreamRegistry
 from service.settings import Settings
 from service.shared import open_store, rate_limiter
+
+if TYPE_CHECKING:
+    from service.api.grpc import GrpcServer
 
 __all__ = ["create_app"]
 
@@ -47,23 +51,39 @@ def _single_threaded_torch() -> None:
 async def _load(state: AppState) -> None:
     from service.runtime.registry import load_models
 
+    # streams first: under --workers N a worker takes its share of the streams as soon as it
+    # listens, so every worker should listen before the first of them is ready
+    state.streams = await _start_streams(state)
     registry = await load_models(state.settings, state.metrics, state.shared_store)
     if registry.backends <= {"onnx", "openvino"}:
         _single_threaded_torch()
     state.metrics.gc_frozen.set(freeze_loaded_heap())
     state.gc_pauses.start()
     state.models = registry
-    state.streams = await _start_streams(state)
     state.lifecycle = Lifecycle.READY
     log.info("ready", extra={"models": list(registry.models), "default": registry.default})
 
 
 async def _start_streams(state: AppState) -> StreamRegistry:
     s = state.settings
+    store = state.shared_store  # with Redis, a stream's tracker state outlives this process
     streams = StreamRegistry(state.metrics, max_streams=s.max_streams, ttl_s=s.stream_ttl_s,
-                             threads=s.stream_threads)
+                             threads=s.stream_threads, peers=PeerSetup.from_env(),
+                             saved=None if store is None else SavedStreams(store, s.stream_ttl_s))
     await streams.start()
     return streams
+
+
+async def _start_grpc(state: AppState, version: str) -> GrpcServer | None:
+    """The Open Inference Protocol over gRPC on ``--grpc-port``, when set."""
+    s = state.settings
+    if s.grpc_port is None:
+        return None
+    from service.api.grpc import GrpcServer  # grpcio is imported only when gRPC is on
+
+    server = GrpcServer(state, version)
+    await server.start(s.host, s.grpc_port)
+    return server
 
 
 def _exit_if_load_failed(task: asyncio.Task[None]) -> None:
@@ -96,11 +116,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.loading.add_done_callback(_exit_if_load_failed)
         if not settings.load_in_background:
             await asyncio.shield(state.loading)
+        grpc = await _start_grpc(state, app.version)
         try:
             yield
         finally:
             # 1. refuse new work; 2. finish what the batcher holds within the timeout; 3. close
             state.lifecycle = Lifecycle.DRAINING
+            if grpc is not None:  # gRPC calls in flight finish, streams end
+                await grpc.stop(settings.drain_timeout_s)
             if not state.loading.done():
                 state.loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

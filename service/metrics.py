@@ -2,7 +2,8 @@
 
 Batcher metrics carry a ``model`` label: each served model has its own batcher, observed through
 ``ServiceMetrics.for_model(name)``. ``inference_batch_size`` also says which protocols (``v1``,
-``v2`` or ``v1+v2``) the images of a batch came from.
+``v2``, ``grpc``, ``grpc+v1``…) the images of a batch came from; gRPC calls are counted by
+method and status in ``grpc_requests_total``.
 
 Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker starts; ``render`` then
 aggregates every worker's files, so one scrape of ``/metrics`` covers all of them.
@@ -58,6 +59,12 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "inference_queue_depth", "Images waiting in the batcher", ["model"], registry=r,
             multiprocess_mode="livesum")
+        self.batch_size_limit = Gauge(
+            "batch_size_limit", "The latency target's cap on a batch's size", ["model"],
+            registry=r, multiprocess_mode="max")
+        self.inflight_limit = Gauge(
+            "batch_inflight_limit", "The latency target's cap on passes in flight", ["model"],
+            registry=r, multiprocess_mode="max")
         self.dispatch = Counter(
             "batch_dispatch", "Batches sent, by reason (full, timeout, idle)", ["model", "reason"],
             registry=r)
@@ -71,6 +78,12 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "model_info", "The served model", ["model", "version", "backend", "device", "precision"],
             registry=r, multiprocess_mode="liveall")
+        self.grpc_requests = Counter(
+            "grpc_requests", "Calls answered over gRPC (protocol grpc), by method and status",
+            ["method", "code"], registry=r)
+        self.grpc_latency = Histogram(
+            "grpc_request_duration_seconds", "From a gRPC call's arrival to its answer, by method",
+            ["method"], buckets=_LATENCY_BUCKETS, registry=r)
         self.gc_pause = Histogram(
             "gc_pause_seconds", "Garbage collections of the serving process (the GIL is held "
             "throughout), by generation", ["generation"], buckets=_GC_BUCKETS, registry=r)
@@ -190,6 +203,11 @@ class ModelMetrics:
 
     def on_queue_depth(self, depth: int) -> None:
         self.metrics.queue_depth.labels(self.model).set(depth)
+
+    def on_latency_plan(self, max_batch_size: int, max_inflight: int) -> None:
+        """The latency target's caps, as the batcher chose them last."""
+        self.metrics.batch_size_limit.labels(self.model).set(max_batch_size)
+        self.metrics.inflight_limit.labels(self.model).set(max_inflight)
 
     def on_forward(self, size: int, protocols: str) -> None:
         """A forward pass of ``size`` images from ``protocols`` (``v1``, ``v2``, ``v1+v2``)."""

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to bind")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind")
     workers: int = Field(1, ge=1, le=64, description="Processes; more than 1 runs gunicorn")
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="Port of the Open Inference "
+                                  "Protocol over gRPC (KServe v2 / Triton, with health checking "
+                                  "and reflection), on --host; None: off. Every worker binds it "
+                                  "(SO_REUSEPORT) when there are several")
     model: Path = Field(DEFAULT_MODEL, description="Weights (.pt) or ONNX model; the demo model by default")
     models: list[str] = Field(
         default_factory=list, description="Several models, each [NAME=]PATH (a bare path is named "
@@ -67,6 +71,10 @@ class Settings(BaseSettings):
                                "waits for more images while another batch runs")
     max_queue: int = Field(256, ge=0, description="images waiting for the model; 0: none wait, "
                            "requests past what the running batches hold are refused (503)")
+    latency_target_ms: float | None = Field(
+        None, gt=0.0, le=60_000.0, description="A frame's predicted time in the batcher (queue "
+        "+ its batch's pass) to stay under: batches and passes in flight capped by a per-size cost "
+        "model when they must be; None: off (batches sized for throughput)")
     max_concurrent_batches: int | None = Field(
         None, ge=1, le=256, description="forward passes in flight at once; None: one per core "
         "for ONNX Runtime on a CPU (single-threaded passes), else 1")

@@ -205,8 +205,11 @@ class StreamInfo(_Model):
     id: str = Field(pattern=STREAM_ID_PATTERN, description="The stream's id.")
     seq: int = Field(description="The frame's number in its stream.")
     stream_started: bool = Field(
-        description="True when this frame started the stream in this process (its first frame, "
-                    "or the first one after the stream expired, was deleted or the process restarted).")
+        description="True when this frame started the stream (its first frame, or the first one "
+                    "after the stream expired or was deleted, or after its process restarted with "
+                    "no saved state to resume it from).")
+    timestamp_ms: float | None = Field(
+        None, description="The frame's timestamp_ms as sent (the stream's own clock), if any.")
 
 
 class StreamResult(DetectionResult):

@@ -106,6 +106,8 @@ class Inferencer:
             # rect letterboxes differ in shape: a batch holds one shape (one forward pass)
             group_key=_shape if engine.meta.letterbox == "rect" else None,
             device=device,
+            latency_target=(None if settings.latency_target_ms is None
+                            else settings.latency_target_ms / 1000),
         )
         self._cache = self._result_cache(settings, store)
         self.monitor = monitor_from_settings(settings, engine.meta)

@@ -46,6 +46,8 @@ class RawRunner:
             observer=self.observer,
             name=f"inference-{self.name}",
             device=device,
+            latency_target=(None if settings.latency_target_ms is None
+                            else settings.latency_target_ms / 1000),
         )
 
     async def start(self) -> None:

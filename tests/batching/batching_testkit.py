@@ -91,6 +91,7 @@ class RecordingObserver:
     batches: list[BatchEvent] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     depths: list[int] = field(default_factory=list)
+    plans: list[tuple[int, int]] = field(default_factory=list)
 
     def on_batch(
         self,
@@ -107,6 +108,9 @@ class RecordingObserver:
 
     def on_queue_depth(self, depth: int) -> None:
         self.depths.append(depth)
+
+    def on_latency_plan(self, max_batch_size: int, max_inflight: int) -> None:
+        self.plans.append((max_batch_size, max_inflight))
 
 
 async def yield_loop(times: int = 5) -> None:

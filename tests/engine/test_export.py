@@ -66,3 +66,30 @@ def test_openvino_int8_export_cli_writes_an_ir_the_service_finds(demo_pt: Path,
     assert "boxes agree" in result.output and "yoloserve evaluate" in result.output
     engine = Engine.load(tmp_path / "m.pt", device="cpu", precision="int8")
     assert (engine.meta.backend, engine.meta.precision, engine.meta.path) == ("openvino", "int8", xml)
+
+
+@pytest.mark.parametrize("stem", ["demo-seg", "demo-pose", "demo-obb", "demo-cls"])
+def test_every_task_exports_to_onnx_openvino_and_triton(stem: str, tmp_path: Path) -> None:
+    """Each task's weights through each export format: the ONNX copy follows the weights image
+    by image (the classifier: the same top 5), the IR and the Triton entry keep the task."""
+    import yaml
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    weights = tmp_path / f"{stem}.pt"
+    shutil.copyfile(models / f"{stem}.pt", weights)
+    onnx_out = tmp_path / "onnx" / f"{stem}.onnx"
+    checked = CliRunner().invoke(main, ["export", "--model", str(weights), "--out", str(onnx_out),
+                                        "--check-images", "6"])
+    assert checked.exit_code == 0, checked.output
+    fp32 = next(line for line in checked.output.splitlines() if "| fp32 |" in line)
+    assert "100.0%" in fp32, checked.output
+    ir = CliRunner().invoke(main, ["export", "--model", str(weights), "--format", "openvino",
+                                   "--out", str(tmp_path / "ir"), "--check-images", "4"])
+    assert ir.exit_code == 0, ir.output
+    meta = yaml.safe_load((tmp_path / "ir" / "metadata.yaml").read_text())
+    assert meta["task"] == stem.replace("demo-", "").replace("seg", "segment").replace(
+        "cls", "classify")
+    triton = CliRunner().invoke(main, ["export", "--model", str(weights), "--format", "triton",
+                                       "--out", str(tmp_path / "triton")])
+    assert triton.exit_code == 0, triton.output
+    assert f"'task': '{meta['task']}'" in (tmp_path / "triton" / stem / "config.pbtxt").read_text()

@@ -51,7 +51,7 @@ async def test_frames_in_seq_order_and_a_stale_seq_is_409(client: httpx.AsyncCli
     first = await post(client, "order", 5, frames[0])
     assert first.status_code == 200, first.text
     body = first.json()
-    assert body["stream"] == {"id": "order", "seq": 5, "stream_started": True}
+    assert body["stream"] == {"id": "order", "seq": 5, "stream_started": True, "timestamp_ms": None}
     assert body["detection_count"] == len(body["detections"]) > 0
     assert all("track_id" in d for d in body["detections"])
     assert {d["track_id"] for d in body["detections"] if d["confidence"] >= 0.25} - {None}
@@ -60,7 +60,7 @@ async def test_frames_in_seq_order_and_a_stale_seq_is_409(client: httpx.AsyncCli
         assert r.status_code == 409 and r.json()["error"]["code"] == "stale_frame"
     gap = await post(client, "order", 9, frames[1])  # frames 6-8 never came: time passed
     assert gap.status_code == 200 and gap.json()["stream"] == {"id": "order", "seq": 9,
-                                                               "stream_started": False}
+                                                               "stream_started": False, "timestamp_ms": None}
     listed = (await client.get("/v1/streams")).json()["streams"]
     (entry,) = [s for s in listed if s["id"] == "order"]
     assert entry["frames"] == 2 and entry["tracks"] >= 1 and entry["last_seen"]
@@ -168,3 +168,14 @@ async def test_json_frame_fields_have_json_types(client: httpx.AsyncClient,
         assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", bad
     r = await client.post("/v1/streams/typed/frames", json={"frame": "not base64!", "seq": 1})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
+
+
+async def test_the_frames_timestamp_is_echoed(client: httpx.AsyncClient, frames: list[bytes]) -> None:
+    r = await post(client, "stamped", 0, frames[0], timestamp_ms="1733400000123.5")
+    assert r.status_code == 200, r.text
+    assert r.json()["stream"]["timestamp_ms"] == 1733400000123.5
+    r = await client.post("/v1/streams/stamped/frames", json={
+        "frame": base64.b64encode(frames[1]).decode(), "seq": 1, "timestamp_ms": 1733400000156.8})
+    assert r.status_code == 200, r.text
+    assert r.json()["stream"]["timestamp_ms"] == 1733400000156.8
+    assert (await client.delete("/v1/streams/stamped")).status_code == 204

@@ -59,9 +59,9 @@ async def test_websocket_a_bad_frame_is_answered_in_its_place(service: ServicePr
         for data in (frames[0], b"not an image", frames[1]):
             await ws.send(data)
         answers = [orjson.loads(await asyncio.wait_for(ws.recv(), 30)) for _ in range(3)]
-    assert answers[0]["stream"] == {"id": "ws-mixed", "seq": 1, "stream_started": True}
+    assert answers[0]["stream"] == {"id": "ws-mixed", "seq": 1, "stream_started": True, "timestamp_ms": None}
     assert answers[1]["error"]["code"] == "invalid_image"
-    assert answers[2]["stream"] == {"id": "ws-mixed", "seq": 3, "stream_started": False}
+    assert answers[2]["stream"] == {"id": "ws-mixed", "seq": 3, "stream_started": False, "timestamp_ms": None}
 
 
 async def test_websocket_bad_parameters_are_answered_and_closed(service: ServiceProcess) -> None:
@@ -88,5 +88,6 @@ async def test_a_stream_starts_again_after_its_process_restarts(frames: list[byt
     with ServiceProcess(*ARGS, port=first.port) as second:
         resumed = send(second, 3)  # the frame after the last: no error, a new stream
         assert resumed.status_code == 200, resumed.text
-        assert resumed.json()["stream"] == {"id": "cam-7", "seq": 3, "stream_started": True}
+        assert resumed.json()["stream"] == {"id": "cam-7", "seq": 3, "stream_started": True,
+                                            "timestamp_ms": None}
         assert send(second, 4).json()["stream"]["stream_started"] is False

@@ -58,10 +58,10 @@ class _Feed:
             raise ValidationFailed("the parameters message must be a JSON object")
         return stream_params({}, given, self.inferencer.classes, strict=True)
 
-    def frame(self, data: bytes) -> Pending:
+    async def frame(self, data: bytes) -> Pending:
         """Start one frame, numbered after the stream's last one (a frame that fails keeps its
         number, which then counts as a gap)."""
-        self.seq = self.streams.next_seq(self.stream_id) if self.seq is None else self.seq + 1
+        self.seq = await self.streams.next_seq(self.stream_id) if self.seq is None else self.seq + 1
         if len(data) > self.state.settings.max_body_bytes:
             err = PayloadTooLarge(f"the frame is over {self.state.settings.max_body_bytes} bytes")
             return asyncio.ensure_future(_raise(err))
@@ -87,7 +87,7 @@ class _Feed:
                 self.params = self.parameters(text)
             elif data is not None:
                 await self.window.acquire()  # while the window is full, the next frame waits
-                self.pending.put_nowait(self.frame(data))
+                self.pending.put_nowait(await self.frame(data))
             first = False
 
     async def send(self) -> None:

@@ -17,4 +17,5 @@ def stream_result(frame: TrackedFrame) -> StreamResult:
         image_name=r.name,
         image_dimensions=ImageDimensions(width=r.detections.width, height=r.detections.height),
         detections=found, detection_count=len(found), processing_metadata=render.metadata(r),
-        stream=StreamInfo(id=frame.stream_id, seq=frame.seq, stream_started=frame.started))
+        stream=StreamInfo(id=frame.stream_id, seq=frame.seq, stream_started=frame.started,
+                          timestamp_ms=frame.timestamp_ms))

@@ -62,16 +62,16 @@ async def post_frame(request: Request, stream_id: StreamId, inferencer: Inferenc
     frame = await read_frame(request, state.settings, query.values, inferencer.classes, stream_id)
     tracked = await process_frame(
         streams, inferencer, state.metrics, stream_id, frame.upload.data, frame.upload.name,
-        frame.seq, frame.params.detect, frame.params.tracker, deadline)
+        frame.seq, frame.params.detect, frame.params.tracker, deadline, frame.timestamp_ms)
     request.scope["state"]["log"].update(stream=stream_id, seq=frame.seq,
                                          detections=len(tracked.track_ids))
     return _json(stream_result(tracked).model_dump(mode="json"))
 
 
 @router.get("/streams", response_model=StreamList, responses=_responses(401, 429, 503),
-            summary="The video streams this instance holds")
+            summary="The video streams this instance holds (every worker's)")
 async def list_streams(streams: StreamsDep, _auth: AuthDep) -> Response:
-    listed = StreamList(streams=streams.summaries())
+    listed = StreamList(streams=await streams.summaries())
     return _json(listed.model_dump(mode="json"))
 
 
@@ -80,7 +80,7 @@ async def list_streams(streams: StreamsDep, _auth: AuthDep) -> Response:
                           **_responses(401, 404, 422, 429, 503)},
                summary="End a stream and forget its tracks")
 async def delete_stream(stream_id: StreamId, streams: StreamsDep, _auth: AuthDep) -> Response:
-    streams.remove(stream_id)
+    await streams.remove(stream_id)
     return Response(status_code=204)
 
 

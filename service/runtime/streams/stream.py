@@ -19,20 +19,32 @@ __all__ = ["Stream"]
 
 
 class Stream:
-    def __init__(self, stream_id: str, tracker: Tracker) -> None:
+    def __init__(self, stream_id: str, tracker: Tracker, *, last_seq: int | None = None,
+                 frames: int = 0, saved: bytes = b"") -> None:
         self.id = stream_id
         self.tracker = tracker
-        self.last_seq: int | None = None  # the last frame tracked
-        self.frames = 0  # frames tracked
-        self.tracks = 0  # confirmed tracks in the last frame
+        self.last_seq = last_seq  # the last frame tracked
+        self.frames = frames  # frames tracked (here and, resumed, where it was before)
+        self.tracks = tracker.alive()  # confirmed tracks in the last frame
+        self.saved = saved  # the state saved after the last frame (b"": none yet)
         self.last_seen = time.monotonic()
         self.last_seen_at = datetime.now(UTC)
         self._in_flight: set[int] = set()
         self._left = asyncio.Event()  # set, and replaced, whenever a frame leaves
 
     @property
+    def needs_image(self) -> bool:
+        """Whether its tracker reads the frame's pixels (BoT-SORT's motion compensation)."""
+        s = self.tracker.settings
+        return s.tracker == "botsort" and s.gmc_method != "none"
+
+    @property
     def busy(self) -> bool:
         return bool(self._in_flight)
+
+    @property
+    def in_flight(self) -> frozenset[int]:
+        return frozenset(self._in_flight)
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()

@@ -4,12 +4,23 @@ The trackers read, of the detections they are given, what Ultralytics' ``Boxes``
 ``.cpu().numpy()``: ``conf``, ``cls``, ``xywh``, ``xyxy``, ``len`` and boolean indexing. ``_Boxes`` is
 that, over float32 arrays as Ultralytics holds them. The answer follows ``model.track()``: a detection
 matched to a confirmed track gets the track's id and the track's (Kalman-filtered) box.
+
+Time: ``track_buffer`` counts frames at the trackers' nominal 30 frames/s, so a lost track is
+kept ``track_buffer / 30`` seconds; the stream's own clock (:mod:`.clock`, from ``timestamp_ms``)
+turns that into frames at the stream's rate, and its gaps into frames with nothing seen.
+
+State: :meth:`Tracker.export` gives what the tracker knows (tracks with their Kalman state, the
+frame counter, the next id, the clock) as plain arrays and numbers, and :meth:`Tracker.restore`
+builds a tracker that goes on from it exactly (BoT-SORT's camera-motion compensation, whose state
+is the previous frame's image, starts again from the next frame).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import sys
+from collections import deque
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -17,7 +28,9 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["TrackedBox", "Tracker", "TrackerSettings", "preload"]
+from service.runtime.streams.clock import NOMINAL_FPS, StreamClock
+
+__all__ = ["TRACK_RECORD", "TrackedBox", "Tracker", "TrackerSettings", "TrackerState", "preload"]
 
 TrackerKind = Literal["bytetrack", "botsort"]
 Floats = NDArray[np.float32]
@@ -94,6 +107,29 @@ class TrackedBox:
     box: tuple[float, float, float, float]  # the track's box, x1 y1 x2 y2
 
 
+# One track, as saved: where it is (tracked, lost, removed: bits 0, 1, 2 of ``pools``), its
+# identity and counters, and its Kalman state (mean and covariance, float64 as the filter keeps them).
+TRACK_RECORD = np.dtype([
+    ("track_id", "<i8"), ("pools", "u1"), ("state", "u1"), ("activated", "u1"),
+    ("score", "<f4"), ("cls", "<f4"), ("idx", "<f8"), ("tracklet_len", "<i8"),
+    ("start_frame", "<i8"), ("frame_id", "<i8"), ("tlwh", "<f4", (4,)),
+    ("mean", "<f8", (8,)), ("covariance", "<f8", (8, 8)),
+])
+_TRACKED, _LOST, _REMOVED = 1, 2, 4
+
+
+@dataclass
+class TrackerState:
+    """What a tracker knows, as plain values: enough to go on exactly where it stopped."""
+
+    settings: TrackerSettings
+    frame_id: int
+    next_id: int
+    tracks: NDArray[np.void]  # TRACK_RECORD rows
+    clock_ms: float | None = None
+    intervals: list[float] = field(default_factory=list)
+
+
 class Tracker:
     """One stream's tracker. Not thread-safe: the stream calls it for one frame at a time."""
 
@@ -106,6 +142,8 @@ class Tracker:
         self.settings = settings
         self._impl: Any = (BOTSORT(args) if settings.tracker == "botsort"
                            else BYTETracker(args))  # type: ignore[no-untyped-call]
+        self._buffer = int(args.track_buffer)  # frames at the nominal rate
+        self.clock = StreamClock()
         self._empty = _Boxes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                              np.zeros(0, np.float32))
 
@@ -113,6 +151,21 @@ class Tracker:
     def lost_after(self) -> int:
         """Frames with no detection after which every track is gone."""
         return int(self._impl.max_frames_lost) + 1
+
+    @property
+    def lost_timeout_s(self) -> float:
+        """Seconds a lost track is kept (``track_buffer`` frames at the nominal rate)."""
+        return self._buffer / NOMINAL_FPS
+
+    def tick(self, timestamp_ms: float | None) -> int | None:
+        """The stream's clock reads the next frame's timestamp: the frames missing before it (None
+        without a timestamp, or when the clock cannot tell), and the lost-track timeout in frames
+        at the stream's own rate."""
+        if timestamp_ms is None:
+            return None
+        gap = self.clock.advance(timestamp_ms)
+        self._impl.max_frames_lost = max(1, round(self._buffer * self.clock.fps / NOMINAL_FPS))
+        return gap
 
     def update(self, boxes: NDArray[np.floating[Any]], scores: NDArray[np.floating[Any]],
                classes: NDArray[np.integer[Any]], image: NDArray[np.uint8] | None
@@ -135,3 +188,66 @@ class Tracker:
     def alive(self) -> int:
         """Confirmed tracks seen in the last frame."""
         return sum(1 for t in self._impl.tracked_stracks if t.is_activated)
+
+    # state ------------------------------------------------------------------------------------
+    def export(self) -> TrackerState:
+        """The tracker's state now (a removed track is kept only while a lost pool still holds it:
+        the trackers drop it from there one frame later, by its id)."""
+        impl = self._impl
+        pools: dict[int, tuple[Any, int]] = {}
+        for bit, tracks in ((_TRACKED, impl.tracked_stracks), (_LOST, impl.lost_stracks)):
+            for t in tracks:
+                _, seen = pools.get(id(t), (t, 0))
+                pools[id(t)] = (t, seen | bit)
+        removed = {id(t) for t in impl.removed_stracks}
+        rows = np.zeros(len(pools), TRACK_RECORD)
+        for row, (t, bits) in zip(rows, pools.values(), strict=True):
+            row["pools"] = bits | (_REMOVED if id(t) in removed else 0)
+            row["track_id"], row["state"], row["activated"] = t.track_id, t.state, t.is_activated
+            row["score"], row["cls"], row["idx"] = t.score, t.cls, t.idx
+            row["tracklet_len"], row["start_frame"] = t.tracklet_len, t.start_frame
+            row["frame_id"], row["tlwh"] = t.frame_id, t._tlwh
+            row["mean"], row["covariance"] = t.mean, t.covariance
+        _, (ids,), used = impl._ids.__reduce__()  # a range iterator: its range and position
+        return TrackerState(self.settings, int(impl.frame_id), int(ids.start + used * ids.step),
+                            rows, self.clock.last_ms, list(self.clock.intervals))
+
+    @classmethod
+    def restore(cls, state: TrackerState) -> Tracker:
+        """A tracker that goes on from ``state``."""
+        tracker = cls(state.settings)
+        impl = tracker._impl
+        impl.frame_id = state.frame_id
+        impl._ids = iter(range(state.next_id, sys.maxsize))
+        tracked: list[Any] = []
+        lost: list[Any] = []
+        removed: list[Any] = []
+        for row in state.tracks:
+            t = _track(impl, row)
+            bits = int(row["pools"])
+            for bit, pool in ((_TRACKED, tracked), (_LOST, lost), (_REMOVED, removed)):
+                if bits & bit:
+                    pool.append(t)
+        impl.tracked_stracks, impl.lost_stracks, impl.removed_stracks = tracked, lost, removed
+        tracker.clock = StreamClock(state.clock_ms, deque(state.intervals, maxlen=8))
+        if state.intervals:
+            impl.max_frames_lost = max(1, round(tracker._buffer * tracker.clock.fps / NOMINAL_FPS))
+        return tracker
+
+
+def _track(impl: Any, row: np.void) -> Any:
+    """One saved track as the tracker's own track object, bound to its Kalman filter and ids."""
+    from ultralytics.trackers.bot_sort import BOTSORT, BOTrack
+    from ultralytics.trackers.byte_tracker import STrack
+
+    bot = isinstance(impl, BOTSORT)
+    t: Any = BOTrack.__new__(BOTrack) if bot else STrack.__new__(STrack)
+    t.track_id, t.state, t.is_activated = int(row["track_id"]), int(row["state"]), bool(row["activated"])
+    t.score, t.cls, t.idx = np.float32(row["score"]), np.float32(row["cls"]), np.float64(row["idx"])
+    t.tracklet_len, t.start_frame = int(row["tracklet_len"]), int(row["start_frame"])
+    t.frame_id, t._tlwh = int(row["frame_id"]), np.array(row["tlwh"], np.float32)
+    t.mean, t.covariance = np.array(row["mean"]), np.array(row["covariance"])
+    t.kalman_filter, t.angle, t.next_id = impl.kalman_filter, None, impl._ids.__next__
+    if bot:
+        t.smooth_feat, t.curr_feat, t.alpha = None, None, 0.9
+    return t
