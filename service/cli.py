@@ -181,7 +181,7 @@ def _export_openvino(model: Path, precision: str, calibration: Path | None, imag
               default="detect", show_default=True, help="Which demo model")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("models"))
 @click.option("--hours", type=float, default=None,
-              help="Training time cap [0.72 for detect, 0.3 for segment, pose and obb, 0.2 for classify]")
+              help="Training time cap [0.72 for detect, 0.3 for segment, pose and obb, 0.15 for classify]")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
 def train_demo_command(task: str, out: Path, hours: float | None, workdir: Path | None) -> None:
     """Regenerate the synthetic data set and retrain a demo model (CPU)."""

@@ -4,7 +4,9 @@
 - ``pose``: each shape's box and four keypoints, its extreme points in the image's axes: top,
   right, bottom, left (``class cx cy w h x y v ...``; ``v`` 2 when inside the image, else 0);
 - ``obb``: each shape's minimum-area rotated rectangle, its four corners (``class x1 y1 ... x4 y4``);
-- ``classify``: one shape per image, in a folder per class (``split/class/n.jpg``).
+- ``classify``: one shape per image, cropped around it (its box and a margin of 30 % on every
+  side, within the image) so that the shape is what the picture shows, in a folder per class
+  (``split/class/n.jpg``).
 
 Images are those of :mod:`service.demo.synthetic` (a pure function of seed and index); the held-out
 split is another seed.
@@ -21,7 +23,7 @@ from numpy.typing import NDArray
 
 from service.demo.synthetic import CLASSES, Sample, make_sample, write_dataset, write_split
 
-__all__ = ["KEYPOINTS", "Task", "label_lines", "write_task_dataset"]
+__all__ = ["KEYPOINTS", "Task", "framed", "label_lines", "write_task_dataset"]
 
 Task = Literal["detect", "segment", "pose", "obb", "classify"]
 
@@ -68,6 +70,19 @@ def label_lines(sample: Sample, task: Task) -> list[str]:
     return lines
 
 
+def framed(sample: Sample, margin: float = 0.3) -> NDArray[np.uint8]:
+    """The sample's image cropped to its first shape's box, ``margin`` of the box's size added on
+    every side (within the image): a classifier's picture of that shape."""
+    h, w = sample.image.shape[:2]
+    if not sample.boxes:
+        return sample.image
+    _, x0, y0, x1, y1 = sample.boxes[0]
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    left, top = max(0, int(x0 - mx)), max(0, int(y0 - my))
+    right, bottom = min(w, int(x1 + mx) + 1), min(h, int(y1 + my) + 1)
+    return np.ascontiguousarray(sample.image[top:bottom, left:right])
+
+
 def _write_split(root: Path, split: str, seed: int, count: int, task: Task) -> None:
     if task == "classify":
         for i in range(count):
@@ -75,7 +90,7 @@ def _write_split(root: Path, split: str, seed: int, count: int, task: Task) -> N
             folder = root / split / CLASSES[cls]
             folder.mkdir(parents=True, exist_ok=True)
             sample = make_sample(seed, i, only=cls, shapes=1)
-            cv2.imwrite(str(folder / f"{i:05d}.jpg"), sample.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(str(folder / f"{i:05d}.jpg"), framed(sample), [cv2.IMWRITE_JPEG_QUALITY, 90])
         return
     write_split(root, split, seed, count, lambda sample: label_lines(sample, task))
 
