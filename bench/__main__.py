@@ -12,6 +12,7 @@ SCENARIOS = {
     "naive": ("bench.served", "alias of served (it runs the naive baseline too)"),
     "scaleout": ("bench.scaleout", "two processes behind the balancer vs one"),
     "lb": ("bench.lb_vs_nginx", "the balancer against nginx"),
+    "grpc": ("bench.grpc", "gRPC against HTTP; the balancer against nginx grpc_pass"),
     "soak": ("bench.soak", "20,000 requests through the balancer and two services"),
     "scalesim": ("bench.scalesim", "the balancer in front of 2 to 32 stand-in hosts"),
     "multihost": ("bench.multihost", "faults on three namespace hosts behind the balancer"),

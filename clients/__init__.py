@@ -8,10 +8,17 @@
         await client.wait_until_ready(timeout=60)
         result = await client.detect("photo.jpg", conf=0.3)
 
-Imports nothing heavy: numpy and Pillow are loaded only when a numpy array is passed.
+Over gRPC (the Open Inference Protocol on the service's ``--grpc-port``), the same calls and errors::
+
+    async with AsyncGrpcDetectionClient("grpc://127.0.0.1:8001", model="demo") as client:
+        result = await client.detect("photo.jpg", conf=0.3)
+
+Imports nothing heavy: numpy and Pillow are loaded only when a numpy array is passed; grpcio and
+protobuf (``pip install 'yoloserve[grpc]'``) only when a gRPC client is made.
 """
 
 from clients._client import AsyncDetectionClient, ClientOptions, DetectOptions
+from clients._grpc import AsyncGrpcDetectionClient
 from clients._images import ImageInput
 from clients._many import ItemError, ItemResult, Progress
 from clients._retry import Backoff, RetryBudget, parse_retry_after
@@ -31,6 +38,7 @@ from clients.errors import (
 
 __all__ = [
     "AsyncDetectionClient",
+    "AsyncGrpcDetectionClient",
     "Backoff",
     "ClientError",
     "ClientOptions",

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import time
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterable,
     Awaitable,
     Callable,
-    Iterable,
     Mapping,
     Sequence,
 )
-from contextlib import aclosing
-from types import TracebackType
-from typing import Literal, Self, TypedDict, TypeVar, Unpack
+from typing import TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from clients._base import BaseClient, DetectOptions, MaskFormat
 from clients._http import RequestSpec, Sender, parse_answer
 from clients._images import ArrayFormat, EncodedImage, ImageInput, encode_image
-from clients._many import ItemError, ItemResult, Progress, bounded_map
 from clients._retry import Backoff, RetryBudget, RetryPolicy
 from clients._track import (
     FrameSource,
@@ -37,8 +32,6 @@ from clients._track import (
 )
 from clients.errors import (
     ClientError,
-    DeadlineExceeded,
-    InvalidRequest,
     ProtocolError,
     error_from_detail,
     error_from_response,
@@ -83,26 +76,7 @@ class ClientOptions(TypedDict, total=False):
     clock: Callable[[], float]
 
 
-MaskFormat = Literal["polygons", "rle", "none"]
-
-
-class DetectOptions(TypedDict, total=False):
-    """The detection parameters ``detect_many`` passes on to each ``detect``."""
-
-    conf: float | None
-    iou: float | None
-    max_det: int | None
-    classes: Sequence[int | str] | None
-    model: str | None
-    timeout: float | None
-
-
-class _State(enum.Enum):
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class AsyncDetectionClient:
+class AsyncDetectionClient(BaseClient):
     """An async client of the yoloserve HTTP API.
 
     ``timeout`` is each call's deadline, all its tries and waits included; ``attempt_timeout``
@@ -174,7 +148,6 @@ class AsyncDetectionClient:
             connect_timeout=connect_timeout,
             attempt_timeout=attempt_timeout,
         )
-        self._state = _State.OPEN
 
     @property
     def base_url(self) -> str:
@@ -183,35 +156,8 @@ class AsyncDetectionClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r}, {self._state.value})"
 
-    @property
-    def retry_budget(self) -> RetryBudget:
-        """The token bucket shared by this client's calls."""
-        return self.policy.budget
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool; idempotent. Calls after this raise ``RuntimeError``."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
+    async def _close(self) -> None:
         await self._http.aclose()
-
-    def _check_open(self) -> None:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("the client is closed")
 
     # -- detection ---------------------------------------------------------------------------
 
@@ -305,44 +251,6 @@ class AsyncDetectionClient:
             for item in batch.results
         ]
 
-    async def detect_many(
-        self,
-        items: Iterable[ImageInput] | AsyncIterable[ImageInput],
-        *,
-        concurrency: int = 16,
-        ordered: bool = False,
-        on_progress: Callable[[Progress], None] | None = None,
-        **options: Unpack[DetectOptions],
-    ) -> AsyncGenerator[ItemResult | ItemError, None]:
-        """Detect in each image of a (possibly endless, possibly async) stream, a window at a time.
-
-        At most ``concurrency`` images are read, sent or awaited at once.
-
-        Yields an :class:`ItemResult` or an :class:`ItemError` per input, as they finish (or in
-        input order when ``ordered``). Read lazily; stop early with ``contextlib.aclosing``.
-        """
-        self._check_open()
-        clock = self.policy.clock
-        started = clock()
-        completed = failed = 0
-
-        async def one(index: int, image: ImageInput) -> ItemResult | ItemError:
-            begin = clock()
-            try:
-                result = await self.detect(image, **options)
-            except ClientError as exc:
-                return ItemError(index, image, exc, clock() - begin)
-            return ItemResult(index, image, result, clock() - begin)
-
-        window = bounded_map(items, one, concurrency=concurrency, ordered=ordered)
-        async with aclosing(window):  # closing this generator closes the window at once
-            async for outcome in window:
-                completed += 1
-                failed += not outcome.ok
-                if on_progress is not None:
-                    on_progress(Progress(completed, failed, clock() - started))
-                yield outcome
-
     def track(
         self,
         stream_id: str,
@@ -423,33 +331,6 @@ class AsyncDetectionClient:
         if response.is_success:
             raise ProtocolError("the readiness answer is not a health body", status=200)
         raise error_from_response(response, request_id=None)
-
-    async def wait_until_ready(self, timeout: float = 60.0) -> HealthResponse:  # noqa: ASYNC109
-        """Poll the readiness probe until the service says "ready"; raise after ``timeout`` s.
-
-        Connection errors and 503s mean "not yet"; other errors (a 401, a 404) are raised at once.
-        """
-        clock, policy = self.policy.clock, self.policy
-        deadline = clock() + timeout
-        delay = 0.05
-        last: str = "no answer yet"
-        while True:
-            remaining = deadline - clock()
-            try:
-                health = await self.health(timeout=max(0.001, min(self.timeout, remaining)))
-            except InvalidRequest:
-                raise
-            except ClientError as exc:
-                last = str(exc)
-            else:
-                if health.status == "ready":
-                    return health
-                last = f"status {health.status!r}"
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"not ready after {timeout:g}s: {last}", code="not_ready")
-            await policy.sleep(min(delay * (0.5 + policy.jitter() / 2), remaining))
-            delay = min(delay * 2, 1.0)
 
     # -- helpers -----------------------------------------------------------------------------
 

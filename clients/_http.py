@@ -11,9 +11,8 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from clients._retry import RetryPolicy, parse_retry_after
+from clients._retry import RetryPolicy, Try, parse_retry_after
 from clients.errors import (
-    ClientError,
     DeadlineExceeded,
     ProtocolError,
     error_from_response,
@@ -43,12 +42,6 @@ class RequestSpec:
     data: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
-    request_id: str
-    deadline: float
-
-
 class Sender:
     """Sends a :class:`RequestSpec` with retries; answers only with a 2xx response or raises."""
 
@@ -67,39 +60,17 @@ class Sender:
 
     async def send(self, spec: RequestSpec, *, deadline_s: float) -> httpx.Response:
         """Send ``spec``, retrying what may be retried, all within ``deadline_s`` seconds."""
-        call = _Call(new_request_id(), self._policy.clock() + deadline_s)
-        response: httpx.Response | None = None
-        async for attempt in self._policy.retrying(call.deadline):
-            with attempt:
-                response = await self._try(spec, call, attempt.retry_state.attempt_number)
-        assert response is not None  # the loop ends with an answer or raises
-        return response
+        return await self._policy.run(new_request_id(), deadline_s,
+                                      lambda attempt: self._send_once(spec, attempt))
 
-    async def _try(self, spec: RequestSpec, call: _Call, number: int) -> httpx.Response:
-        remaining = call.deadline - self._policy.clock()
-        if remaining <= 0:
-            raise DeadlineExceeded(
-                f"deadline passed before try {number}", request_id=call.request_id
-            )
-        try:
-            response = await self._send_once(spec, call, number, remaining)
-        except ClientError as exc:
-            exc.attempt = number
-            if exc.retryable:
-                self._policy.budget.record_failure()
-            raise
-        self._policy.budget.record_success()
-        return response
-
-    async def _send_once(
-        self, spec: RequestSpec, call: _Call, number: int, remaining: float
-    ) -> httpx.Response:
+    async def _send_once(self, spec: RequestSpec, attempt: Try) -> httpx.Response:
+        remaining, request_id = attempt.remaining, attempt.request_id
         limit = remaining
         if self._attempt_timeout is not None:
             limit = min(remaining, self._attempt_timeout)
         headers = {
-            REQUEST_ID_HEADER: call.request_id,
-            ATTEMPT_HEADER: str(number),
+            REQUEST_ID_HEADER: request_id,
+            ATTEMPT_HEADER: str(attempt.number),
             TIMEOUT_HEADER: str(max(1, int(limit * 1000))),
         }
         request = self._http.build_request(
@@ -114,18 +85,18 @@ class Sender:
             async with asyncio.timeout(limit):
                 response = await self._http.send(request)
         except httpx.HTTPError as exc:
-            raise error_from_transport(exc, request_id=call.request_id) from exc
+            raise error_from_transport(exc, request_id=request_id) from exc
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"no answer within {limit:.3f}s",
                 code="timeout" if limit < remaining else "deadline_exceeded",
-                request_id=call.request_id,
+                request_id=request_id,
                 retryable=limit < remaining,
             ) from exc
         if response.is_success:
             return response
         retry_after = parse_retry_after(response.headers.get(RETRY_AFTER), now=time.time())
-        raise error_from_response(response, request_id=call.request_id, retry_after=retry_after)
+        raise error_from_response(response, request_id=request_id, retry_after=retry_after)
 
 
 def parse_answer(model: type[M], response: httpx.Response) -> M:

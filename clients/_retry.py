@@ -17,12 +17,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from clients.errors import ClientError
+from clients.errors import ClientError, DeadlineExceeded
 
-__all__ = ["Backoff", "RetryBudget", "RetryPolicy", "parse_retry_after"]
+__all__ = ["Backoff", "RetryBudget", "RetryPolicy", "Try", "parse_retry_after"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("clients")
 
@@ -125,6 +128,16 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Try:
+    """One try of a call: the call's request id, the try's number (1-based) and the seconds left
+    of the call's deadline when it starts."""
+
+    request_id: str
+    number: int
+    remaining: float
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How one client retries its calls; :meth:`retrying` makes the loop for one call."""
 
@@ -160,6 +173,30 @@ class RetryPolicy:
             before_sleep=_log_retry,
             reraise=True,
         )
+
+    async def run(self, request_id: str, deadline_s: float,
+                  once: Callable[[Try], Awaitable[T]]) -> T:
+        """One call, whatever its transport (HTTP, gRPC): ``once`` per try until one answers, a
+        failure is not retryable or the retries stop; the budget is told of every outcome."""
+        deadline = self.clock() + deadline_s
+        answered: list[T] = []
+        async for attempt in self.retrying(deadline):
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"deadline passed before try {number}",
+                                           request_id=request_id)
+                try:
+                    answer = await once(Try(request_id, number, remaining))
+                except ClientError as exc:
+                    exc.attempt = number
+                    if exc.retryable:
+                        self.budget.record_failure()
+                    raise
+                self.budget.record_success()
+                answered.append(answer)
+        return answered[-1]  # the loop ends with an answer or raises
 
     def _wait(self, state: RetryCallState) -> float:
         delay = self.backoff.delay(state.attempt_number, self.jitter())

@@ -1,4 +1,5 @@
-"""The client's exceptions, and the one place where HTTP answers and httpx errors become them.
+"""The client's exceptions, and the one place where HTTP answers, httpx errors and gRPC statuses
+become them.
 
 ::
 
@@ -17,16 +18,23 @@
 
 Whether one error is retried is its ``retryable`` attribute, set where it is made; the retry loop
 reads only that.
+
+Over gRPC the same classes are raised: a status and its ``yoloserve-error-code`` trailer name the
+row of the error table (``wire.grpc_status.row_of``), and ``status`` is that row's HTTP status, as
+if the call had been made over HTTP; ``UNAVAILABLE`` with no row (no connection) is a
+:class:`ConnectError`, the call's own ``DEADLINE_EXCEEDED`` a :class:`DeadlineExceeded`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 import httpx
 from pydantic import ValidationError
 
 from wire.errors import status_of
+from wire.grpc_status import ERROR_CODE_TRAILER, PUSHBACK_TRAILER, GrpcStatus, row_of
 from wire.headers import REQUEST_ID
 from wire.schemas import ErrorBody, ErrorDetail
 
@@ -41,6 +49,7 @@ __all__ = [
     "ServerError",
     "Unauthorized",
     "error_from_detail",
+    "error_from_grpc",
     "error_from_response",
     "error_from_transport",
 ]
@@ -206,3 +215,35 @@ def error_from_transport(
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL | httpx.LocalProtocolError):
         return InvalidRequest(detail, code="invalid_url", request_id=request_id)
     return ProtocolError(detail, request_id=request_id)
+
+
+def error_from_grpc(
+    status: int, details: str | None, trailers: Mapping[str, str], *, request_id: str | None,
+    timer_retryable: bool = False,
+) -> ClientError:
+    """A gRPC call's failure as a :class:`ClientError` (raise it ``from`` grpcio's error).
+
+    ``timer_retryable``: a ``DEADLINE_EXCEEDED`` of the client's own timer was a try's timeout
+    with time left for another try, not the call's deadline."""
+    code = trailers.get(ERROR_CODE_TRAILER)
+    message = (details or "").strip()[:_MAX_MESSAGE] or GrpcStatus(status).name
+    rid = trailers.get(REQUEST_ID) or request_id
+    if code is None:
+        if status in (GrpcStatus.UNAVAILABLE, GrpcStatus.CANCELLED):
+            return ConnectError(message, code="unavailable", request_id=rid, retryable=True)
+        if status == GrpcStatus.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(message, code="timeout" if timer_retryable else None,
+                                    request_id=rid, retryable=timer_retryable)
+        if status == GrpcStatus.RESOURCE_EXHAUSTED and "larger than max" in message:
+            return InvalidRequest(message, status=413, code="payload_too_large", request_id=rid)
+    row = row_of(status, code)
+    retry_after: float | None = None
+    pushback = trailers.get(PUSHBACK_TRAILER)
+    if pushback is not None:
+        try:
+            retry_after = max(0.0, int(pushback) / 1000)
+        except ValueError:
+            retry_after = None
+    return _class_for_status(row.status)(
+        message, status=row.status, code=row.code, request_id=rid,
+        retryable=row.status in RETRYABLE_STATUSES, retry_after=retry_after)

@@ -1,0 +1,135 @@
+"""The gRPC client's parts that need no server: its protocol messages against the service's generated
+ones, image sizes read from headers, gRPC statuses mapped to the client's errors, and the light
+install (``import clients`` loads neither grpcio nor protobuf)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from clients._imagesize import image_size
+from clients.errors import (
+    ConnectError,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    ServerError,
+    error_from_grpc,
+)
+
+pytest.importorskip("grpc")
+
+
+def test_declared_messages_match_the_published_protocol() -> None:
+    from clients._oip_messages import MESSAGES
+    from service.api.grpc.proto import grpc_service_pb2, model_config_pb2
+
+    for name, cls in MESSAGES.items():
+        outer, _, inner = name.partition(".")
+        module = model_config_pb2 if outer in ("ModelConfig", "ModelParameter") else grpc_service_pb2
+        theirs = getattr(module, outer).DESCRIPTOR
+        if inner:
+            theirs = theirs.nested_types_by_name[inner]
+        for field in cls.DESCRIPTOR.fields:
+            published = theirs.fields_by_name[field.name]
+            assert (field.number, field.type, field.label) == (
+                published.number, published.type, published.label), f"{name}.{field.name}"
+            if field.message_type is not None:
+                assert field.message_type.name == published.message_type.name
+
+
+def test_a_request_reads_back_in_the_services_modules() -> None:
+    from clients._oip import infer_request
+    from clients._oip_messages import MESSAGES
+    from service.api.grpc.proto import grpc_service_pb2 as pb
+    from service.api.grpc.tensors import decode_request
+
+    request = infer_request(MESSAGES, "demo", [b"one", b"three"], conf=0.3, iou=None, max_det=7,
+                            classes=[0, "circle"], request_id="r1")
+    decoded = decode_request(pb.ModelInferRequest.FromString(request.SerializeToString()))
+    assert decoded.inputs == {"IMAGE": [b"one", b"three"]}
+    assert decoded.parameters == {"conf": 0.3, "max_det": 7, "classes": "0,circle"}
+    assert decoded.id == "r1"
+
+
+def _encoded(fmt: str, size: tuple[int, int], orientation: int | None = None) -> bytes:
+    out = io.BytesIO()
+    picture = Image.new("RGB", size)
+    kwargs = {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kwargs["exif"] = exif.tobytes()
+    picture.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_image_size_from_the_header(fmt: str) -> None:
+    assert image_size(_encoded(fmt, (123, 45))) == (123, 45)
+
+
+@pytest.mark.parametrize(("orientation", "size"), [(1, (64, 40)), (3, (64, 40)), (6, (40, 64)),
+                                                    (8, (40, 64))])
+def test_image_size_follows_exif_orientation(orientation: int, size: tuple[int, int]) -> None:
+    assert image_size(_encoded("JPEG", (64, 40), orientation)) == size
+
+
+def test_image_size_of_garbage_is_unknown() -> None:
+    assert image_size(b"not an image") is None
+    assert image_size(b"\xff\xd8\xff") is None
+
+
+UNAVAILABLE, DEADLINE, NOT_FOUND, EXHAUSTED, INVALID, INTERNAL = 14, 4, 5, 8, 3, 13
+
+
+@pytest.mark.parametrize(("status", "trailers", "cls", "code", "http", "retryable"), [
+    (NOT_FOUND, {"yoloserve-error-code": "model_not_found"}, InvalidRequest, "model_not_found",
+     404, False),
+    (INVALID, {"yoloserve-error-code": "invalid_image"}, InvalidRequest, "invalid_image", 400, False),
+    (EXHAUSTED, {"yoloserve-error-code": "overloaded", "grpc-retry-pushback-ms": "1500"},
+     Overloaded, "overloaded", 503, True),
+    (UNAVAILABLE, {"yoloserve-error-code": "draining"}, Overloaded, "draining", 503, True),
+    (UNAVAILABLE, {"yoloserve-error-code": "no_healthy_backend"}, ServerError,
+     "no_healthy_backend", 502, True),
+    (UNAVAILABLE, {}, ConnectError, "unavailable", None, True),
+    (DEADLINE, {"yoloserve-error-code": "deadline_exceeded"}, DeadlineExceeded,
+     "deadline_exceeded", 504, True),
+    (DEADLINE, {}, DeadlineExceeded, "deadline_exceeded", None, False),
+    (INTERNAL, {}, ServerError, "internal_error", 500, False),
+    (NOT_FOUND, {}, InvalidRequest, "not_found", 404, False),  # a foreign server's status
+])
+def test_grpc_statuses_map_to_the_http_clients_errors(
+        status: int, trailers: dict[str, str], cls: type, code: str, http: int | None,
+        retryable: bool) -> None:
+    error = error_from_grpc(status, "why", {**trailers, "x-request-id": "srv"}, request_id="mine")
+    assert type(error) is cls
+    assert (error.code, error.status, error.retryable, error.request_id) == (
+        code, http, retryable, "srv")
+    if "grpc-retry-pushback-ms" in trailers:
+        assert error.retry_after == 1.5
+
+
+def test_a_tries_own_timeout_with_time_left_is_retried() -> None:
+    error = error_from_grpc(DEADLINE, "", {}, request_id="r", timer_retryable=True)
+    assert isinstance(error, DeadlineExceeded) and error.retryable and error.code == "timeout"
+
+
+def test_the_light_install_imports_no_grpc() -> None:
+    code = ("import sys, clients; bad = [m for m in ('grpc', 'google.protobuf') if m in sys.modules];"
+            " assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_without_grpcio_the_client_says_what_to_install() -> None:
+    code = ("import sys; sys.modules['grpc'] = None\n"
+            "from clients import AsyncGrpcDetectionClient\n"
+            "try:\n    AsyncGrpcDetectionClient('127.0.0.1:1')\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True,
+                         text=True).stdout
+    assert "pip install 'yoloserve[grpc]'" in out
