@@ -254,8 +254,12 @@ def test_the_balancer_follows_the_headless_service(manifests: Objects, serve_set
     assert headless["spec"]["clusterIP"] == "None"
     assert selects({"matchLabels": headless["spec"]["selector"]}, labels_of(detector))
     assert not selects({"matchLabels": headless["spec"]["selector"]}, labels_of(balancer))
-    [port] = headless["spec"]["ports"]
+    ports = {p["name"]: p for p in headless["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}  # the HTTP API, and the Open Inference Protocol over gRPC
+    port = ports["http"]
     assert port_number(container(detector), port["targetPort"]) == serve_settings.port == port["port"]
+    assert port_number(container(detector), ports["grpc"]["targetPort"]) == serve_settings.grpc_port \
+        == ports["grpc"]["port"]
     assert lb_settings.discover == [
         DiscoverSpec(name=f"{HEADLESS}.{namespace}.svc.cluster.local", port=port["port"])
     ]
@@ -344,7 +348,10 @@ def test_network_policy_admits_only_the_balancer_to_the_service_port(
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     balancer_rules = 0
     for rule in policy["spec"]["ingress"]:
-        assert rule["ports"] == [{"port": serve_settings.port, "protocol": "TCP"}], rule
+        from_balancer = any("namespaceSelector" not in peer for peer in rule.get("from", []))
+        # the balancer reaches the HTTP port and the gRPC one; Prometheus only the HTTP port
+        ports = [serve_settings.port, *([serve_settings.grpc_port] if from_balancer else [])]
+        assert rule["ports"] == [{"port": p, "protocol": "TCP"} for p in ports], rule
         assert rule.get("from"), "a rule without `from` admits every source"
         for peer in rule["from"]:
             if "namespaceSelector" in peer:  # Prometheus, scraping /metrics
