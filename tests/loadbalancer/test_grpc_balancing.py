@@ -67,6 +67,49 @@ def test_calls_of_one_channel_spread_over_both_backends(
     assert f'yoloserve_lb_grpc_upstream_requests_total{{backend="{pair[0].id}"}}' in metrics
 
 
+def test_a_large_frame_in_the_same_read_as_the_settings_ack_is_taken(
+        pair: tuple[GrpcBackend, GrpcBackend, Balancer]) -> None:
+    """A client that acknowledges the balancer's settings and sends a call's data in one write,
+    in the largest frames those settings allow: the call is answered, not met with GOAWAY
+    FRAME_SIZE_ERROR (h2 checks a read's frames against the limit it had when the read began)."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    _, _, lb = pair
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="in", datatype="UINT8", shape=[40_000])
+    request.raw_input_contents.append(b"x" * 40_000)
+    body = request.SerializeToString()
+    message = b"\0" + len(body).to_bytes(4, "big") + body
+    events: list[object] = []
+    with socket.create_connection(("127.0.0.1", lb.grpc_port), timeout=10) as sock:
+        sock.sendall(client.data_to_send())
+        while not any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events):
+            events += client.receive_data(sock.recv(65536))
+        # the acknowledgement, the headers and the data, in one write
+        client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path",
+                            "/inference.GRPCInferenceService/ModelInfer"),
+                            (":authority", "lb"), ("content-type", "application/grpc"),
+                            ("te", "trailers")])
+        size = client.max_outbound_frame_size  # the largest the balancer's settings allow
+        for at in range(0, len(message), size):
+            client.send_data(1, message[at:at + size], end_stream=at + size >= len(message))
+        sock.sendall(client.data_to_send())
+        ended = False
+        while not ended:
+            chunk = sock.recv(65536)
+            assert chunk, "the balancer closed the connection"
+            for event in client.receive_data(chunk):
+                assert not isinstance(event, h2.events.ConnectionTerminated), event
+                ended |= isinstance(event, h2.events.StreamEnded)
+            sock.sendall(client.data_to_send())
+
+
 def test_a_backend_sigkilled_while_four_callers_loop_loses_no_call(
         pair: tuple[GrpcBackend, GrpcBackend, Balancer]) -> None:
     a, _, lb = pair
