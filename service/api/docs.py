@@ -71,7 +71,7 @@ BATCH_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["images"],
                     "properties": {
-                        "images": {"type": "array", "maxItems": 64,
+                        "images": {"type": "array", "minItems": 1, "maxItems": 64,
                                    "items": {"type": "string", "format": "binary"}},
                         **_PARAM_PROPS,
                     },

@@ -145,11 +145,10 @@ print(json.dumps(asyncio.run(run())))
 def test_kserve_rest_client(served: ServiceProcess, tmp_path: Path) -> None:
     """KServe's REST client, in a process of its own: its generated protocol buffers and
     tritonclient's (imported by other tests) cannot share one process."""
+    import importlib.util
     import json
     import subprocess
     import sys
-
-    import importlib.util
 
     if importlib.util.find_spec("kserve") is None:  # not imported here: see above
         pytest.skip("kserve is not installed")

@@ -46,6 +46,9 @@ def test_schemathesis_finds_nothing(served: ServiceProcess, tmp_path: Path, fd_g
         "--generation-database", "none",
         "--no-color",
         "--report", "junit", "--report-dir", str(tmp_path),
+        # classify on this detector is 400 wrong_task by design, whatever the request
+        # (tests/service/test_tasks_api.py serves a classifier and covers those routes)
+        "--exclude-path-regex", "classify$",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.reliability.st_hooks",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -55,5 +58,8 @@ def test_schemathesis_finds_nothing(served: ServiceProcess, tmp_path: Path, fd_g
     assert done.returncode == 0, out[-8000:]
     paths = httpx.get(f"{served.url}/openapi.json", timeout=30).json()["paths"]
     operations = sum(len(methods) for methods in paths.values())
-    assert f"{operations} selected / {operations} total" in out, out[-3000:]
+    selected = operations - sum(len(methods) for path, methods in paths.items()
+                                if path.endswith("classify"))
+    assert f"{selected} selected / {operations} total" in out or \
+        f"Selected: {selected}/{operations}" in out, out[-3000:]
     assert "No issues found" in out, out[-3000:]
