@@ -42,7 +42,7 @@ from service.heap import frozen_heap
 
 __all__ = ["CpuWatch", "RunResult", "run_closed", "run_closed_together", "run_open"]
 
-_CHECK = b'"detections"'
+_CHECKS = (b'"detections"', b'"top"')  # a detection's answer, a classifier's
 
 
 class CpuWatch:
@@ -145,7 +145,8 @@ async def _post(session: aiohttp.ClientSession, url: str, body: Body) -> str | N
             payload = await resp.read()
             if resp.status != 200:
                 return str(resp.status)
-            return None if _CHECK in payload[:4096] else "bad_body"
+            head = payload[:4096]
+            return None if any(check in head for check in _CHECKS) else "bad_body"
     except (aiohttp.ClientError, TimeoutError) as exc:
         return type(exc).__name__
 
