@@ -25,7 +25,6 @@ import orjson
 from clients.errors import InvalidRequest, ProtocolError
 from wire.params import CONF, IOU
 from wire.schemas import (
-    Box2D,
     ClassificationResult,
     ClassScore,
     Detection,
@@ -33,10 +32,10 @@ from wire.schemas import (
     ImageDimensions,
     Keypoint,
     MaskRLE,
-    NormalizedBox,
     ProcessingMetadata,
     RotatedBox,
     Timings,
+    box_fields,
 )
 
 __all__ = ["Call", "Tensors", "class_names", "classification", "detection_results", "infer_request"]
@@ -173,18 +172,13 @@ def detection_results(tensors: Tensors, call: Call) -> list[DetectionResult]:
 
 
 def _detection(t: Tensors, call: Call, at: int, width: int, height: int) -> Detection:
-    """Detection number ``at`` (image × max_det + index), rounded as ``api/render.py`` does."""
+    """Detection number ``at`` (image × max_det + index), rounded as the service rounds it."""
     x0, y0, x1, y1 = t.get("boxes")[1][4 * at: 4 * at + 4]
     class_id = int(t.get("classes")[1][at])
-    w, h = x1 - x0, y1 - y0
     return Detection(
         class_name=_name(call.class_names, class_id), class_id=class_id,
-        confidence=round(t.get("scores")[1][at], 6),
-        box_2d=Box2D(x_min=round(x0, 3), y_min=round(y0, 3), x_max=round(x1, 3), y_max=round(y1, 3)),
-        normalized_box=NormalizedBox(
-            x_center=round((x0 + x1) / 2 / width, 6), y_center=round((y0 + y1) / 2 / height, 6),
-            width=round(w / width, 6), height=round(h / height, 6)),
-        box_area=round(w * h, 3), **_task_fields(t, call, at))
+        confidence=round(t.get("scores")[1][at], 6), **box_fields(x0, y0, x1, y1, width, height),
+        **_task_fields(t, call, at))
 
 
 def _task_fields(t: Tensors, call: Call, at: int) -> dict[str, Any]:

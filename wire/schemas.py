@@ -40,6 +40,7 @@ __all__ = [
     "StreamSummary",
     "Timings",
     "TrackedDetection",
+    "box_fields",
     "valid_stream_id",
 ]
 
@@ -98,6 +99,22 @@ class RotatedBox(_Model):
     width: float
     height: float
     angle: float = Field(description="Radians, as Ultralytics' xywhr.")
+
+
+def box_fields(x0: float, y0: float, x1: float, y1: float, width: int, height: int
+               ) -> dict[str, Any]:
+    """A detection's ``box_2d`` (pixels, 3 decimals), ``normalized_box`` (6) and ``box_area``
+    from its corners in an image of ``width`` × ``height``: the service's rounding, which the
+    gRPC client rebuilds the same way."""
+    w, h = x1 - x0, y1 - y0
+    return {
+        "box_2d": Box2D(x_min=round(x0, 3), y_min=round(y0, 3), x_max=round(x1, 3),
+                        y_max=round(y1, 3)),
+        "normalized_box": NormalizedBox(
+            x_center=round((x0 + x1) / 2 / width, 6), y_center=round((y0 + y1) / 2 / height, 6),
+            width=round(w / width, 6), height=round(h / height, 6)),
+        "box_area": round(w * h, 3),
+    }
 
 
 def _absent(value: object) -> bool:

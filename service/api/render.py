@@ -12,7 +12,6 @@ import numpy as np
 from service.engine.types import Detections
 from service.runtime.result import Result, Timings
 from wire.schemas import (
-    Box2D,
     ClassificationResult,
     ClassScore,
     Detection,
@@ -22,10 +21,10 @@ from wire.schemas import (
     MaskPolygons,
     MaskRLE,
     ModelEvaluation,
-    NormalizedBox,
     ProcessingMetadata,
     RotatedBox,
     TrackedDetection,
+    box_fields,
 )
 from wire.schemas import Timings as WireTimings
 
@@ -66,17 +65,9 @@ def _fields(dets: Detections) -> Iterator[dict[str, Any]]:
     rows = zip(dets.class_ids.tolist(), dets.scores.tolist(), dets.boxes.tolist(),
                _task_fields(dets), strict=True)
     for class_id, score, (x0, y0, x1, y1), extra in rows:
-        w, h = x1 - x0, y1 - y0
         yield {
             "class_name": dets.class_name(class_id), "class_id": class_id,
-            "confidence": round(score, 6),
-            "box_2d": Box2D(x_min=round(x0, 3), y_min=round(y0, 3), x_max=round(x1, 3),
-                            y_max=round(y1, 3)),
-            "normalized_box": NormalizedBox(
-                x_center=round((x0 + x1) / 2 / width, 6), y_center=round((y0 + y1) / 2 / height, 6),
-                width=round(w / width, 6), height=round(h / height, 6)),
-            "box_area": round(w * h, 3),
-            **extra,
+            "confidence": round(score, 6), **box_fields(x0, y0, x1, y1, width, height), **extra,
         }
 
 
