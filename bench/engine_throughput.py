@@ -117,7 +117,12 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def draw(rows: list[dict[str, Any]]) -> Path:
+def results_name(device: str) -> str:
+    """``engine_throughput`` on the CPU; a GPU's figures beside them (``engine_throughput_cuda0``)."""
+    return "engine_throughput" if device == "cpu" else f"engine_throughput_{device.replace(':', '')}"
+
+
+def draw(rows: list[dict[str, Any]], name: str = "engine_throughput") -> Path:
     """Images/s against batch size, one panel per stage, a line per backend and precision."""
     from bench import plots
 
@@ -128,7 +133,7 @@ def draw(rows: list[dict[str, Any]]) -> Path:
         for r in rows:
             label = f"{r['backend']} {r['precision']}"
             panels.setdefault(stage, {}).setdefault(label, []).append((r["batch"], r[key]))
-    return plots.line_panels(panels, RESULTS / "engine_throughput.png",
+    return plots.line_panels(panels, RESULTS / f"{name}.png",
                              "Engine throughput against batch size (in-process, one stream)",
                              xlabel="batch size", ylabel="images/s")
 
@@ -167,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         table += "\n\nNot measured:\n" + "\n".join(
             f"- {s['backend']} {s['precision']}: {s['why']}" for s in skipped)
     print(table)
-    save("engine_throughput", {"model": str(args.model), "device": device, "rows": rows,
+    save(results_name(device), {"model": str(args.model), "device": device, "rows": rows,
                                "skipped": skipped, "seconds": args.seconds}, table,
          "Engine throughput (images/s)")
-    print(f"wrote {draw(rows)}")
+    print(f"wrote {draw(rows, results_name(device))}")
     return 0
 
 
