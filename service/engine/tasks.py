@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from service.engine.geometry import rotated_corners
 from service.engine.types import Detections, DetectParams, Letterbox
 
 __all__ = ["TASKS", "postprocess_task", "rle_encode"]
@@ -132,17 +133,14 @@ def _pose(pred: torch.Tensor, lb: Letterbox, p: DetectParams, names: Mapping[int
 
 
 def _obb(pred: torch.Tensor, lb: Letterbox, p: DetectParams, names: Mapping[int, str]) -> Detections:
-    from ultralytics.utils import ops
-
     rows = _nms(pred, p, len(names), rotated=True)  # x, y, w, h, conf, cls, angle
     rboxes = torch.cat([rows[:, :4], rows[:, -1:]], dim=-1)
     centres = _unletterbox(rboxes[:, :2], lb, clip=False)
     rboxes = torch.cat([centres, rboxes[:, 2:3] / lb.gain_x, rboxes[:, 3:4] / lb.gain_y,
                         rboxes[:, 4:5]], dim=-1)
-    corners = ops.xywhr2xyxyxyxy(rboxes) if len(rows) else torch.zeros((0, 4, 2))  # type: ignore[no-untyped-call]
-    xyxy = torch.cat([corners.amin(1), corners.amax(1)], dim=-1) if len(rows) else rows[:, :4]
-    return _detections(lb, rows, xyxy, names, rotated=rboxes.cpu().numpy().astype(np.float32),
-                       corners=corners.cpu().numpy().astype(np.float32))
+    rotated = rboxes.cpu().numpy().astype(np.float32)
+    corners, xyxy = rotated_corners(rotated)
+    return _detections(lb, rows, torch.from_numpy(xyxy), names, rotated=rotated, corners=corners)
 
 
 def postprocess_task(

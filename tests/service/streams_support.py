@@ -1,10 +1,12 @@
 """Helpers of the stream tests: clips as encoded frames, Ultralytics' own tracking of a clip, and the
-comparison of two trackings frame by frame."""
+comparison of two trackings frame by frame (an oriented box compared by its bound, its rotated box
+and its corners)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -12,7 +14,10 @@ import numpy as np
 from service.demo.clips import Clip, make_clip
 
 XYXY = tuple[float, float, float, float]
-Tracks = list[dict[int, tuple[int, XYXY]]]  # per frame: track id -> class id, box
+Box = tuple[float, ...]  # xyxy; an oriented box's: xyxy, x y w h angle, its corners (8 values)
+Tracks = list[dict[int, tuple[int, Box]]]  # per frame: track id -> class id, box
+# an oriented box's tolerances: its bound, centre and sides 1 px, its angle 1e-3, its corners 1 px
+OBB_TOLERANCE = (1.0,) * 8 + (1e-3,) + (1.0,) * 8
 
 FRAMES = 32
 SIZE = (416, 320)
@@ -32,19 +37,24 @@ def encoded(c: Clip) -> list[bytes]:
 
 
 def ultralytics_tracks(weights: Path, frames: Sequence[bytes], tracker: str, conf: float,
-                       iou: float, imgsz: int) -> Tracks:
+                       iou: float, imgsz: int, task: str = "detect") -> Tracks:
     """``model.track(frame, persist=True, ...)`` over one stream's frames alone, decoded as the
-    service decodes them."""
+    service decodes them (an ``obb`` model's boxes: bound, ``xywhr`` and corners)."""
     from ultralytics import YOLO
 
-    model = YOLO(str(weights), task="detect")
+    model = YOLO(str(weights), task=task)
     out: Tracks = []
     for data in frames:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         r = model.track(image, persist=True, tracker=tracker, rect=False, conf=conf, iou=iou,
                         imgsz=imgsz, verbose=False)[0]
-        ids = [] if r.boxes.id is None else r.boxes.id.int().tolist()
-        boxes = zip(ids, r.boxes.cls.int().tolist(), r.boxes.xyxy.tolist(), strict=True)
+        found: Any = r.obb if task == "obb" else r.boxes
+        ids = [] if found.id is None else found.id.int().tolist()
+        rows = found.xyxy.numpy()
+        if task == "obb":
+            rows = np.concatenate([rows, found.xywhr.numpy(),
+                                   found.xyxyxyxy.numpy().reshape(-1, 8)], axis=1)
+        boxes = zip(ids, found.cls.int().tolist(), rows.tolist(), strict=True)
         out.append({i: (c, tuple(b)) for i, c, b in boxes})
     return out
 
@@ -52,26 +62,32 @@ def ultralytics_tracks(weights: Path, frames: Sequence[bytes], tracker: str, con
 def service_tracks(answers: Sequence[Mapping[str, object]]) -> Tracks:
     out: Tracks = []
     for answer in answers:
-        frame: dict[int, tuple[int, XYXY]] = {}
+        frame: dict[int, tuple[int, Box]] = {}
         for d in answer["detections"]:  # type: ignore[attr-defined]
             if d["track_id"] is not None:
                 b = d["box_2d"]
-                frame[d["track_id"]] = (d["class_id"], (b["x_min"], b["y_min"], b["x_max"], b["y_max"]))
+                box: Box = (b["x_min"], b["y_min"], b["x_max"], b["y_max"])
+                if "rotated_box" in d:
+                    r = d["rotated_box"]
+                    box += (r["x_center"], r["y_center"], r["width"], r["height"], r["angle"],
+                            *np.ravel(d["polygon"]).tolist())
+                frame[d["track_id"]] = (d["class_id"], box)
         out.append(frame)
     return out
 
 
-def assert_same_tracking(ours: Tracks, theirs: Tracks, where: str, tolerance: float = 1.0) -> int:
-    """The same boxes (class, and corners within ``tolerance`` px) in every frame, partitioned into
-    tracks the same way: one mapping of our ids to theirs, one-to-one, for the whole clip. Returns
-    the number of tracked boxes compared."""
+def assert_same_tracking(ours: Tracks, theirs: Tracks, where: str,
+                         tolerance: float | Sequence[float] = 1.0) -> int:
+    """The same boxes (class, and each value within ``tolerance``: px, or one per value) in every
+    frame, partitioned into tracks the same way: one mapping of our ids to theirs, one-to-one, for
+    the whole clip. Returns the number of tracked boxes compared."""
     mapping: dict[int, int] = {}
     seen = 0
     for f, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         assert len(a) == len(b), f"{where} frame {f}: {len(a)} tracked boxes, Ultralytics {len(b)}"
         for our_id, (cls, box) in a.items():
             near = [tid for tid, (other_cls, other) in b.items()
-                    if other_cls == cls and np.abs(np.subtract(box, other)).max() <= tolerance]
+                    if other_cls == cls and (np.abs(np.subtract(box, other)) <= tolerance).all()]
             assert near, f"{where} frame {f}: our track {our_id} {cls} at {box} is not in {b}"
             their_id = mapping.get(our_id, near[0])
             assert their_id in near, \
@@ -85,4 +101,5 @@ def assert_same_tracking(ours: Tracks, theirs: Tracks, where: str, tolerance: fl
 
 
 def boxes_only(tracks: Tracks) -> list[dict[int, XYXY]]:
-    return [{tid: box for tid, (_, box) in frame.items()} for frame in tracks]
+    return [{tid: (box[0], box[1], box[2], box[3]) for tid, (_, box) in frame.items()}
+            for frame in tracks]

@@ -1,9 +1,12 @@
 """Tracking parity: eight streams through one service at once, each tracked as Ultralytics'
-``model.track(frame, persist=True, rect=False)`` tracks that stream's frames alone."""
+``model.track(frame, persist=True, rect=False)`` tracks that stream's frames alone; and streams
+of the oriented-box model (its ``.pt`` and ``.onnx``), whose tracks are rotated boxes as
+``model.track()`` gives them."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +15,11 @@ import pytest
 import pytest_asyncio
 
 from service.demo.clips import Clip, identity_switches
-from tests.conftest import DEMO_PT
+from tests.conftest import DEMO_PT, MODELS
 from tests.service.conftest import app_client
 from tests.service.streams_support import (
+    OBB_TOLERANCE,
+    Tracks,
     assert_same_tracking,
     boxes_only,
     clip,
@@ -25,6 +30,8 @@ from tests.service.streams_support import (
 
 STREAMS = 8
 CONF, IOU, IMGSZ = 0.1, 0.7, 256  # model.track's default conf; the demo model's input size
+OBB_STREAMS, OBB_IMGSZ = 2, 160  # the oriented-box demo model's input size
+OBB_PT = MODELS / "demo-obb.pt"
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +80,35 @@ async def test_interleaved_streams_track_as_ultralytics_does_alone(
         their_switches += identity_switches(c.truth, boxes_only(theirs))
     assert compared > STREAMS * len(clips[0][1])  # objects were tracked in most frames
     assert ours_switches <= their_switches
+
+
+@pytest.fixture(scope="module")
+def obb_clips() -> list[tuple[Clip, list[bytes]]]:
+    return [(c, encoded(c)) for c in (clip(100 + seed) for seed in range(OBB_STREAMS))]
+
+
+@functools.cache
+def _their_obb_tracks(tracker: str, frames: tuple[bytes, ...]) -> Tracks:
+    return ultralytics_tracks(OBB_PT, frames, f"{tracker}.yaml", CONF, IOU, OBB_IMGSZ, task="obb")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["demo-obb.onnx", "demo-obb.pt"])
+async def obb_service(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(model=MODELS / request.param, cache_enabled=False,
+                          max_batch_size=4) as c:
+        yield c
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("tracker", ["bytetrack", "botsort"])
+async def test_oriented_boxes_are_tracked_as_rotated_boxes_as_ultralytics_tracks_them(
+        obb_service: httpx.AsyncClient, obb_clips: list[tuple[Clip, list[bytes]]],
+        tracker: str) -> None:
+    answers = await asyncio.gather(*(_feed(obb_service, f"obb-{tracker}-{i}", frames, tracker)
+                                     for i, (_, frames) in enumerate(obb_clips)))
+    compared = 0
+    for i, ((_, frames), feed) in enumerate(zip(obb_clips, answers, strict=True)):
+        theirs = _their_obb_tracks(tracker, tuple(frames))  # once for .pt and .onnx
+        ours = service_tracks(feed)
+        compared += assert_same_tracking(ours, theirs, f"obb {tracker} stream {i}", OBB_TOLERANCE)
+    assert compared > OBB_STREAMS * len(obb_clips[0][1])  # objects were tracked in most frames

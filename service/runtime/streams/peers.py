@@ -61,26 +61,33 @@ def _message(header: dict[str, Any], body: bytes = b"") -> bytes:
 
 # -- detections on the wire ----------------------------------------------------------------------
 def pack_frame(frame: FrameDetections) -> tuple[dict[str, Any], bytes]:
-    """As the tracker reads them: float32 boxes, scores and classes, uint8 pixels."""
+    """As the tracker reads them: float32 boxes, scores, classes and rotated boxes (an
+    oriented-box model's), uint8 pixels."""
     boxes = np.ascontiguousarray(frame.boxes, np.float32).reshape(-1, 4)
     parts = [boxes.tobytes(), np.ascontiguousarray(frame.scores, np.float32).tobytes(),
              np.ascontiguousarray(frame.classes, np.float32).tobytes()]
+    if frame.rotated is not None:
+        parts.append(np.ascontiguousarray(frame.rotated, np.float32).reshape(-1, 5).tobytes())
     shape = None
     if frame.image is not None:
         image = np.ascontiguousarray(frame.image, np.uint8)
         shape = list(image.shape)
         parts.append(image.tobytes())
-    return {"n": len(boxes), "shape": shape, "timestamp_ms": frame.timestamp_ms}, b"".join(parts)
+    return {"n": len(boxes), "rotated": frame.rotated is not None, "shape": shape,
+            "timestamp_ms": frame.timestamp_ms}, b"".join(parts)
 
 
 def unpack_frame(header: dict[str, Any], body: bytes) -> FrameDetections:
     n = int(header["n"])
-    values = np.frombuffer(body, np.float32, count=6 * n)
-    boxes, scores, classes = values[:4 * n].reshape(n, 4), values[4 * n:5 * n], values[5 * n:]
+    columns = 11 if header.get("rotated") else 6  # xyxy, score, class (, xywhr)
+    values = np.frombuffer(body, np.float32, count=columns * n)
+    boxes, scores, classes = values[:4 * n].reshape(n, 4), values[4 * n:5 * n], values[5 * n:6 * n]
+    rotated = values[6 * n:].reshape(n, 5) if columns == 11 else None
     image = None
     if header.get("shape") is not None:
-        image = np.frombuffer(body, np.uint8, offset=24 * n).reshape(header["shape"])
-    return FrameDetections(boxes, scores, classes.astype(np.int64), image, header.get("timestamp_ms"))
+        image = np.frombuffer(body, np.uint8, offset=4 * columns * n).reshape(header["shape"])
+    return FrameDetections(boxes, scores, classes.astype(np.int64), image, header.get("timestamp_ms"),
+                           rotated)
 
 
 def _error_header(exc: ServiceError) -> dict[str, Any]:
@@ -172,8 +179,7 @@ class PeerServer:
                 raise ServiceError(f"frame {h['seq']} of {stream_id!r} was not admitted")
             del admitted[key]
             tracking = await self._table.track(stream, h["seq"], unpack_frame(h, body))
-            rows = [[b.index, b.track_id, *b.box] for b in tracking.boxes]
-            return {"boxes": rows, "started": tracking.started}, b""
+            return tracking_reply(tracking), b""
         if op == "abandon":
             key = (stream_id, h["seq"])
             stream = self._table.get(stream_id)
@@ -253,7 +259,17 @@ class PeerClient:
             writer.close()
 
 
+def tracking_reply(tracking: Tracking) -> dict[str, Any]:
+    """The owner's reply to ``track``: per tracked box its index, track id, box and (an oriented
+    box's) rotated box."""
+    rows = [[b.index, b.track_id, *b.box, *(b.rotated or ())] for b in tracking.boxes]
+    return {"boxes": rows, "started": tracking.started}
+
+
 def tracking_from(reply: dict[str, Any]) -> Tracking:
-    boxes = [TrackedBox(int(r[0]), int(r[1]), (float(r[2]), float(r[3]), float(r[4]), float(r[5])))
+    """The tracking a ``track`` reply (:func:`tracking_reply`) carries."""
+    boxes = [TrackedBox(int(r[0]), int(r[1]), (float(r[2]), float(r[3]), float(r[4]), float(r[5])),
+                        None if len(r) == 6 else
+                        (float(r[6]), float(r[7]), float(r[8]), float(r[9]), float(r[10])))
              for r in reply["boxes"]]
     return Tracking(boxes, bool(reply["started"]))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.engine.geometry import rotated_corners
 from service.engine.types import Detections, DetectParams
 from service.runtime.result import Result
 from service.runtime.streams.table import FrameDetections
@@ -26,8 +27,8 @@ __all__ = ["TrackedFrame", "process_frame"]
 @dataclass(frozen=True)
 class TrackedFrame:
     """A frame's result, each detection matched to a confirmed track carrying the track's box
-    (as Ultralytics' ``track()`` answers), and the track ids, one per detection (None: not
-    matched)."""
+    (as Ultralytics' ``track()`` answers; an oriented box its track's rotated box, corners and
+    their bound), and the track ids, one per detection (None: not matched)."""
 
     result: Result
     track_ids: list[int | None]
@@ -52,7 +53,7 @@ async def process_frame(
         raise
     dets = result.detections
     frame = FrameDetections(dets.boxes, dets.scores, dets.class_ids,
-                            image if ticket.needs_image else None, timestamp_ms)
+                            image if ticket.needs_image else None, timestamp_ms, dets.rotated)
     tracking = await registry.track(ticket, frame)
     moved, ids = _with_tracks(dets, tracking.boxes)
     return TrackedFrame(result.with_detections(moved), ids, stream_id, seq, tracking.started,
@@ -61,7 +62,9 @@ async def process_frame(
 
 def _with_tracks(dets: Detections, tracked: list[TrackedBox]
                  ) -> tuple[Detections, list[int | None]]:
-    """The detections with each tracked one's box replaced by its track's, and the ids."""
+    """The detections with each tracked one's box replaced by its track's, and the ids. An
+    oriented box takes its track's rotated box, and its corners and axis-aligned bound from
+    that, as ``model.track()`` answers an oriented-box model."""
     ids: list[int | None] = [None] * len(dets)
     if not tracked:
         return dets, ids
@@ -69,4 +72,11 @@ def _with_tracks(dets: Detections, tracked: list[TrackedBox]
     for t in tracked:
         ids[t.index] = t.track_id
         boxes[t.index] = t.box
-    return replace(dets, boxes=boxes), ids
+    rotated_tracks = [t for t in tracked if t.rotated is not None]
+    if dets.rotated is None or dets.corners is None or not rotated_tracks:
+        return replace(dets, boxes=boxes), ids
+    index = [t.index for t in rotated_tracks]
+    rotated, corners = dets.rotated.copy(), dets.corners.copy()
+    rotated[index] = [t.rotated for t in rotated_tracks]
+    corners[index], boxes[index] = rotated_corners(rotated[index])
+    return replace(dets, boxes=boxes, rotated=rotated, corners=corners), ids

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,4 +208,4 @@ class StreamRegistry:
 
 
 def _without_image(frame: FrameDetections) -> FrameDetections:
-    return FrameDetections(frame.boxes, frame.scores, frame.classes, None, frame.timestamp_ms)
+    return replace(frame, image=None)

@@ -47,13 +47,15 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class FrameDetections:
     """What a tracker reads of a frame: xyxy boxes, scores, class ids; the frame's pixels when
-    the stream's tracker needs them."""
+    the stream's tracker needs them; an oriented-box model's rotated boxes (``xywhr``, the boxes
+    then their bounds), which are what it tracks."""
 
     boxes: NDArray[np.floating[Any]]
     scores: NDArray[np.floating[Any]]
     classes: NDArray[np.integer[Any]]
     image: NDArray[np.uint8] | None
     timestamp_ms: float | None
+    rotated: NDArray[np.floating[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,8 @@ def _tracking_step(stream: Stream, seq: int, frame: FrameDetections, *, save: bo
         gap = seq_gap if clock_gap is None else clock_gap
         if gap > 0:
             tracker.skip(gap)
-        tracked = tracker.update(frame.boxes, frame.scores, frame.classes, frame.image)
+        tracked = tracker.update(frame.boxes, frame.scores, frame.classes, frame.image,
+                                 frame.rotated)
         stream.tracks = tracker.alive()
         state = (encode_snapshot(StreamSnapshot(seq, frames + 1, tracker.export()))
                  if save else None)

@@ -5,14 +5,20 @@ The trackers read, of the detections they are given, what Ultralytics' ``Boxes``
 that, over float32 arrays as Ultralytics holds them. The answer follows ``model.track()``: a detection
 matched to a confirmed track gets the track's id and the track's (Kalman-filtered) box.
 
+Oriented boxes (``obb`` models) are tracked as ``model.track()`` tracks them: given the rotated
+boxes (``xywhr``), the detections are ``_RotatedBoxes``, which offer ``xywhr`` as Ultralytics'
+``OBB`` does; the trackers then keep each track's angle, match by probabilistic IoU of the rotated
+boxes, and the answer is the track's rotated box (its centre, width and height Kalman-filtered, its
+angle the detection's, taken within a half turn of the track's) with its axis-aligned bound.
+
 Time: ``track_buffer`` counts frames at the trackers' nominal 30 frames/s, so a lost track is
 kept ``track_buffer / 30`` seconds; the stream's own clock (:mod:`.clock`, from ``timestamp_ms``)
 turns that into frames at the stream's rate, and its gaps into frames with nothing seen.
 
-State: :meth:`Tracker.export` gives what the tracker knows (tracks with their Kalman state, the
-frame counter, the next id, the clock) as plain arrays and numbers, and :meth:`Tracker.restore`
-builds a tracker that goes on from it exactly (BoT-SORT's camera-motion compensation, whose state
-is the previous frame's image, starts again from the next frame).
+State: :meth:`Tracker.export` gives what the tracker knows (tracks with their Kalman state and
+angle, the frame counter, the next id, the clock) as plain arrays and numbers, and
+:meth:`Tracker.restore` builds a tracker that goes on from it exactly (BoT-SORT's camera-motion
+compensation, whose state is the previous frame's image, starts again from the next frame).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.engine.geometry import rotated_corners
 from service.runtime.streams.clock import NOMINAL_FPS, StreamClock
 
 __all__ = ["TRACK_RECORD", "TrackedBox", "Tracker", "TrackerSettings", "TrackerState", "preload"]
@@ -98,22 +105,37 @@ class _Boxes:
         return _Boxes(self.xyxy[index], self.conf[index], self.cls[index])
 
 
+class _RotatedBoxes(_Boxes):
+    """What the trackers read of Ultralytics' ``OBB``: ``xywhr`` too (its presence is what makes
+    them track rotated boxes), ``xyxy`` the rotated boxes' axis-aligned bounds."""
+
+    def __init__(self, xyxy: Floats, conf: Floats, cls: Floats, xywhr: Floats) -> None:
+        super().__init__(xyxy, conf, cls)
+        self.xywhr = xywhr
+
+    def __getitem__(self, index: Any) -> _RotatedBoxes:
+        return _RotatedBoxes(self.xyxy[index], self.conf[index], self.cls[index], self.xywhr[index])
+
+
 @dataclass(frozen=True)
 class TrackedBox:
     """A detection the tracker matched to a confirmed track in this frame."""
 
     index: int  # into the frame's detections
     track_id: int
-    box: tuple[float, float, float, float]  # the track's box, x1 y1 x2 y2
+    box: tuple[float, float, float, float]  # the track's box, x1 y1 x2 y2 (rotated: its bound)
+    # an oriented box's track: x_center, y_center, width, height, angle (radians), as model.track()
+    rotated: tuple[float, float, float, float, float] | None = None
 
 
 # One track, as saved: where it is (tracked, lost, removed: bits 0, 1, 2 of ``pools``), its
-# identity and counters, and its Kalman state (mean and covariance, float64 as the filter keeps them).
+# identity and counters, its Kalman state (mean and covariance, float64 as the filter keeps them),
+# and an oriented box's angle (NaN: the track is not of rotated boxes).
 TRACK_RECORD = np.dtype([
     ("track_id", "<i8"), ("pools", "u1"), ("state", "u1"), ("activated", "u1"),
     ("score", "<f4"), ("cls", "<f4"), ("idx", "<f8"), ("tracklet_len", "<i8"),
     ("start_frame", "<i8"), ("frame_id", "<i8"), ("tlwh", "<f4", (4,)),
-    ("mean", "<f8", (8,)), ("covariance", "<f8", (8, 8)),
+    ("mean", "<f8", (8,)), ("covariance", "<f8", (8, 8)), ("angle", "<f8"),
 ])
 _TRACKED, _LOST, _REMOVED = 1, 2, 4
 
@@ -168,16 +190,26 @@ class Tracker:
         return gap
 
     def update(self, boxes: NDArray[np.floating[Any]], scores: NDArray[np.floating[Any]],
-               classes: NDArray[np.integer[Any]], image: NDArray[np.uint8] | None
-               ) -> list[TrackedBox]:
+               classes: NDArray[np.integer[Any]], image: NDArray[np.uint8] | None,
+               xywhr: NDArray[np.floating[Any]] | None = None) -> list[TrackedBox]:
         """Track one frame's detections (xyxy boxes, scores and class ids, as the model gave
         them); ``image`` is the decoded frame (BoT-SORT's motion compensation compares
-        consecutive frames)."""
-        dets = _Boxes(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
-                      np.asarray(classes, np.float32))
-        rows = self._impl.update(dets, image)
-        return [TrackedBox(int(r[-1]), int(r[4]), (float(r[0]), float(r[1]), float(r[2]), float(r[3])))
-                for r in rows]
+        consecutive frames). An oriented-box model's frame gives its rotated boxes too
+        (``xywhr``, ``boxes`` their axis-aligned bounds): they are what is tracked, and each
+        tracked box carries its track's rotated box."""
+        xyxy = np.asarray(boxes, np.float32).reshape(-1, 4)
+        conf, cls = np.asarray(scores, np.float32), np.asarray(classes, np.float32)
+        dets = (_Boxes(xyxy, conf, cls) if xywhr is None else
+                _RotatedBoxes(xyxy, conf, cls, np.asarray(xywhr, np.float32).reshape(-1, 5)))
+        rows: NDArray[np.float32] = self._impl.update(dets, image)
+        if not len(rows):
+            return []
+        if rows.shape[1] == 8:  # x1 y1 x2 y2, id, score, class, index
+            return [TrackedBox(int(r[7]), int(r[4]), _four(r[:4])) for r in rows]
+        # x y w h angle, id, score, class, index: the track's rotated box, bounded as OBB.xyxy
+        _, bounds = rotated_corners(rows[:, :5])
+        return [TrackedBox(int(r[8]), int(r[5]), _four(b), (*_four(r[:4]), float(r[4])))
+                for r, b in zip(rows, bounds, strict=True)]
 
     def skip(self, frames: int) -> None:
         """Let ``frames`` frames pass with nothing seen (a gap in the stream's numbers); past
@@ -208,6 +240,7 @@ class Tracker:
             row["tracklet_len"], row["start_frame"] = t.tracklet_len, t.start_frame
             row["frame_id"], row["tlwh"] = t.frame_id, t._tlwh
             row["mean"], row["covariance"] = t.mean, t.covariance
+            row["angle"] = np.nan if t.angle is None else t.angle
         _, (ids,), used = impl._ids.__reduce__()  # a range iterator: its range and position
         return TrackerState(self.settings, int(impl.frame_id), int(ids.start + used * ids.step),
                             rows, self.clock.last_ms, list(self.clock.intervals))
@@ -247,7 +280,12 @@ def _track(impl: Any, row: np.void) -> Any:
     t.tracklet_len, t.start_frame = int(row["tracklet_len"]), int(row["start_frame"])
     t.frame_id, t._tlwh = int(row["frame_id"]), np.array(row["tlwh"], np.float32)
     t.mean, t.covariance = np.array(row["mean"]), np.array(row["covariance"])
-    t.kalman_filter, t.angle, t.next_id = impl.kalman_filter, None, impl._ids.__next__
+    t.angle = None if np.isnan(row["angle"]) else np.float64(row["angle"])
+    t.kalman_filter, t.next_id = impl.kalman_filter, impl._ids.__next__
     if bot:
         t.smooth_feat, t.curr_feat, t.alpha = None, None, 0.9
     return t
+
+
+def _four(values: NDArray[np.floating[Any]]) -> tuple[float, float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2]), float(values[3])
