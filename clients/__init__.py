@@ -8,9 +8,12 @@
         await client.wait_until_ready(timeout=60)
         result = await client.detect("photo.jpg", conf=0.3)
 
-Over gRPC (the Open Inference Protocol on the service's ``--grpc-port``), the same calls and errors::
+Over gRPC (the Open Inference Protocol on the service's ``--grpc-port``), the same calls and errors
+(``GrpcDetectionClient`` is its synchronous twin; ``annotate`` and ``track``, not in the protocol,
+go to ``http_url``)::
 
-    async with AsyncGrpcDetectionClient("grpc://127.0.0.1:8001", model="demo") as client:
+    async with AsyncGrpcDetectionClient("grpc://127.0.0.1:8001", model="demo",
+                                        http_url="http://127.0.0.1:8000") as client:
         result = await client.detect("photo.jpg", conf=0.3)
 
 Imports nothing heavy: numpy and Pillow are loaded only when a numpy array is passed; grpcio and
@@ -18,16 +21,17 @@ protobuf (``pip install 'yoloserve[grpc]'``) only when a gRPC client is made.
 """
 
 from clients._client import AsyncDetectionClient, ClientOptions, DetectOptions
-from clients._grpc import AsyncGrpcDetectionClient
+from clients._grpc import AsyncGrpcDetectionClient, GrpcClientOptions
 from clients._images import ImageInput
 from clients._many import ItemError, ItemResult, Progress
 from clients._retry import Backoff, RetryBudget, parse_retry_after
-from clients._sync import DetectionClient
+from clients._sync import DetectionClient, GrpcDetectionClient
 from clients._track import FrameSource, LostFrame
 from clients.errors import (
     ClientError,
     ConnectError,
     DeadlineExceeded,
+    HttpRequired,
     InvalidRequest,
     Overloaded,
     ProtocolError,
@@ -47,6 +51,9 @@ __all__ = [
     "DetectOptions",
     "DetectionClient",
     "FrameSource",
+    "GrpcClientOptions",
+    "GrpcDetectionClient",
+    "HttpRequired",
     "ImageInput",
     "InvalidRequest",
     "ItemError",

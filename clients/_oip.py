@@ -2,7 +2,9 @@
 encoded images in (``IMAGE``, BYTES, with ``conf``/``iou``/``max_det``/``classes`` as request
 parameters), and ``/v1``'s answers rebuilt from the tensors that come back (``boxes``, ``scores``,
 ``classes``, ``num_detections``, and ``masks``, ``keypoints`` or ``rotated_boxes`` by task; a
-classifier's ``probabilities``), rounded as ``/v1`` rounds them.
+classifier's ``probabilities``), rounded as ``/v1`` rounds them; and ``/v1/model(s)`` rebuilt
+from each model's ``ModelConfig`` and the ``RepositoryIndex`` (:func:`model_info`,
+:func:`models_response`).
 
 Pure Python (``array``, ``struct``): the light install has no numpy. What the tensors do not carry
 is filled in here (see :func:`metadata`) and listed in the README.
@@ -21,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from clients.errors import InvalidRequest, ProtocolError
 from wire.params import CONF, IOU
@@ -32,15 +35,20 @@ from wire.schemas import (
     ImageDimensions,
     Keypoint,
     MaskRLE,
+    ModelEvaluation,
+    ModelInfo,
+    ModelsResponse,
     ProcessingMetadata,
     RotatedBox,
     Timings,
     box_fields,
 )
 
-__all__ = ["Call", "Tensors", "class_names", "classification", "detection_results", "infer_request"]
+__all__ = ["Call", "Tensors", "class_names", "classification", "detection_results", "infer_request",
+           "model_info", "models_response", "served_names"]
 
 IMAGE_INPUT = "IMAGE"
+RAW_SUFFIX = "-raw"  # the name of a model's raw network, beside the model's own
 _ARRAY_CODES = {"FP32": "f", "INT32": "i", "INT64": "q", "FP64": "d", "UINT8": "B"}
 
 
@@ -122,17 +130,88 @@ def _values(datatype: str, data: bytes, name: str) -> Sequence[Any]:
     return values
 
 
-def class_names(config: Any) -> dict[int, str]:
-    """The class names in a ``ModelConfig``'s ``parameters.metadata`` (a Python literal, as
-    Ultralytics writes it for Triton); empty when it has none."""
+def _ultralytics(config: Any) -> dict[str, Any]:
+    """A ``ModelConfig``'s ``parameters.metadata`` (a Python literal, as Ultralytics writes it
+    for Triton: task, imgsz, names...); empty when it has none or it cannot be read."""
     entry = config.parameters.get("metadata")
     if entry is None:
         return {}
     try:
         meta = ast.literal_eval(entry.string_value)
-        return {int(k): str(v) for k, v in dict(meta.get("names", {})).items()}
-    except (ValueError, SyntaxError, TypeError, AttributeError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def class_names(config: Any) -> dict[int, str]:
+    """The class names in a ``ModelConfig``'s ``parameters.metadata``; empty when it has none."""
+    try:
+        return {int(k): str(v) for k, v in dict(_ultralytics(config).get("names", {})).items()}
+    except (ValueError, TypeError):
+        return {}
+
+
+# what the service adds to ModelConfig.parameters for /v1/model (service/api/grpc/repository.py)
+_INFO_PARAMETERS = ("version", "backend", "device", "precision", "letterbox")
+
+
+def model_info(config: Any) -> ModelInfo:
+    """``/v1/model``'s answer from a model's ``ModelConfig``: Triton's fields, Ultralytics'
+    ``metadata`` and the service's own ``parameters``."""
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    missing = [key for key in _INFO_PARAMETERS if key not in params]
+    if missing:
+        raise ProtocolError(f"the ModelConfig of {config.name!r} lacks parameters {missing}: "
+                            "not a yoloserve service?")
+    meta = _ultralytics(config)
+    imgsz = meta.get("imgsz")
+    try:
+        evaluation = params.get("evaluation")
+        return ModelInfo(
+            name=config.name, input_size=imgsz[0] if isinstance(imgsz, list | tuple) else imgsz,
+            task=meta.get("task", "detect"),
+            classes={str(k): v for k, v in class_names(config).items()},
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.dynamic_batching.max_queue_delay_microseconds / 1000,
+            evaluation=None if evaluation is None else ModelEvaluation.model_validate_json(
+                evaluation),
+            **{key: params[key] for key in _INFO_PARAMETERS})
+    except ValidationError as exc:
+        raise ProtocolError(f"the ModelConfig of {config.name!r} is not a model's: {exc}") from exc
+
+
+def served_names(index: Any) -> list[str]:
+    """The models of a ``RepositoryIndexResponse`` as ``/v1/models`` lists them: without the
+    raw networks (``NAME-raw`` beside ``NAME``), in the index's order (the default first)."""
+    names = [entry.name for entry in index.models]
+    listed = set(names)
+    return [n for n in names if not (n.endswith(RAW_SUFFIX) and n[: -len(RAW_SUFFIX)] in listed)]
+
+
+def models_response(configs: Sequence[Any]) -> ModelsResponse:
+    """``/v1/models``'s answer from the ``ModelConfig`` of each model the index lists: the
+    default is the one whose ``parameters.default`` is ``"true"``, each alias is gathered from
+    the ``parameters.aliases`` of the models it sends requests to."""
+    if not configs:
+        raise ProtocolError("the service lists no models")
+    aliases: dict[str, dict[str, float]] = {}
+    default = configs[0].name
+    for config in configs:
+        params = config.parameters
+        if "default" in params and params["default"].string_value == "true":
+            default = config.name
+        if "aliases" in params:
+            try:
+                routed = dict(orjson.loads(params["aliases"].string_value))
+            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                raise ProtocolError(f"the aliases of {config.name!r} are not JSON") from exc
+            for alias, weight in routed.items():
+                aliases.setdefault(alias, {})[config.name] = weight
+    try:
+        return ModelsResponse(models=[model_info(c) for c in configs], default=default,
+                              aliases=aliases)
+    except ValidationError as exc:
+        raise ProtocolError(f"the models' configurations are not a listing: {exc}") from exc
 
 
 def metadata(tensors: Tensors, call: Call, count: int) -> ProcessingMetadata:

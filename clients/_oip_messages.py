@@ -71,9 +71,17 @@ _DECLARED: Final[dict[str, list[_Field]]] = {
     "ModelConfigResponse": [_f("config", 1, _MSG, "ModelConfig")],
     "ModelConfig": [
         _f("name", 1, _STRING), _f("platform", 2, _STRING), _f("max_batch_size", 4, _INT32),
+        _f("dynamic_batching", 11, _MSG, "ModelDynamicBatching"),
         _f("parameters", 14, _MSG, "ModelConfig.ParametersEntry", _REPEATED),
     ],
+    "ModelDynamicBatching": [_f("max_queue_delay_microseconds", 2, _UINT64)],
     "ModelParameter": [_f("string_value", 1, _STRING)],
+    "RepositoryIndexRequest": [_f("repository_name", 1, _STRING), _f("ready", 2, _BOOL)],
+    "RepositoryIndexResponse": [_f("models", 1, _MSG, "ModelIndex", _REPEATED)],
+    "RepositoryIndexResponse.ModelIndex": [
+        _f("name", 1, _STRING), _f("version", 2, _STRING), _f("state", 3, _STRING),
+        _f("reason", 4, _STRING),
+    ],
 }
 # map<string, V> fields: their entry messages, nested in the message that has the map
 _ENTRIES: Final[dict[str, str]] = {

@@ -2,10 +2,12 @@
 
 One line per image on stdout (or ``--out``): the ``DetectionResult`` plus ``path``, or
 ``{"path": ..., "error": {...}}``. A progress bar (on a terminal) and a summary go to stderr.
-The exit status is 1 when any image failed.
+The exit status is 1 when any image failed. ``--url grpc://HOST:PORT[/MODEL]`` sends the images
+over gRPC (the Open Inference Protocol) instead of HTTP.
 
 ``yoloserve track``: a video (or a folder or glob of frames) through one stream, one JSON line
-per frame (the stream result plus ``frame``), optionally an annotated video.
+per frame (the stream result plus ``frame``), optionally an annotated video. Streams are HTTP
+only: its ``--url`` is the service's HTTP address.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
 
+from clients._base import BaseClient
 from clients._client import AsyncDetectionClient, DetectOptions
+from clients._grpc import AsyncGrpcDetectionClient
 from clients._many import Progress
 from clients._paths import count_images, iter_image_paths, missing_paths
 from clients._report import RunStats, json_line, progress_bar
@@ -45,12 +50,14 @@ __all__ = ["detect_command", "track_command"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # options that detect and track share
+GRPC_SCHEME = "grpc://"
 _URL = click.option(
     "--url",
     envvar="YOLOSERVE_URL",
     default="http://127.0.0.1:8000",
     show_default=True,
-    help="The service or load balancer [env YOLOSERVE_URL].",
+    help="The service or load balancer [env YOLOSERVE_URL]; detect also takes "
+         "grpc://HOST:PORT[/MODEL] (the gRPC port), track needs HTTP.",
 )
 _OUT = click.option(
     "--out",
@@ -153,6 +160,9 @@ def detect_command(
         raise click.BadParameter(f"no such file or folder: {names}", param_hint="PATHS")
     if next(iter_image_paths(paths), None) is None:
         raise click.UsageError("no images found in PATHS")
+    if url.startswith(GRPC_SCHEME) and model is None and not urlsplit(url).path.strip("/"):
+        raise click.UsageError("over gRPC every call names its model: --url grpc://HOST:PORT/MODEL "
+                               "or --model NAME")
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     options = DetectOptions(conf=conf, iou=iou, max_det=max_det, classes=class_list, model=model)
     job = _Job(paths, url, concurrency, ordered, retries + 1, timeout, api_key, options)
@@ -187,14 +197,20 @@ def _run_job(job: _Job, sink: TextIO, console: Console, show: bool) -> RunStats:
 async def _detect_all(
     job: _Job, sink: TextIO, stats: RunStats, on_progress: Callable[[Progress], None]
 ) -> None:
-    client = AsyncDetectionClient(
-        job.url,
-        timeout=job.timeout,
-        max_attempts=job.max_attempts,
-        api_key=job.api_key,
-        max_connections=job.concurrency,
-        max_keepalive_connections=job.concurrency,
-    )
+    client: BaseClient
+    if job.url.startswith(GRPC_SCHEME):  # one channel carries every call
+        client = AsyncGrpcDetectionClient(job.url, timeout=job.timeout,
+                                          max_attempts=job.max_attempts, api_key=job.api_key,
+                                          max_concurrency=job.concurrency)
+    else:
+        client = AsyncDetectionClient(
+            job.url,
+            timeout=job.timeout,
+            max_attempts=job.max_attempts,
+            api_key=job.api_key,
+            max_connections=job.concurrency,
+            max_keepalive_connections=job.concurrency,
+        )
     async with client:
         outcomes = client.detect_many(
             iter_image_paths(job.paths),
@@ -265,6 +281,9 @@ def track_command(
 ) -> None:
     """Track objects through a video: SOURCE is a video file, or a folder or glob of frames
     (sorted by name). Needs OpenCV for a video file and for --annotate."""
+    if url.startswith(GRPC_SCHEME):
+        raise click.BadParameter("streams are not in the Open Inference Protocol: track needs "
+                                 "the service's HTTP address (http://HOST:PORT)", param_hint="--url")
     if missing_paths([source]):
         raise click.BadParameter(f"no such file or folder: {source}", param_hint="SOURCE")
     if stream_id is not None and not valid_stream_id(stream_id):

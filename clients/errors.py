@@ -6,7 +6,9 @@ become them.
     ClientError                 every error this package raises; .status .code .request_id
     ├── InvalidRequest          the caller must change something: a 4xx (400, 404, 413, 415, 422),
     │   │                       an unreadable image or a bad URL. Never retried.
-    │   └── Unauthorized        401 or 403: missing or wrong API key. Never retried.
+    │   ├── Unauthorized        401 or 403: missing or wrong API key. Never retried.
+    │   └── HttpRequired        a call the gRPC client makes over HTTP (annotate, track) without
+    │                           the service's HTTP address (``http_url``). Never sent.
     ├── Overloaded              503 (overloaded, not_ready, draining): retried, after Retry-After.
     │   └── RateLimited         429 (rate_limited): retried, after Retry-After.
     ├── ServerError             any other 5xx; 502 (bad gateway) is retried, 500 and 501 are not.
@@ -42,6 +44,7 @@ __all__ = [
     "ClientError",
     "ConnectError",
     "DeadlineExceeded",
+    "HttpRequired",
     "InvalidRequest",
     "Overloaded",
     "ProtocolError",
@@ -110,6 +113,13 @@ class Unauthorized(InvalidRequest):
     """401 or 403: the API key is missing or not accepted."""
 
     default_code = "unauthorized"
+
+
+class HttpRequired(InvalidRequest):
+    """A call that only the service's HTTP API has (``annotate``, ``track``), asked of the gRPC
+    client made without ``http_url``: the message says what to pass."""
+
+    default_code = "http_required"
 
 
 class Overloaded(ClientError):

@@ -86,7 +86,7 @@ def _config(name: str, platform: str, inputs: list[Tensor], outputs: list[Tensor
         "max_batch_size": max_batch_size,
         "input": [t.config() for t in inputs],
         "output": [t.config() for t in outputs],
-        "dynamic_batching": {"max_queue_delay_microseconds": int(max_wait_ms * 1000)},
+        "dynamic_batching": {"max_queue_delay_microseconds": round(max_wait_ms * 1000)},
         "instance_group": [{"count": instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}],
         "parameters": {"metadata": {"string_value": metadata}},
     }

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from service.settings import Settings
     from service.shared import SharedRateLimiter, SharedStore
 
-__all__ = ["AppState", "Lifecycle"]
+__all__ = ["AppState", "Lifecycle", "LifecycleWatcher"]
 
 
 class Lifecycle(enum.Enum):
@@ -27,17 +28,43 @@ class Lifecycle(enum.Enum):
     STOPPED = "stopped"
 
 
+LifecycleWatcher = Callable[[Lifecycle], None]
+
+
 @dataclass
 class AppState:
+    """``lifecycle`` tells each change to its watchers (:meth:`watch`) as it is made, so that a
+    front can push it (gRPC health's ``Watch``) instead of polling for it."""
+
     settings: Settings
     metrics: ServiceMetrics
     rate_limiter: RateLimiter | SharedRateLimiter | None
     gc_pauses: GcPauses
-    lifecycle: Lifecycle = Lifecycle.STARTING
     models: ModelRegistry | None = None  # every model served, and the device they share
     loading: asyncio.Task[None] | None = None
     streams: StreamRegistry | None = None
     shared_store: SharedStore | None = None  # Redis, when configured
+    _lifecycle: Lifecycle = field(default=Lifecycle.STARTING, init=False, repr=False)
+    _watchers: list[LifecycleWatcher] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self._lifecycle
+
+    @lifecycle.setter
+    def lifecycle(self, value: Lifecycle) -> None:
+        """Each watcher is called at once, in the setter's thread and context (a signal
+        handler's, for SIGTERM's draining): it should only hand the change to its loop."""
+        if value is self._lifecycle:
+            return
+        self._lifecycle = value
+        for watcher in tuple(self._watchers):
+            watcher(value)
+
+    def watch(self, watcher: LifecycleWatcher) -> Callable[[], None]:
+        """Call ``watcher(lifecycle)`` on every change from now on; returns what stops it."""
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher)
 
     @property
     def inferencer(self) -> Inferencer | None:

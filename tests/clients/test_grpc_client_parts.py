@@ -30,7 +30,8 @@ def test_declared_messages_match_the_published_protocol() -> None:
 
     for name, cls in MESSAGES.items():
         outer, _, inner = name.partition(".")
-        module = model_config_pb2 if outer in ("ModelConfig", "ModelParameter") else grpc_service_pb2
+        in_config = outer in ("ModelConfig", "ModelParameter", "ModelDynamicBatching")
+        module = model_config_pb2 if in_config else grpc_service_pb2
         theirs = getattr(module, outer).DESCRIPTOR
         if inner:
             theirs = theirs.nested_types_by_name[inner]
@@ -133,3 +134,65 @@ def test_without_grpcio_the_client_says_what_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True,
                          text=True).stdout
     assert "pip install 'yoloserve[grpc]'" in out
+
+
+def _config(name: str, **parameters: str) -> object:
+    from clients._oip_messages import MESSAGES
+
+    config = MESSAGES["ModelConfig"](name=name, max_batch_size=8)
+    config.dynamic_batching.max_queue_delay_microseconds = 4350
+    config.parameters["metadata"].string_value = repr(
+        {"task": "detect", "imgsz": [256, 256], "names": {0: "circle", 1: "square"}})
+    for key, value in {"version": "abc", "backend": "onnx", "device": "cpu",
+                       "precision": "fp32", "letterbox": "square", **parameters}.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def test_model_info_and_the_listing_from_model_configs() -> None:
+    from clients._oip import model_info, models_response
+
+    info = model_info(_config("a"))
+    assert info.model_dump() == {
+        "name": "a", "version": "abc", "backend": "onnx", "device": "cpu", "precision": "fp32",
+        "input_size": 256, "task": "detect", "letterbox": "square",
+        "classes": {"0": "circle", "1": "square"}, "max_batch_size": 8, "max_wait_ms": 4.35,
+        "evaluation": None}
+    listing = models_response([_config("a", aliases='{"prod": 3.0}'),
+                               _config("b", default="true", aliases='{"prod": 1.0, "x": 2}')])
+    assert [m.name for m in listing.models] == ["a", "b"]
+    assert listing.default == "b"
+    assert listing.aliases == {"prod": {"a": 3.0, "b": 1.0}, "x": {"b": 2.0}}
+
+
+def test_a_config_without_the_services_parameters_is_a_protocol_error() -> None:
+    from clients._oip import model_info
+    from clients._oip_messages import MESSAGES
+    from clients.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="not a yoloserve service"):
+        model_info(MESSAGES["ModelConfig"](name="triton-model"))
+
+
+def test_the_index_lists_served_models_without_their_raw_networks() -> None:
+    from clients._oip import served_names
+    from clients._oip_messages import MESSAGES
+
+    index = MESSAGES["RepositoryIndexResponse"]()
+    for name in ("demo", "seg", "demo-raw", "seg-raw", "other-raw"):
+        index.models.add(name=name, state="READY")
+    assert served_names(index) == ["demo", "seg", "other-raw"]
+
+
+async def test_annotate_and_track_without_http_url_say_what_to_pass() -> None:
+    from clients import AsyncGrpcDetectionClient, GrpcDetectionClient, HttpRequired
+
+    async with AsyncGrpcDetectionClient("127.0.0.1:1", model="demo") as client:
+        assert client.http_url is None
+        with pytest.raises(HttpRequired, match=r"http_url='http://HOST:PORT'") as info:
+            await client.annotate(b"image")
+        assert isinstance(info.value, InvalidRequest) and info.value.code == "http_required"
+        with pytest.raises(HttpRequired, match="track"):
+            client.track("s1", [b"frame"])  # refused when called, before any frame is read
+    with GrpcDetectionClient("127.0.0.1:1", model="demo") as sync, pytest.raises(HttpRequired):
+        sync.annotate(b"image")

@@ -2,8 +2,9 @@
 HTTP app, with ``inference.GRPCInferenceService``, ``grpc.health.v1.Health`` and server reflection.
 
 Started in the app's lifespan when ``--grpc-port`` is set; on shutdown it stops taking calls,
-lets streams answer what they took and end, and waits up to the drain timeout for calls in
-flight before the models close.
+lets streams answer what they took and end, ends health watches (which saw NOT_SERVING as soon
+as the drain began), and waits up to the drain timeout for calls in flight before the models
+close.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class GrpcServer:
     def __init__(self, state: AppState, version: str) -> None:
         self.state = state
         self.inference = InferenceServicer(state, version)
+        self.health = HealthServicer(state)
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
@@ -53,21 +55,23 @@ class GrpcServer:
         ])
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.inference, server)
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.state), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(_reflected(), server, pool=pool.POOL)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {address}")
+        self.health.start()  # from now on, each change of the lifecycle reaches Watch at once
         await server.start()
         self._server = server
         log.info("gRPC listening", extra={"address": f"{host}:{self.port}"})
 
     async def stop(self, grace: float) -> None:
-        """Stop taking calls; streams answer what they took and end; calls in flight finish
-        within ``grace`` seconds, then are cancelled."""
+        """Stop taking calls; streams answer what they took and end, health watches end; calls
+        in flight finish within ``grace`` seconds, then are cancelled."""
         if self._server is None:
             return
         self.inference.closing.set()
+        self.health.close()
         await self._server.stop(grace)
         self._server = None

@@ -5,7 +5,8 @@ The call's gRPC deadline is the request's deadline (``X-Request-Timeout-Ms`` ove
 come as ``authorization: Bearer KEY`` or ``x-api-key`` metadata. ``ModelStreamInfer`` answers the
 requests of a stream in order, up to ``STREAM_WINDOW`` of them in flight at once; an error ends
 only its request (``error_message``), as Triton does. When the service drains, a stream answers
-what it has taken and ends with ``UNAVAILABLE``.
+what it has taken and ends with ``UNAVAILABLE``. ``RepositoryIndex`` lists the models, and
+``ModelConfig`` carries the rest of ``/v1/model`` in its ``parameters`` (see ``repository``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from service.api.deps import check_access, ready_inferencer
 from service.api.grpc.boundary import abort, error_of
 from service.api.grpc.proto import grpc_service_pb2 as pb
 from service.api.grpc.proto import model_config_pb2
+from service.api.grpc.repository import index_entries, info_parameters
 from service.api.grpc.tensors import decode_request, encode_response
 from service.errors import Draining, ServiceError
 from service.runtime.registry import ModelRegistry
@@ -45,8 +47,8 @@ class InferenceServicer:
         self.closing = asyncio.Event()  # set when the service drains: streams end
 
     def __getattr__(self, name: str) -> Callable[[Any, Any], Awaitable[Any]]:
-        """The protocol's other calls (statistics, the repository, shared memory, trace):
-        ``UNIMPLEMENTED``."""
+        """The protocol's other calls (statistics, loading and unloading models, shared memory,
+        trace): ``UNIMPLEMENTED``."""
         if not name[:1].isupper():
             raise AttributeError(name)
 
@@ -81,12 +83,21 @@ class InferenceServicer:
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            found = oip.target(await self._registry(), request.name, request.version)
+            registry = await self._registry()
+            found = oip.target(registry, request.name, request.version)
             config = json_format.ParseDict(oip.model_config(found, self.state.settings),
                                            model_config_pb2.ModelConfig(),
                                            ignore_unknown_fields=True)
+            for key, value in info_parameters(found, registry).items():
+                config.parameters[key].string_value = value
             return pb.ModelConfigResponse(config=config)
         return await self._answer("ModelConfig", context, work)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            entries = index_entries(await self._registry())
+            return json_format.ParseDict({"models": entries}, pb.RepositoryIndexResponse())
+        return await self._answer("RepositoryIndex", context, work)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
