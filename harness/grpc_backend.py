@@ -2,9 +2,12 @@
 ``inference.GRPCInferenceService/ModelInfer`` (answers at once, or after ``--delay-ms``: an
 answer whose ``model_version`` is the backend's name and whose one output echoes the request's
 raw input) and ``grpc.health.v1``. SIGTERM drains as the service does: health NOT_SERVING, new
-calls ``UNAVAILABLE``, calls in flight finish, then it exits.
+calls ``UNAVAILABLE``, calls in flight finish, then it exits. With ``--tls-cert`` and
+``--tls-key`` it speaks gRPC over TLS (ALPN h2), and with ``--client-ca`` it requires a client
+certificate signed by that CA.
 
-    python -m harness.grpc_backend --port PORT --name NAME [--delay-ms MS]
+    python -m harness.grpc_backend --port PORT --name NAME [--delay-ms MS] [--host 127.0.0.1]
+        [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -51,13 +55,24 @@ class _Inference:
         return response
 
 
-async def _serve(port: int, name: str, delay_ms: float) -> None:
+def _credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+        require_client_auth=client_ca is not None)
+
+
+async def _serve(port: int, name: str, delay_ms: float,
+                 credentials: grpc.ServerCredentials | None = None, host: str = "127.0.0.1") -> None:
     server = grpc.aio.server()
     inference = _Inference(name, delay_ms / 1000)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)  # type: ignore[no-untyped-call]
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if credentials is None:
+        server.add_insecure_port(f"{host}:{port}")
+    else:
+        server.add_secure_port(f"{host}:{port}", credentials)
     await server.start()
     await checks.set("", health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
@@ -74,14 +89,21 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="backend")
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--client-ca", type=Path)
     args = parser.parse_args()
+    credentials = None
+    if args.tls_cert is not None and args.tls_key is not None:
+        credentials = _credentials(args.tls_cert, args.tls_key, args.client_ca)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(_serve(args.port, args.name, args.delay_ms))
+    asyncio.run(_serve(args.port, args.name, args.delay_ms, credentials, args.host))
 
 
 if __name__ == "__main__":

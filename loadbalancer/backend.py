@@ -105,6 +105,7 @@ class Backend:
         "removed",
         "requests",
         "retiring",
+        "server_name",
         "tls",
         "tuning",
         "typical",
@@ -129,6 +130,7 @@ class Backend:
         self.host = spec.host
         self.port = spec.port
         self.tls = spec.tls  # https://: TLS to it, for requests and health checks alike
+        self.server_name = spec.verified_name  # what its certificate must name (and the SNI)
         self.weight = spec.weight
         self.tuning = tuning
         self.health = Health.PENDING if probe_first else Health.UNKNOWN
@@ -275,6 +277,7 @@ class Backend:
         return {
             "id": self.id,
             "url": self.url,
+            "server_name": self.server_name if self.tls else None,
             "weight": self.weight,
             "effective_weight": round(self.effective_weight(now), 4),
             "health": self.health.value,

@@ -15,18 +15,19 @@ __all__ = ["lb_command"]
 
 _BACKENDS = click.option("--backend", "backends", multiple=True, metavar="URL[=WEIGHT]",
                          help=f"A backend, repeatable. [env: {ENV_PREFIX}BACKENDS]")
-_DISCOVER = click.option("--discover", "discover", multiple=True, metavar="dns://NAME:PORT",
+_DISCOVER = click.option("--discover", "discover", multiple=True, metavar="dns[+https]://NAME:PORT",
                          help="Backends from a DNS name's A/AAAA records, followed at their TTL; "
-                              f"repeatable. [env: {ENV_PREFIX}DISCOVER]")
+                              "dns+https:// makes them HTTPS backends whose certificates must name "
+                              f"NAME; repeatable. [env: {ENV_PREFIX}DISCOVER]")
 
 _GRPC_BACKENDS = click.option("--grpc-backend", "grpc_backends", multiple=True,
-                              metavar="HOST:PORT[=WEIGHT]",
-                              help="A gRPC backend (h2c), repeatable; needs --grpc-port. "
-                                   f"[env: {ENV_PREFIX}GRPC_BACKENDS]")
+                              metavar="[https://]HOST:PORT[=WEIGHT]",
+                              help="A gRPC backend (h2c; over TLS with https://), repeatable; "
+                                   f"needs --grpc-port. [env: {ENV_PREFIX}GRPC_BACKENDS]")
 _DISCOVER_GRPC = click.option("--discover-grpc", "discover_grpc", multiple=True,
-                              metavar="dns://NAME:PORT",
-                              help="gRPC backends from a DNS name's A/AAAA records; repeatable. "
-                                   f"[env: {ENV_PREFIX}DISCOVER_GRPC]")
+                              metavar="dns[+https]://NAME:PORT",
+                              help="gRPC backends from a DNS name's A/AAAA records (over TLS with "
+                                   f"dns+https://); repeatable. [env: {ENV_PREFIX}DISCOVER_GRPC]")
 
 
 @click.command("lb", context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,5 +1,5 @@
-"""Backends found by DNS: ``--discover dns://NAME:PORT`` follows a name's A and AAAA records (a
-Kubernetes headless Service gives one per ready pod), one task per name.
+"""Backends found by DNS: ``--discover dns://NAME:PORT`` (or ``dns+https://``) follows a name's A
+and AAAA records (a Kubernetes headless Service gives one per ready pod), one task per name.
 
 Each task resolves its name again when the answer's TTL runs out, bounded below and above by
 ``dns_min_ttl`` and ``dns_max_ttl`` (a timer on monotonic time, no polling), and the cluster follows
@@ -19,6 +19,11 @@ the union of every name's addresses:
 
 Configured backends (``--backend``, the admin API, SIGHUP) are never touched by discovery, and an
 address that one of them already has is not registered twice.
+
+``dns+https://NAME:PORT`` makes the addresses ``https://`` backends. Their certificates cannot
+name an address that the next pod may get, so each is checked against NAME, which is also the
+SNI of its connections (Envoy's ``auto_sni`` on a DNS cluster; a Kubernetes certificate lists
+the headless Service's name).
 
 The resolver is a one-method extension point (:class:`Resolver`); :class:`DnsResolver` is
 dnspython's async resolver, its errors mapped to :class:`DiscoveryError` at this boundary.
@@ -289,7 +294,7 @@ class Discovery:
         now = monotonic()
         wanted: dict[str, tuple[BackendSpec, str]] = {}
         for name in self.names:
-            for spec in _backend_specs(name.addresses, name.spec.port):
+            for spec in _backend_specs(name.addresses, name.spec):
                 wanted.setdefault(spec.id, (spec, name.spec.url))
         cluster = self.cluster
         for backend_id, (spec, source) in wanted.items():
@@ -310,11 +315,14 @@ class Discovery:
                 cluster.retire(backend.id)
 
 
-def _backend_specs(addresses: Iterable[str], port: int) -> list[BackendSpec]:
-    """``http://ADDRESS:PORT`` for each address (IPv6 in brackets), in a stable order."""
+def _backend_specs(addresses: Iterable[str], followed: DiscoverSpec) -> list[BackendSpec]:
+    """``http://ADDRESS:PORT`` for each address (IPv6 in brackets), in a stable order; with
+    ``dns+https://``, ``https://ADDRESS:PORT`` whose certificate must name the DNS name."""
+    scheme = followed.scheme
+    server_name = followed.name if followed.tls else None
     specs = []
     for text in sorted(addresses):
         address = ipaddress.ip_address(text)
         host = f"[{address.compressed}]" if address.version == 6 else address.compressed
-        specs.append(BackendSpec(url=f"http://{host}:{port}"))
+        specs.append(BackendSpec(url=f"{scheme}://{host}:{followed.port}", server_name=server_name))
     return specs

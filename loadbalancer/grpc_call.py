@@ -44,8 +44,10 @@ __all__ = ["ClientStream", "GrpcCall", "UpstreamUnavailable", "grpc_timeout", "p
 
 log = logging.getLogger("loadbalancer.grpc")
 _UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-_DROPPED = {b"grpc-timeout", b"connection", b"keep-alive", b"proxy-connection", b"upgrade",
-            b"transfer-encoding", b"host"}
+# Not forwarded as the client sent them: the deadline (each try sends its own) and :scheme (the
+# backend's: https over TLS, http over h2c, whatever the client's connection was).
+_DROPPED = {b"grpc-timeout", b":scheme", b"connection", b"keep-alive", b"proxy-connection",
+            b"upgrade", b"transfer-encoding", b"host"}
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -167,7 +169,8 @@ class GrpcCall:
         backend = self.retry.backend
         assert backend is not None
         remaining = self.retry.try_deadline - monotonic()
-        headers = [*self.headers, (b"grpc-timeout", grpc_timeout(remaining))]
+        headers = [(b":scheme", conn.pool.scheme), *self.headers,
+                   (b"grpc-timeout", grpc_timeout(remaining))]
         if self.log is not None and self.retry.tried[0] is not backend:
             self.pending = bytearray(b"".join(self.log))  # a retry: the request from the start
         self.upstream_ended = False

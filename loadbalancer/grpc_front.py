@@ -1,7 +1,9 @@
-"""The balancer's gRPC side: h2c on ``--grpc-port``, each call (HTTP/2 stream) routed on its own
-by the policy over the gRPC backends (``--grpc-backend``, ``--discover-grpc``), which have their
-own cluster, health checks (``grpc.health.v1``), pools and totals; retries, the retry budget and
-the policies are the HTTP side's code (:mod:`loadbalancer.grpc_call`).
+"""The balancer's gRPC side: HTTP/2 on ``--grpc-port`` (h2c, or TLS with ALPN ``h2`` when
+``--tls-cert`` is given: the proxy port's certificate, reloaded alike, and its client CA), each
+call (HTTP/2 stream) routed on its own by the policy over the gRPC backends (``--grpc-backend``,
+``--discover-grpc``; ``https://`` ones over TLS), which have their own cluster, health checks
+(``grpc.health.v1``), pools and totals; retries, the retry budget and the policies are the HTTP
+side's code (:mod:`loadbalancer.grpc_call`).
 
 :class:`GrpcDownstream` is one client connection (server side of ``h2``); :class:`GrpcFront`
 owns the rest and its lifecycle: ``start``, then ``aclose`` (stop listening, GOAWAY to clients,
@@ -32,6 +34,7 @@ from loadbalancer.policies import make_policy
 from loadbalancer.proxy import Proxy
 from loadbalancer.settings import LBSettings
 from loadbalancer.stats import ProxyStats
+from loadbalancer.tls import Reloading, listening_context
 
 __all__ = ["GrpcDownstream", "GrpcFront"]
 
@@ -171,15 +174,17 @@ class GrpcDownstream(asyncio.Protocol):
 
 
 class _Pools:
-    """Cluster watcher: an h2c pool per gRPC backend, closed when it leaves."""
+    """Cluster watcher: an HTTP/2 pool per gRPC backend (over ``tls`` for an ``https://`` one),
+    closed when it leaves."""
 
-    def __init__(self, settings: LBSettings, pools: dict[str, GrpcPool]) -> None:
-        self.settings, self.pools = settings, pools
+    def __init__(self, settings: LBSettings, pools: dict[str, GrpcPool], tls: Reloading) -> None:
+        self.settings, self.pools, self.tls = settings, pools, tls
 
     def added(self, backend: Backend) -> None:
         self.pools[backend.id] = GrpcPool(
             backend.host, backend.port, max_connections=self.settings.grpc_connections_per_backend,
-            connect_timeout=self.settings.connect_timeout)
+            connect_timeout=self.settings.connect_timeout,
+            tls=self.tls if backend.tls else None, server_name=backend.server_name)
 
     def removed(self, backend: Backend) -> None:
         pool = self.pools.pop(backend.id, None)
@@ -188,8 +193,13 @@ class _Pools:
 
 
 class GrpcFront:
-    def __init__(self, settings: LBSettings) -> None:
+    """``tls``: the port's TLS (None: h2c); ``upstream_tls``: the context of ``https://``
+    backends (ALPN ``h2``)."""
+
+    def __init__(self, settings: LBSettings, *, upstream_tls: Reloading,
+                 tls: Reloading | None = None) -> None:
         s = self.settings = settings
+        self.tls, self.upstream_tls = tls, upstream_tls
         self.stats = ProxyStats()
         self.cluster = Cluster(make_policy(s.policy), Tuning.from_settings(s),
                                panic_threshold=s.panic_threshold,
@@ -209,7 +219,7 @@ class GrpcFront:
     async def start(self) -> None:
         s = self.settings
         assert s.grpc_port is not None
-        self.cluster.watchers.append(_Pools(s, self.pools))
+        self.cluster.watchers.append(_Pools(s, self.pools, self.upstream_tls))
         for spec in s.grpc_backends:
             self.cluster.add(spec, time.monotonic(), warm=True)
         self.proxy = Proxy(s, self.cluster, self.stats)
@@ -218,8 +228,10 @@ class GrpcFront:
         self._health.start()
         if self.discovery is not None:
             await self.discovery.start()
+        tls = listening_context(self.tls) if self.tls is not None else None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: GrpcDownstream(self), s.host, s.grpc_port, backlog=1024, reuse_address=True)
+            lambda: GrpcDownstream(self), s.host, s.grpc_port, backlog=1024, reuse_address=True,
+            ssl=tls, ssl_handshake_timeout=s.client_request_timeout if tls is not None else None)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self, within: float) -> None:

@@ -1,7 +1,8 @@
 """Active health checks of gRPC backends with gRPC's own health protocol: ``grpc.health.v1.
-Health/Check`` for the whole server (``""``), over the backend's pooled h2c connections, one task
-per backend at the interval with jitter. SERVING -> healthy; NOT_SERVING (loading, draining) ->
-draining: no new calls; no answer in time, a refused connection or another status -> a failure.
+Health/Check`` for the whole server (``""``), over the backend's pooled connections (h2c, or the
+same TLS as its calls), one task per backend at the interval with jitter. SERVING -> healthy;
+NOT_SERVING (loading, draining) -> draining: no new calls; no answer in time, a refused
+connection, a failed handshake or another status -> a failure.
 Thresholds and the state machine are :meth:`Backend.apply_probe`'s, as for HTTP backends.
 
 The request and the answer are one-field protobuf messages, written and read here by hand (the
@@ -72,7 +73,7 @@ async def probe(pool: GrpcPool, authority: str, within: float) -> Health:
     try:
         async with asyncio.timeout(within):
             conn = await pool.acquire()
-            headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", CHECK_PATH),
+            headers = [(b":method", b"POST"), (b":scheme", pool.scheme), (b":path", CHECK_PATH),
                        (b":authority", authority.encode()), (b"content-type", b"application/grpc"),
                        (b"te", b"trailers")]
             stream_id = conn.open(headers, answer)

@@ -1,5 +1,8 @@
-"""HTTP/2 cleartext (h2c) connections to gRPC backends, with the ``h2`` library: each carries
-many calls at once, one HTTP/2 stream each, and a backend has a few of them (:class:`GrpcPool`).
+"""HTTP/2 connections to gRPC backends, with the ``h2`` library: cleartext (h2c), or over TLS
+for an ``https://`` backend (ALPN ``h2``, its certificate checked against ``--upstream-ca`` and
+the name it is known by, mutual TLS with ``--upstream-cert``; :mod:`loadbalancer.tls`). Each
+connection carries many calls at once, one HTTP/2 stream each, and a backend has a few of them
+(:class:`GrpcPool`).
 
 A stream's events go to its :class:`StreamReceiver` (a call being proxied, or a health probe).
 Received DATA is acknowledged (the flow-control window reopened) only when the receiver says so
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Protocol, cast
 
@@ -22,7 +26,8 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import Frame, GoAwayFrame
 
-from loadbalancer.errors import ConnectFailed, UpstreamError, UpstreamReset
+from loadbalancer.errors import ConnectFailed, TlsFailed, UpstreamError, UpstreamReset
+from loadbalancer.tls import Reloading, failure_reason
 
 __all__ = ["STREAM_WINDOW", "GrpcConnection", "GrpcPool", "Headers", "StreamReceiver"]
 
@@ -95,7 +100,8 @@ class GrpcConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.lost(self)
-        self._fail_all(UpstreamReset("the backend closed the connection"), unprocessed=False)
+        reason = "the backend closed the connection" + (f": {exc!r}" if exc is not None else "")
+        self._fail_all(UpstreamReset(reason), unprocessed=False)
 
     def _without_goaway(self, data: bytes) -> bytes:
         """``data`` less its GOAWAY frames, which are handled here: ``h2`` closes the whole
@@ -225,14 +231,20 @@ class GrpcConnection(asyncio.Protocol):
 
 
 class GrpcPool:
-    """A backend's h2c connections: calls share one until it is full (the backend's
-    ``MAX_CONCURRENT_STREAMS``), then another opens, up to ``max_connections``."""
+    """A backend's HTTP/2 connections: calls share one until it is full (the backend's
+    ``MAX_CONCURRENT_STREAMS``), then another opens, up to ``max_connections``. With ``tls``
+    (an ``https://`` backend) they are made over TLS, the certificate checked against
+    ``server_name`` (the host or IP address by default)."""
 
-    def __init__(self, host: str, port: int, *, max_connections: int, connect_timeout: float
-                 ) -> None:
+    def __init__(self, host: str, port: int, *, max_connections: int, connect_timeout: float,
+                 tls: Reloading | None = None, server_name: str | None = None) -> None:
         self.host, self.port = host, port
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
+        self.tls = tls
+        self.server_name = (server_name or host) if tls is not None else None
+        self.scheme = b"https" if tls is not None else b"http"  # the calls' :scheme
+        self.tls_error: str | None = None  # the last handshake failure, until one succeeds
         self.connections: list[GrpcConnection] = []
         self._connecting: asyncio.Task[GrpcConnection] | None = None
         self.closed = False
@@ -259,14 +271,29 @@ class GrpcPool:
 
     async def _connect(self) -> GrpcConnection:
         loop = asyncio.get_running_loop()
+        context = self.tls.current if self.tls is not None else None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(lambda: GrpcConnection(self),
-                                                       self.host, self.port)
+                                                       self.host, self.port, ssl=context,
+                                                       server_hostname=self.server_name)
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise self.tls_failed(exc) from exc
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
+        self.tls_error = None
         self.connections.append(conn)
         return conn
+
+    def tls_failed(self, exc: Exception) -> TlsFailed:
+        """The error for a failed handshake, logged once per reason (not once per call)."""
+        reason = failure_reason(exc)
+        if reason != self.tls_error:
+            self.tls_error = reason
+            log.warning("TLS to a gRPC backend failed; it is not used while this lasts",
+                        extra={"backend": f"{self.host}:{self.port}", "server_name": self.server_name,
+                               "reason": reason, "error": str(exc)})
+        return TlsFailed(f"TLS to {self.host}:{self.port} failed: {reason}")
 
     def lost(self, conn: GrpcConnection) -> None:
         if conn in self.connections:

@@ -13,8 +13,9 @@ failed probe. A killed backend's connection is reset with it; a frozen one's pro
 the old connection as it would on a new one.
 
 An ``https://`` backend is probed over the same TLS as its requests (the same context: CA,
-client certificate, host or IP check); a handshake that fails is a failed probe, logged with its
-reason once until the reason changes or a probe passes."""
+client certificate, and the check of its host, IP address or discovered DNS name); a handshake
+that fails is a failed probe, logged with its reason once until the reason changes or a probe
+passes."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import aiohttp
 
 from loadbalancer.backend import Backend, Health
 from loadbalancer.cluster import Cluster
-from loadbalancer.tls import Reloading
+from loadbalancer.tls import Reloading, failure_reason
 
 __all__ = ["HealthChecker"]
 
@@ -119,8 +120,10 @@ class HealthChecker:
         assert self._session is not None
         url = backend.url + self.path
         context = self.tls.current if backend.tls and self.tls is not None else None
+        name = backend.server_name if backend.tls else None  # a discovered one: its DNS name
         try:
-            async with self._session.get(url, allow_redirects=False, ssl=context or True) as response:
+            async with self._session.get(url, allow_redirects=False, ssl=context or True,
+                                         server_hostname=name) as response:
                 body = await response.content.read(MAX_BODY)
                 status = response.status
         except aiohttp.ClientSSLError as exc:
@@ -138,8 +141,7 @@ class HealthChecker:
 
 
     def _tls_failed(self, backend: Backend, exc: aiohttp.ClientSSLError) -> None:
-        cause = getattr(exc, "certificate_error", None) or exc.os_error
-        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+        reason = failure_reason(getattr(exc, "certificate_error", None) or exc.os_error)
         if self._tls_errors.get(backend.id) != reason:
             self._tls_errors[backend.id] = reason
             log.warning("TLS to a backend failed: unhealthy while this lasts",

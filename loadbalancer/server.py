@@ -3,7 +3,8 @@
 ``async with LoadBalancer(settings) as lb:`` starts the proxy port, the admin port, the pools,
 the health checks and DNS discovery; leaving it shuts down gracefully. Signals only set events.
 With TLS configured, a background task checks the certificate files every
-``tls_reload_interval`` seconds and reloads those that changed (``loadbalancer.tls``).
+``tls_reload_interval`` seconds and reloads those that changed (``loadbalancer.tls``): the proxy
+port's, the gRPC port's (the same files), the admin port's and the backends'.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from loadbalancer.policies import make_policy
 from loadbalancer.proxy import Proxy
 from loadbalancer.settings import LBSettings, load_config_file, parse_backends, parse_discover
 from loadbalancer.stats import ProxyStats
-from loadbalancer.tls import Reloading, client_context, listening_context, server_context
+from loadbalancer.tls import (
+    ALPN,
+    H2_ALPN,
+    Reloading,
+    client_context,
+    listening_context,
+    server_context,
+)
 from loadbalancer.upstream import UpstreamPool
 from wire.logs import configure_logging
 
@@ -67,6 +75,7 @@ class _Pools:
             connect_timeout=s.connect_timeout,
             idle_timeout=s.upstream_idle_timeout,
             tls=self.upstream_tls if backend.tls else None,
+            server_name=backend.server_name,
         )
 
     def removed(self, backend: Backend) -> None:
@@ -95,12 +104,16 @@ class LoadBalancer:
                 max_ttl=settings.dns_max_ttl,
             )
         self.registry = make_registry(self.cluster, self.stats, self.discovery)
+        self.contexts = _tls_contexts(settings)
+        contexts = self.contexts
+        self.tls, self.admin_tls = contexts.get("proxy"), contexts.get("admin")
+        self.upstream_tls = contexts["upstream"]
         self.grpc: GrpcFront | None = None  # the gRPC side, on --grpc-port
         if settings.grpc_port is not None:
-            self.grpc = GrpcFront(settings)
+            self.grpc = GrpcFront(settings, tls=contexts.get("grpc"),
+                                  upstream_tls=contexts["grpc-upstream"])
             self.registry.register(GrpcCollector(self.grpc.cluster, self.grpc.stats,
                                                  self.grpc.discovery))
-        self.tls, self.admin_tls, self.upstream_tls = _tls_contexts(settings)
         self.port = settings.port
         self.admin_port = settings.admin_port
         self._connections: set[ClientConnection] = set()
@@ -162,7 +175,8 @@ class LoadBalancer:
                 "policy": s.policy,
                 "backends": [b.url for b in s.backends],
                 "discover": [d.url for d in s.discover],
-                "grpc": f"{s.host}:{self.grpc.port}" if self.grpc is not None else None,
+                "grpc": None if self.grpc is None else
+                f"{'grpcs' if self.grpc.tls else 'grpc'}://{s.host}:{self.grpc.port}",
             },
         )
 
@@ -215,7 +229,7 @@ class LoadBalancer:
 
     async def _watch_tls(self) -> None:
         """Reloads the certificates whose files changed (new connections get them)."""
-        watched = [t for t in (self.tls, self.admin_tls, self.upstream_tls) if t is not None and t.files]
+        watched = [t for t in self.contexts.values() if t.files]
         while watched:
             await asyncio.sleep(self.settings.tls_reload_interval)
             for reloading in watched:
@@ -281,22 +295,34 @@ class LoadBalancer:
         log.info("load balancer stopped")
 
 
-def _tls_contexts(s: LBSettings) -> tuple[Reloading | None, Reloading | None, Reloading]:
-    """The proxy port's and the admin port's TLS (None: plain HTTP), and the backends'."""
-    proxy = admin = None
+def _tls_contexts(s: LBSettings) -> dict[str, Reloading]:
+    """Every TLS context the settings ask for, each watched for changes of its files:
+    ``proxy`` (HTTPS on the proxy port, ALPN http/1.1) and ``grpc`` (the gRPC port: the same
+    certificate and client CA, ALPN h2), when a certificate is given; ``admin`` (the admin
+    port's own certificate); ``upstream`` (``https://`` backends, ALPN http/1.1) and, with a gRPC
+    port, ``grpc-upstream`` (the same CA and client certificate, ALPN h2)."""
+    contexts: dict[str, Reloading] = {}
     if s.tls_cert is not None and s.tls_key is not None:
         cert, key, ca = s.tls_cert, s.tls_key, s.tls_client_ca
         files = [cert, key] if ca is None else [cert, key, ca]
-        proxy = Reloading("proxy", files, lambda: server_context(cert, key, ca))
+        contexts["proxy"] = Reloading("proxy", files, lambda: server_context(cert, key, ca))
+        if s.grpc_port is not None:
+            contexts["grpc"] = Reloading("grpc", files,
+                                         lambda: server_context(cert, key, ca, alpn=H2_ALPN))
     if s.admin_tls_cert is not None and s.admin_tls_key is not None:
         admin_cert, admin_key = s.admin_tls_cert, s.admin_tls_key
-        admin = Reloading("admin", [admin_cert, admin_key], lambda: server_context(admin_cert, admin_key))
+        contexts["admin"] = Reloading("admin", [admin_cert, admin_key],
+                                      lambda: server_context(admin_cert, admin_key))
     upstream_files = [f for f in (s.upstream_ca, s.upstream_cert, s.upstream_key) if f is not None]
 
-    def upstream_build() -> ssl.SSLContext:
-        return client_context(s.upstream_ca, s.upstream_cert, s.upstream_key)
+    def upstream_build(alpn: tuple[str, ...]) -> Callable[[], ssl.SSLContext]:
+        return lambda: client_context(s.upstream_ca, s.upstream_cert, s.upstream_key, alpn=alpn)
 
-    return proxy, admin, Reloading("upstream", upstream_files, upstream_build)
+    contexts["upstream"] = Reloading("upstream", upstream_files, upstream_build(ALPN))
+    if s.grpc_port is not None:
+        contexts["grpc-upstream"] = Reloading("grpc-upstream", upstream_files,
+                                              upstream_build(H2_ALPN))
+    return contexts
 
 
 async def serve_until_signalled(lb: LoadBalancer) -> None:

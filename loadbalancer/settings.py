@@ -7,17 +7,13 @@ then the defaults below. Durations are seconds, percentages 0-100.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -35,6 +31,15 @@ from pydantic_settings import (
 )
 
 from loadbalancer.errors import ConfigError
+from loadbalancer.specs import (
+    BackendSpec,
+    DiscoverSpec,
+    dns_name,
+    parse_backends,
+    parse_discover,
+    parse_grpc_backends,
+    parse_host_port,
+)
 from wire.headers import HOP_BY_HOP, REQUEST_ID, REQUEST_TIMEOUT_MS
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "BackendSpec",
     "DiscoverSpec",
     "LBSettings",
+    "dns_name",
     "load_config_file",
     "load_settings",
     "parse_backends",
@@ -58,158 +64,6 @@ _UNHASHABLE_HEADERS = HOP_BY_HOP | {"content-length", "expect", REQUEST_ID, REQU
 MAX_CONFIG_BYTES = 1 << 20
 
 
-class BackendSpec(BaseModel):
-    """One backend: ``http://host:port`` or ``https://host:port`` and an integer weight."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    url: str
-    weight: int = Field(default=1, ge=1, le=10_000)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
-            raise ValueError(f"backend URL must be http://host:port or https://host:port, got {url!r}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"backend URL must not have a path or query: {url!r}")
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        return f"{parts.scheme}://{host}:{parts.port}"
-
-    @classmethod
-    def parse(cls, spec: str | dict[str, Any] | BackendSpec) -> BackendSpec:
-        """``URL``, ``URL=WEIGHT`` or a mapping with ``url`` and ``weight``."""
-        if isinstance(spec, BackendSpec):
-            return spec
-        if isinstance(spec, dict):
-            return cls.model_validate(spec)
-        url, sep, weight = spec.strip().rpartition("=")
-        if not sep:
-            return cls(url=spec)
-        if not weight.strip().isdigit():
-            raise ValueError(f"backend weight must be a positive integer: {spec!r}")
-        return cls(url=url, weight=int(weight))
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port or 80
-
-    @property
-    def tls(self) -> bool:
-        """An ``https://`` backend: spoken to over TLS, its certificate verified."""
-        return self.url.startswith("https://")
-
-    @property
-    def id(self) -> str:
-        """The backend's id: ``host:port``, stable across reloads."""
-        return self.url.partition("://")[2]
-
-
-def _items(value: Any, what: str) -> list[Any]:
-    """A list of a setting's entries: a list, a tuple (repeated flags) or a string separated by
-    commas or newlines (the environment)."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        value = [part for part in value.replace("\n", ",").split(",") if part.strip()]
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"{what} must be a list or a comma-separated string")
-    return list(value)
-
-
-def parse_backends(value: Any) -> list[BackendSpec]:
-    return [BackendSpec.parse(item) for item in _items(value, "backends")]
-
-
-def parse_grpc_backends(value: Any) -> list[BackendSpec]:
-    """gRPC backends as ``HOST:PORT[=WEIGHT]`` (h2c; ``http://`` in front is accepted)."""
-    out = []
-    for item in _items(value, "grpc_backends"):
-        if isinstance(item, str) and "://" not in item:
-            item = "http://" + item.strip()
-        out.append(BackendSpec.parse(item))
-    return out
-
-
-class DiscoverSpec(BaseModel):
-    """A DNS name whose A and AAAA records are backends on ``port``: ``dns://NAME:PORT``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1, max_length=253)
-    port: int = Field(ge=1, le=65535)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, name: str) -> str:
-        name = name.strip().rstrip(".").lower()
-        labels = name.split(".")
-        if not all(0 < len(label) <= 63 for label in labels) or not all(
-            c.isalnum() or c in "-_" for label in labels for c in label
-        ):
-            raise ValueError(f"not a DNS name: {name!r}")
-        return name
-
-    @classmethod
-    def parse(cls, spec: str | dict[str, Any] | DiscoverSpec) -> DiscoverSpec:
-        """``dns://NAME:PORT`` or a mapping with ``name`` and ``port``."""
-        if isinstance(spec, DiscoverSpec):
-            return spec
-        if isinstance(spec, dict):
-            return cls.model_validate(spec)
-        parts = urlsplit(spec.strip())
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if parts.scheme != "dns" or not parts.hostname or port is None:
-            raise ValueError(f"discover must be dns://NAME:PORT, got {spec!r}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError(f"discover must be dns://NAME:PORT, without a path or query: {spec!r}")
-        return cls(name=parts.hostname, port=port)
-
-    @property
-    def url(self) -> str:
-        """``dns://NAME:PORT``: how logs, metrics and ``/lb/status`` name it."""
-        return f"dns://{self.name}:{self.port}"
-
-
-def parse_discover(value: Any) -> list[DiscoverSpec]:
-    specs = [DiscoverSpec.parse(item) for item in _items(value, "discover")]
-    return list(dict.fromkeys(specs))  # the same name twice is followed once
-
-
-def parse_host_port(value: str, default_port: int = 53) -> tuple[str, int]:
-    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` -> (ip, port); ValueError otherwise."""
-    text = value.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"expected [IPv6]:PORT, got {value!r}")
-        if rest:
-            port = _port(rest[1:], value)
-    elif text.count(":") == 1:
-        host, _, rest = text.partition(":")
-        port = _port(rest, value)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"the DNS server must be an IP address with an optional port: {value!r}") from None
-    return str(address), port
-
-
-def _port(text: str, value: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"bad port in {value!r}")
-    return int(text)
-
-
 class LBSettings(BaseSettings):
     """Every option of ``yoloserve lb``; each is also ``YOLOSERVE_LB_<NAME>`` in the environment."""
 
@@ -220,18 +74,20 @@ class LBSettings(BaseSettings):
     )
     discover: Annotated[list[DiscoverSpec], NoDecode] = Field(
         default_factory=list,
-        description="DNS names whose A/AAAA records are backends, as dns://NAME:PORT.",
+        description="DNS names whose A/AAAA records are backends, as dns://NAME:PORT (HTTP) or "
+        "dns+https://NAME:PORT (HTTPS, certificates checked against NAME).",
     )
     grpc_backends: Annotated[list[BackendSpec], NoDecode] = Field(
-        default_factory=list, description="gRPC backends as HOST:PORT[=WEIGHT] (h2c), "
-        "comma-separated in the env; balanced per call on --grpc-port."
+        default_factory=list, description="gRPC backends as HOST:PORT[=WEIGHT] (h2c) or "
+        "https://HOST:PORT[=WEIGHT] (TLS), comma-separated in the env; balanced per call on "
+        "--grpc-port."
     )
     discover_grpc: Annotated[list[DiscoverSpec], NoDecode] = Field(
         default_factory=list, description="DNS names whose A/AAAA records are gRPC backends, as "
-        "dns://NAME:PORT."
+        "dns://NAME:PORT (h2c) or dns+https://NAME:PORT (TLS, certificates checked against NAME)."
     )
-    grpc_port: int | None = Field(None, ge=0, le=65535, description="Port the gRPC proxy (h2c) "
-                                  "listens on, on --host; None: off.")
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="Port the gRPC proxy listens "
+                                  "on, on --host (h2c; TLS with --tls-cert); None: off.")
     grpc_connections_per_backend: int = Field(4, ge=1, le=256, description="HTTP/2 connections "
                                               "to one gRPC backend at most.")
     host: str = Field("127.0.0.1", description="Address the proxy listens on.")
@@ -303,16 +159,16 @@ class LBSettings(BaseSettings):
     shutdown_timeout: float = Field(30.0, ge=0, description="Seconds to drain on SIGTERM.")
     # TLS (``loadbalancer.tls``): certificate files are watched and reloaded when they change.
     tls_cert: Path | None = Field(None, description="Certificate chain (PEM) served on the proxy "
-                                  "port; with --tls-key the port speaks HTTPS only.")
+                                  "port and the gRPC port; with --tls-key they speak TLS only.")
     tls_key: Path | None = Field(None, description="Private key (PEM) of --tls-cert.")
     tls_client_ca: Path | None = Field(None, description="CA bundle (PEM): clients must present a "
                                        "certificate it signed (mutual TLS).")
     admin_tls_cert: Path | None = Field(None, description="Certificate chain (PEM) of the admin port.")
     admin_tls_key: Path | None = Field(None, description="Private key (PEM) of --admin-tls-cert.")
-    upstream_ca: Path | None = Field(None, description="CA bundle (PEM) https:// backends are "
-                                     "verified against (default: the system's store).")
+    upstream_ca: Path | None = Field(None, description="CA bundle (PEM) https:// backends (HTTP "
+                                     "and gRPC) are verified against (default: the system's store).")
     upstream_cert: Path | None = Field(None, description="Client certificate (PEM) for https:// "
-                                       "backends that require one (mutual TLS).")
+                                       "backends (HTTP and gRPC) that require one (mutual TLS).")
     upstream_key: Path | None = Field(None, description="Private key (PEM) of --upstream-cert.")
     tls_reload_interval: float = Field(1.0, gt=0, description="Seconds between checks of the "
                                        "certificate files for a change.")
@@ -365,7 +221,7 @@ class LBSettings(BaseSettings):
             if (getattr(self, cert) is None) != (getattr(self, key) is None):
                 raise ValueError(f"{cert} and {key} go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca needs tls_cert and tls_key (the proxy port's TLS)")
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (the proxy and gRPC ports' TLS)")
         return self
 
     @field_validator("hash_header")

@@ -1,10 +1,16 @@
-"""TLS: the contexts of the proxy and admin ports (HTTPS, optionally mutual) and of the connections
-to ``https://`` backends, each rebuilt when its files change.
+"""TLS: the contexts of the proxy and admin ports (HTTPS, optionally mutual), of the gRPC port
+(gRPC over TLS), and of the connections to ``https://`` backends, HTTP and gRPC, each rebuilt when
+its files change.
 
 Server side: TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AEAD ciphers (the TLS
-1.3 suites are all AEAD and OpenSSL's defaults stay); ALPN ``http/1.1``; session resumption by
-OpenSSL's tickets, whose keys belong to the listening context and so survive a certificate
-reload.
+1.3 suites are all AEAD and OpenSSL's defaults stay); ALPN ``http/1.1`` on the proxy and admin
+ports, ``h2`` on the gRPC port (each port speaks one protocol: offering ``h2`` on the proxy port
+would make every HTTP/2-capable client, curl included, pick it); session resumption by OpenSSL's
+tickets, whose keys belong to the listening context and so survive a certificate reload.
+
+Client side (backends): the same versions; ALPN ``http/1.1`` to HTTP backends, ``h2`` to gRPC
+ones; the certificate must chain to ``--upstream-ca`` and carry the name the connection is made
+for: the backend's host or IP address, or the DNS name it was discovered by (SNI and the check).
 
 Reload: a :class:`Reloading` context is built from its files and built again, into a new
 ``SSLContext``, when one of them changes (inode, size or mtime: a Kubernetes Secret's symlink
@@ -25,23 +31,34 @@ from pathlib import Path
 
 from loadbalancer.errors import ConfigError
 
-__all__ = ["ALPN", "CIPHERS", "Reloading", "client_context", "listening_context", "server_context"]
+__all__ = [
+    "ALPN",
+    "CIPHERS",
+    "H2_ALPN",
+    "Reloading",
+    "client_context",
+    "failure_reason",
+    "listening_context",
+    "server_context",
+]
 
 log = logging.getLogger("loadbalancer.tls")
 # TLS 1.2: forward secrecy and AEAD only (Mozilla's "intermediate" profile without DHE).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-# What the proxy port speaks. "h2" goes first here once the balancer serves gRPC (HTTP/2) on it.
+# What the proxy and admin ports and HTTP backends speak, and what the gRPC port and gRPC backends do.
 ALPN = ("http/1.1",)
+H2_ALPN = ("h2",)
 Stamp = tuple[tuple[int, int, int] | None, ...]
 
 
-def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
-    """A server context for ``cert`` and ``key``; with ``client_ca``, clients must present a
-    certificate it signed. Raises :class:`ConfigError` when a file does not load."""
+def server_context(cert: Path, key: Path, client_ca: Path | None = None, *,
+                   alpn: Sequence[str] = ALPN) -> ssl.SSLContext:
+    """A server context for ``cert`` and ``key``, offering ``alpn``; with ``client_ca``, clients
+    must present a certificate it signed. Raises :class:`ConfigError` when a file does not load."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS)
-    context.set_alpn_protocols(list(ALPN))
+    context.set_alpn_protocols(list(alpn))
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         context.load_cert_chain(cert, key)
@@ -54,15 +71,17 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
 
 
 def client_context(
-    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None, *,
+    alpn: Sequence[str] = ALPN,
 ) -> ssl.SSLContext:
-    """A client context for ``https://`` backends: their certificate must chain to ``ca`` (the
-    system's store without one) and name the host or IP address they are reached at; ``cert``
-    and ``key`` are presented to backends that ask for a client certificate."""
+    """A client context for ``https://`` backends, offering ``alpn``: their certificate must
+    chain to ``ca`` (the system's store without one) and carry the ``server_hostname`` each
+    connection gives (the host or IP address, or the discovered DNS name); ``cert`` and ``key``
+    are presented to backends that ask for a client certificate."""
     try:
         context = ssl.create_default_context(cafile=ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_alpn_protocols(list(ALPN))
+        context.set_alpn_protocols(list(alpn))
         if cert is not None:
             context.load_cert_chain(cert, key)
     except (OSError, ValueError) as exc:
@@ -125,3 +144,10 @@ def listening_context(reloading: Reloading) -> ssl.SSLContext:
 
     front.sni_callback = on_client_hello
     return front
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a handshake failed, in a few words (``certificate verify failed: ...``), for the log
+    line that is written once per reason."""
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    return str(reason)

@@ -225,7 +225,8 @@ class UpstreamConnection(asyncio.Protocol):
 
 class UpstreamPool:
     """Keep-alive connections to one backend, at most ``max_connections`` open at once; over TLS
-    with ``tls`` (an ``https://`` backend), its certificate checked against the host or IP."""
+    with ``tls`` (an ``https://`` backend), its certificate checked against ``server_name`` (also
+    the SNI; a discovered backend's DNS name), else the host or IP."""
 
     def __init__(
         self,
@@ -237,8 +238,10 @@ class UpstreamPool:
         idle_timeout: float,
         max_head_bytes: int = 65_536,
         tls: Reloading | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.server_name = server_name or host
         self.address = f"{host}:{port}"
         self.tls = tls
         self.tls_error: str | None = None  # the last handshake failure, until one succeeds
@@ -329,7 +332,7 @@ class UpstreamPool:
     @property
     def server_hostname(self) -> str | None:
         """The name (or IP address) the backend's certificate must carry."""
-        return self.host if self.tls is not None else None
+        return self.server_name if self.tls is not None else None
 
     async def _open(self, deadline: float) -> UpstreamConnection:
         self.size += 1

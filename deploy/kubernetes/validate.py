@@ -11,7 +11,10 @@ What is rendered: the base, each overlay (overlays/*), and each overlay with eac
   ``metadata`` against the 1.30 ObjectMeta schema;
 - references between objects: every Service, PodDisruptionBudget, NetworkPolicy and monitor selects
   some pod template (or Service), every scale target exists and has one autoscaler at most, every
-  named port a probe or monitor uses exists, every object lies in the kustomization's namespace.
+  named port a probe or monitor uses exists, every object lies in the kustomization's namespace;
+- the examples a component ships beside its kustomization and does not render
+  (``components/*/*.yaml.example``, e.g. the TLS component's cert-manager Certificate): each object
+  as above (a kind with no schema here is an error, never skipped), in the namespace.
 
 Anything on kubectl's stderr (kustomize's warnings) and any Python warning fails the run, as does
 every error above. ``python deploy/kubernetes/validate.py [--kubectl PATH]``; exit status 1 on any
@@ -307,6 +310,23 @@ def object_errors(obj: Mapping[str, Any], crds: CustomResources) -> list[str]:
     return crds.errors(obj) if crds.knows(obj) else core_errors(obj)
 
 
+def examples(root: Path = HERE) -> list[Path]:
+    """The example manifests of the components, which they do not render."""
+    return sorted((root / "components").glob("*/*.yaml.example"))
+
+
+def example_errors(path: Path, crds: CustomResources) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects of an example file and what is wrong with them."""
+    objects = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    errors = [] if objects else ["no object in the file"]
+    for o in objects:
+        name = f"{o.get('kind')}/{o.get('metadata', {}).get('name')}"
+        errors += [f"{name}: {e}" for e in object_errors(o, crds)]
+        if o.get("kind") not in CLUSTER_SCOPED and o.get("metadata", {}).get("namespace") != NAMESPACE:
+            errors.append(f"{name}: namespace {o.get('metadata', {}).get('namespace')!r}, not {NAMESPACE!r}")
+    return objects, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubectl", default=os.environ.get("KUBECTL", "kubectl"),
@@ -341,11 +361,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  - {e}")
         else:
             print(f"ok   {target.name}: {len(objects)} objects ({', '.join(kinds)})")
+    for path in examples():
+        name = str(path.relative_to(HERE))
+        try:
+            objects, errors = example_errors(path, crds)
+        except (yaml.YAMLError, AttributeError, TypeError) as exc:
+            objects, errors = [], [f"not a manifest: {exc}"]
+        objects_checked += len(objects)
+        if errors:
+            problems += len(errors)
+            print(f"FAIL {name}: {len(objects)} objects, {len(errors)} problems")
+            for e in errors:
+                print(f"  - {e}")
+        else:
+            print(f"ok   {name}: {len(objects)} objects ({', '.join(sorted(o['kind'] for o in objects))})")
     took = time.monotonic() - start
     verdict = "FAILED" if problems else "passed"
-    print(f"k8s-validate: {verdict}: {objects_checked} objects in {len(targets())} renderings against "
-          f"Kubernetes {KUBERNETES_VERSION} (strict) and {len(crds.schemas)} CRD schemas; "
-          f"{problems} problems; {took:.1f} s")
+    print(f"k8s-validate: {verdict}: {objects_checked} objects in {len(targets())} renderings and "
+          f"{len(examples())} examples against Kubernetes {KUBERNETES_VERSION} (strict) and "
+          f"{len(crds.schemas)} CRD schemas; {problems} problems; {took:.1f} s")
     return 1 if problems else 0
 
 

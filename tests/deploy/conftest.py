@@ -73,7 +73,8 @@ def find_kubectl() -> str | None:
 
 
 VARIANTS = ["base (files)", "overlays/cpu", "overlays/gpu", "overlays/cpu + components/keda",
-            "overlays/gpu + components/model-volume", "overlays/cpu + components/redis"]
+            "overlays/gpu + components/model-volume", "overlays/cpu + components/redis",
+            "overlays/cpu + components/tls"]
 
 
 @pytest.fixture(scope="session", params=VARIANTS)

@@ -263,7 +263,11 @@ def test_the_balancer_follows_the_headless_service(manifests: Objects, serve_set
     assert lb_settings.discover == [
         DiscoverSpec(name=f"{HEADLESS}.{namespace}.svc.cluster.local", port=port["port"])
     ]
-    assert lb_settings.backends == []
+    # the detectors' gRPC port, balanced per call on the balancer's own
+    assert lb_settings.discover_grpc == [
+        DiscoverSpec(name=f"{HEADLESS}.{namespace}.svc.cluster.local", port=ports["grpc"]["port"])
+    ]
+    assert lb_settings.backends == [] and lb_settings.grpc_backends == []
     assert lb_settings.policy == "least_request"
     assert balancer["spec"]["replicas"] == 2
     anti = balancer["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
@@ -274,12 +278,15 @@ def test_the_balancer_follows_the_headless_service(manifests: Objects, serve_set
                and selects(t["labelSelector"], labels_of(balancer)) for t in terms)
 
 
-def test_the_front_service_exposes_only_the_proxy_port(manifests: Objects, lb_settings: LBSettings) -> None:
+def test_the_front_service_exposes_the_proxy_and_grpc_ports_only(manifests: Objects,
+                                                                  lb_settings: LBSettings) -> None:
     balancer = one(manifests, "Deployment", BALANCER)
     c = container(balancer)
     front = one(manifests, "Service", FRONT)
     assert selects({"matchLabels": front["spec"]["selector"]}, labels_of(balancer))
-    assert [port_number(c, p["targetPort"]) for p in front["spec"]["ports"]] == [lb_settings.port]
+    assert lb_settings.grpc_port is not None
+    assert {p["name"]: port_number(c, p["targetPort"]) for p in front["spec"]["ports"]} == {
+        "http": lb_settings.port, "grpc": lb_settings.grpc_port}
     assert port_number(c, "admin") == lb_settings.admin_port
     for s in (o for o in manifests if o["kind"] == "Service"):
         for p in s["spec"]["ports"]:
@@ -368,9 +375,64 @@ def test_network_policy_admits_only_the_balancer_to_the_service_port(
     policy = one(manifests, "NetworkPolicy", BALANCER)
     assert selects(policy["spec"]["podSelector"], labels_of(balancer))
     by_port = {p["port"]: rule for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert set(by_port) == {lb_settings.port, lb_settings.admin_port}
+    assert set(by_port) == {lb_settings.port, lb_settings.grpc_port, lb_settings.admin_port}
     assert "from" not in by_port[lb_settings.port], "the proxy port is open to clients"
+    assert "from" not in by_port[lb_settings.grpc_port], "the gRPC port is open to clients"
     assert all("namespaceSelector" in peer for peer in by_port[lb_settings.admin_port]["from"])
+
+
+# -- TLS (components/tls) ----------------------------------------------------------------------------
+
+TLS_COMPONENT = DEPLOY / "components" / "tls"
+
+
+def secret_files(deployment: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Each file path the container can read from a Secret volume: (Secret, key)."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"].get("volumes", [])}
+    files = {}
+    for mount in container(deployment).get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        keys = [item["key"] for item in secret.get("items", [])] or ["tls.crt", "tls.key", "ca.crt"]
+        for key in keys:  # a kubernetes.io/tls Secret: tls.crt, tls.key (and ca.crt from cert-manager)
+            files[f"{mount['mountPath'].rstrip('/')}/{key}"] = (secret["secretName"], key)
+    return files
+
+
+def test_tls_serves_both_ports_from_the_secret_the_certificate_writes(manifests: Objects,
+                                                                     lb_settings: LBSettings) -> None:
+    balancer = one(manifests, "Deployment", BALANCER)
+    if lb_settings.tls_cert is None:  # without the component: HTTP and h2c
+        assert lb_settings.tls_key is None and f"{LB_PREFIX}TLS_CERT" not in pod_env(balancer)
+        return
+    # one certificate for both ports: the gRPC port is on, and takes --tls-cert like the proxy port
+    assert lb_settings.tls_key is not None and lb_settings.grpc_port is not None
+    files = secret_files(balancer)
+    assert files.get(str(lb_settings.tls_cert)) == ("yoloserve-lb-tls", "tls.crt")
+    assert files.get(str(lb_settings.tls_key)) == ("yoloserve-lb-tls", "tls.key")
+    mount = next(m for m in container(balancer)["volumeMounts"]
+                 if str(lb_settings.tls_cert).startswith(m["mountPath"]))
+    assert mount.get("readOnly") and "subPath" not in mount, "a subPath mount never sees a renewal"
+    # the example Certificate writes that Secret, for the names clients call the Service by
+    certificate = yaml.safe_load((TLS_COMPONENT / "certificate.yaml.example").read_text())
+    front = one(manifests, "Service", FRONT)
+    namespace = front["metadata"]["namespace"]
+    assert certificate["kind"] == "Certificate" and certificate["metadata"]["namespace"] == namespace
+    assert certificate["spec"]["secretName"] == "yoloserve-lb-tls"
+    assert f"{FRONT}.{namespace}.svc.cluster.local" in certificate["spec"]["dnsNames"]
+
+
+def test_the_tls_component_is_what_the_balancer_reads() -> None:
+    """Without kubectl too: the component's patch sets the settings from the Secret's files."""
+    kustomization = yaml.safe_load((TLS_COMPONENT / "kustomization.yaml").read_text())
+    [patch] = [yaml.safe_load((TLS_COMPONENT / p["path"]).read_text()) for p in kustomization["patches"]]
+    assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", BALANCER)
+    env = {e["name"]: e["value"] for e in container(patch)["env"]}
+    assert set(env) == {f"{LB_PREFIX}TLS_CERT", f"{LB_PREFIX}TLS_KEY"}
+    files = secret_files(patch)
+    assert files[env[f"{LB_PREFIX}TLS_CERT"]] == ("yoloserve-lb-tls", "tls.crt")
+    assert files[env[f"{LB_PREFIX}TLS_KEY"]] == ("yoloserve-lb-tls", "tls.key")
 
 
 # -- security ----------------------------------------------------------------------------------------

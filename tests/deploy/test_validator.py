@@ -5,6 +5,7 @@ versions and broken references between objects are errors."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -109,3 +110,36 @@ def test_strict_schema_follows_the_api_servers_pruning(validate: ModuleType) -> 
     assert not check.is_valid({"pruned": {"b": "x"}})
     assert not check.is_valid({"other": 1})
     assert not check.is_valid({"map": {"k": 1}})
+
+
+def test_the_certificate_example_is_checked_strictly(validate: ModuleType, crds: Any,
+                                                     tmp_path: Path) -> None:
+    """cert-manager's Certificate is no kind of kubernetes-validate's: the example is checked
+    against the subset schema committed in crds/ (and a kind without a schema is an error)."""
+    [path] = [p for p in validate.examples() if p.parent.name == "tls"]
+    objects, errors = validate.example_errors(path, crds)
+    assert errors == [] and [o["kind"] for o in objects] == ["Certificate"]
+    certificate = objects[0]
+    assert crds.knows(certificate)
+    for change, expected in [
+        (lambda s: s.update(secretname="x"), "'secretname' was unexpected"),
+        (lambda s: s.pop("issuerRef"), "'issuerRef' is a required property"),
+        (lambda s: s.update(duration="90d"), "does not match"),  # Go durations have no days
+        (lambda s: s["privateKey"].update(algorithm="EC"), "is not one of"),
+        (lambda s: s["privateKey"].update(size=2048), "is not valid under any of the given schemas"),
+        (lambda s: s["dnsNames"].append(1), "is not of type 'string'"),
+    ]:
+        bad = copy.deepcopy(certificate)
+        change(bad["spec"])
+        found = validate.object_errors(bad, crds)
+        assert any(expected in e for e in found), (expected, found)
+    rsa = copy.deepcopy(certificate)
+    rsa["spec"]["privateKey"].update(algorithm="RSA", size=2048)
+    assert validate.object_errors(rsa, crds) == []
+    unknown = {**certificate, "apiVersion": "example.com/v1", "kind": "Widget"}
+    assert validate.object_errors(unknown, crds) != []  # never skipped
+    moved = copy.deepcopy(certificate)
+    moved["metadata"]["namespace"] = "default"
+    elsewhere = tmp_path / "certificate.yaml.example"
+    elsewhere.write_text(yaml.safe_dump(moved))
+    assert any("namespace 'default'" in e for e in validate.example_errors(elsewhere, crds)[1])

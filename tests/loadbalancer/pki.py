@@ -1,11 +1,12 @@
 """A test PKI made with ``cryptography``: two CAs, and certificates they sign for 127.0.0.1 and
-localhost (servers) or a client, written as PEM files."""
+localhost (servers; other names or addresses on request) or a client, written as PEM files."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +58,11 @@ class Authority:
         self.cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, *, server: bool = True, key: ec.EllipticCurvePrivateKey | None = None,
-              into: Path | None = None) -> Issued:
-        """A certificate for ``name``: a server's (127.0.0.1 and localhost) or a client's. Written
-        to ``into`` (``NAME.crt`` and ``NAME.key`` in the CA's folder by default), each file
-        replaced at once (a new file renamed over the old, as a Secret update does)."""
+              into: Path | None = None, hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> Issued:
+        """A certificate for ``name``: a server's (for ``hosts``, DNS names or IP addresses) or
+        a client's. Written to ``into`` (``NAME.crt`` and ``NAME.key`` in the CA's folder by
+        default), each file replaced at once (a new file renamed over the old, as a Secret
+        update does)."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -79,7 +81,7 @@ class Authority:
             )
         )
         if server:
-            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            names = [_general_name(host) for host in hosts]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
         folder = into or self.directory
@@ -90,6 +92,13 @@ class Authority:
         _replace(issued.key, key_pem)
         _replace(issued.cert, certificate.public_bytes(serialization.Encoding.PEM))
         return issued
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _replace(path: Path, data: bytes) -> None:

@@ -84,13 +84,26 @@ def test_discover_forms_the_environment_and_the_cli() -> None:
     finally:
         del os.environ["YOLOSERVE_LB_DISCOVER"]
     help_text = CliRunner().invoke(lb_command, ["--help"]).output
-    for flag in ("--discover dns://NAME:PORT", "--dns-server", "--dns-min-ttl", "--dns-max-ttl"):
+    for flag in ("--discover dns[+https]://NAME:PORT", "--discover-grpc dns[+https]://NAME:PORT",
+                 "--dns-server", "--dns-min-ttl", "--dns-max-ttl"):
         assert flag in help_text
+
+
+def test_dns_https_discovers_https_backends_checked_against_the_name() -> None:
+    settings = load_settings(discover=["dns+https://Svc.Test:8443", "dns+http://plain.test:80"],
+                             discover_grpc=[{"name": "grpc.test", "port": 8001, "scheme": "https"}])
+    assert [(d.url, d.tls) for d in settings.discover] == [("dns+https://svc.test:8443", True),
+                                                          ("dns://plain.test:80", False)]
+    assert settings.discover_grpc == [DiscoverSpec(name="grpc.test", port=8001, scheme="https")]
+    # the same name and port as HTTP and as HTTPS: the same addresses, two ways: refused
+    with pytest.raises(ConfigError, match="name the same backends"):
+        load_settings(discover=["dns://svc.test:80", "dns+https://svc.test:80"])
 
 
 @pytest.mark.parametrize(
     "text",
-    ["svc:80", "dns://svc", "dns://svc:0", "dns://svc:80/x", "http://svc:80", "dns://a b:80", "dns://:80"],
+    ["svc:80", "dns://svc", "dns://svc:0", "dns://svc:80/x", "http://svc:80", "dns://a b:80", "dns://:80",
+     "https://svc:443", "dns+ftp://svc:80", "dns+https://svc:443?sni=x"],
 )
 def test_bad_discover_specs_are_config_errors(text: str) -> None:
     with pytest.raises(ConfigError):
@@ -152,6 +165,30 @@ async def test_the_first_answer_joins_warm_later_ones_after_a_passing_probe() ->
         cluster.report_probe(new, Health.HEALTHY, monotonic())
         assert new.routable(monotonic()) and new.slow_start_factor(monotonic()) < 1.0
         assert new.snapshot(monotonic(), 0.0)["state"] == "slow_start"
+
+
+async def test_dns_https_addresses_are_https_backends_named_by_the_dns_name() -> None:
+    resolver = FakeResolver(svc_test=answer(1, "fd00::2"))
+    spec = DiscoverSpec(name="svc.test", port=8443, scheme="https")
+    cluster, discovery = make(resolver, spec)
+    async with discovery:
+        assert set(cluster.backends) == {"10.0.0.1:8443", "[fd00::2]:8443"}
+        for backend in cluster.backends.values():
+            assert backend.tls and backend.server_name == "svc.test"
+            assert backend.discovered_from == "dns+https://svc.test:8443"
+        assert cluster.backends["10.0.0.1:8443"].url == "https://10.0.0.1:8443"
+        snapshot = cluster.backends["[fd00::2]:8443"].snapshot(monotonic(), 0.0)
+        assert (snapshot["url"], snapshot["server_name"]) == ("https://[fd00::2]:8443", "svc.test")
+
+
+def test_a_backend_names_its_certificate_only_over_https() -> None:
+    named = BackendSpec(url="https://10.0.0.1:443", server_name="Svc.Test.")
+    assert (named.server_name, named.verified_name) == ("svc.test", "svc.test")
+    assert BackendSpec(url="https://10.0.0.1:443").verified_name == "10.0.0.1"
+    with pytest.raises(ValueError, match="for https://"):
+        BackendSpec(url="http://10.0.0.1:80", server_name="svc.test")
+    with pytest.raises(ValueError, match="not a DNS name"):
+        BackendSpec(url="https://10.0.0.1:443", server_name="a b")
 
 
 async def test_a_gone_address_is_drained_then_removed_once_idle() -> None:

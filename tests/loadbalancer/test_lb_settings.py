@@ -57,6 +57,17 @@ def test_https_backends_and_tls_settings() -> None:
     assert s.tls_cert is not None and s.tls_cert.name == "c.pem" and s.tls_reload_interval == 1.0
 
 
+def test_grpc_backends_h2c_or_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings(grpc_backends=["10.0.0.5:8001", "https://grpc.example:8443=2"], grpc_port=0)
+    assert [(b.url, b.tls, b.weight) for b in s.grpc_backends] == [
+        ("http://10.0.0.5:8001", False, 1), ("https://grpc.example:8443", True, 2)]
+    monkeypatch.setenv("YOLOSERVE_LB_GRPC_BACKENDS", "https://10.0.0.5:8001,10.0.0.6:8001")
+    assert [b.tls for b in load_settings().grpc_backends] == [True, False]
+    # a mapping (config file) may name what the certificate of an address carries
+    named = load_settings(grpc_backends=[{"url": "https://10.0.0.7:8001", "server_name": "grpc.test"}])
+    assert named.grpc_backends[0].verified_name == "grpc.test"
+
+
 def test_environment_and_cli_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("YOLOSERVE_LB_PORT", "9999")
     monkeypatch.setenv("YOLOSERVE_LB_POLICY", "random")
