@@ -20,6 +20,7 @@ SCENARIOS = {
     "precision": ("bench.precision", "served at each precision against the unavoidable work"),
     "streams": ("bench.streams", "video streams with tracking: one service vs model.track per stream"),
     "models": ("bench.models", "one device: a service with two models against one with one"),
+    "sidebyside": ("bench.sidebyside", "served or streams, this checkout against another, alternating"),
 }
 
 
