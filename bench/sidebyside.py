@@ -4,9 +4,12 @@ by side: whether a change made any of them worse.
     python -m bench sidebyside --checkout DIR [--rounds 2] SCENARIO [its arguments]
 
 SCENARIO is ``served`` or ``streams``. Each round runs the scenario twice, as its own program:
-first with the other checkout's service (``YOLOSERVE_BENCH_CHECKOUT=DIR``: the same interpreter
-and load generator, that checkout's packages, see ``harness.procs.Service``), then with this
-one's; rounds alternate so that a machine whose speed drifts moves both alike. Each run saves as
+with the other checkout's service (``YOLOSERVE_BENCH_CHECKOUT=DIR``: the same interpreter and
+load generator, that checkout's packages, see ``harness.procs.Service``) and with this one's,
+the other first in odd rounds and this one first in even rounds, so that a machine whose speed
+drifts during the run does not favour whichever always goes first (it did: a first run of
+2026-12-06 that always ran the other first had this checkout 9-12 % slower at 1-8 clients,
+where the same two services measured in turn with one load generator were equal). Each run saves as
 ``raw/sidebyside/SCENARIO_<label>_r<N>``. The figures compared are every closed-loop point's
 images/s and p99 and every open-loop point's p99 (``served``), and every (system, streams) row's
 frames/s and p99 (``streams``); each is the median over the rounds, and the ratio is this / other
@@ -134,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for r in range(1, args.rounds + 1):
-        for i, (label, checkout) in enumerate(labels.items()):
+        order = list(enumerate(labels.items()))
+        for i, (label, checkout) in order if r % 2 else reversed(order):
             name = f"raw/sidebyside/{args.scenario}_{'other' if i == 0 else 'this'}_r{r}"
             runs[label].append(_run(args.scenario, args.rest, name, checkout))
     rows = compare(args.scenario, runs)
@@ -143,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     (other_label, this_label) = labels
     head = (f"Other: `{other_label}` ({other}); this: `{this_label}`. `python -m bench "
             f"{args.scenario} {' '.join(args.rest)}`, {args.rounds} round(s), the other checkout "
-            f"first in each; medians over the rounds. {len(worse)} of {len(rows)} figures worse by "
-            f"over 5 %.\n\n")
+            f"first in odd rounds, this one first in even ones; medians over the rounds. "
+            f"{len(worse)} of {len(rows)} figures worse by over 5 %.\n\n")
     print(head + table)
     save(f"sidebyside_{args.scenario}", {"scenario": args.scenario, "args": args.rest,
                                         "labels": list(labels), "rounds": args.rounds,
