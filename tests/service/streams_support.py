@@ -1,6 +1,7 @@
 """Helpers of the stream tests: clips as encoded frames, Ultralytics' own tracking of a clip, and the
 comparison of two trackings frame by frame (an oriented box compared by its bound, its rotated box
-and its corners)."""
+and its corners; a pose model's box with its keypoints; a segmenter's box with its mask's size and
+centre)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import numpy as np
 from service.demo.clips import Clip, make_clip
 
 XYXY = tuple[float, float, float, float]
-Box = tuple[float, ...]  # xyxy; an oriented box's: xyxy, x y w h angle, its corners (8 values)
+Box = tuple[float, ...]  # xyxy; an oriented box's: xyxy, x y w h angle, its corners (8 values);
+# a pose model's: xyxy, each keypoint's x y; a segmenter's: xyxy, √(mask area), the mask's centre
 Tracks = list[dict[int, tuple[int, Box]]]  # per frame: track id -> class id, box
 # an oriented box's tolerances: its bound, centre and sides 1 px, its angle 1e-3, its corners 1 px
 OBB_TOLERANCE = (1.0,) * 8 + (1e-3,) + (1.0,) * 8
+# a mask's: its box 1 px, the side of a square of its area 2 px (a 1 px border moves it), its centre 1 px
+MASK_TOLERANCE = (1.0,) * 4 + (2.0, 1.0, 1.0)
 
 FRAMES = 32
 SIZE = (416, 320)
@@ -54,12 +58,33 @@ def ultralytics_tracks(weights: Path, frames: Sequence[bytes], tracker: str, con
         if task == "obb":
             rows = np.concatenate([rows, found.xywhr.numpy(),
                                    found.xyxyxyxy.numpy().reshape(-1, 8)], axis=1)
+        elif task == "pose" and len(rows):
+            rows = np.concatenate([rows, r.keypoints.xy.numpy().reshape(len(rows), -1)], axis=1)
+        elif task == "segment" and len(rows):
+            shape = image.shape[:2]
+            rows = np.concatenate([rows, np.array([mask_features([p], shape) for p in r.masks.xy])],
+                                  axis=1)
         boxes = zip(ids, found.cls.int().tolist(), rows.tolist(), strict=True)
         out.append({i: (c, tuple(b)) for i, c, b in boxes})
     return out
 
 
-def service_tracks(answers: Sequence[Mapping[str, object]]) -> Tracks:
+def mask_features(polygons: Sequence[Any], shape: tuple[int, int]) -> tuple[float, float, float]:
+    """A mask drawn from its outlines: the side of a square of its area, and its centre."""
+    raster = np.zeros(shape, np.uint8)
+    for polygon in polygons:
+        if len(polygon) >= 3:
+            cv2.fillPoly(raster, [np.round(np.asarray(polygon)).astype(np.int32)], 1)
+    ys, xs = np.nonzero(raster)
+    if not len(xs):
+        return 0.0, 0.0, 0.0
+    return float(np.sqrt(len(xs))), float(xs.mean()), float(ys.mean())
+
+
+def service_tracks(answers: Sequence[Mapping[str, object]],
+                   shape: tuple[int, int] = (SIZE[1], SIZE[0])) -> Tracks:
+    """The tracked boxes of a stream's answers (``shape``: the frames' height and width, where a
+    mask is drawn)."""
     out: Tracks = []
     for answer in answers:
         frame: dict[int, tuple[int, Box]] = {}
@@ -71,6 +96,10 @@ def service_tracks(answers: Sequence[Mapping[str, object]]) -> Tracks:
                     r = d["rotated_box"]
                     box += (r["x_center"], r["y_center"], r["width"], r["height"], r["angle"],
                             *np.ravel(d["polygon"]).tolist())
+                if "keypoints" in d:
+                    box += tuple(v for k in d["keypoints"] for v in (k["x"], k["y"]))
+                if "mask" in d:
+                    box += mask_features(d["mask"]["polygons"], shape)
                 frame[d["track_id"]] = (d["class_id"], box)
         out.append(frame)
     return out

@@ -1,7 +1,9 @@
 """Tracking parity: eight streams through one service at once, each tracked as Ultralytics'
-``model.track(frame, persist=True, rect=False)`` tracks that stream's frames alone; and streams
+``model.track(frame, persist=True, rect=False)`` tracks that stream's frames alone; streams
 of the oriented-box model (its ``.pt`` and ``.onnx``), whose tracks are rotated boxes as
-``model.track()`` gives them."""
+``model.track()`` gives them; and streams of the segmenter and the pose model, each tracked box
+with the mask or the keypoints of the detection it was matched to, as ``model.track()`` gives
+them."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from service.demo.clips import Clip, identity_switches
 from tests.conftest import DEMO_PT, MODELS
 from tests.service.conftest import app_client
 from tests.service.streams_support import (
+    MASK_TOLERANCE,
     OBB_TOLERANCE,
     Tracks,
     assert_same_tracking,
@@ -31,6 +34,7 @@ from tests.service.streams_support import (
 STREAMS = 8
 CONF, IOU, IMGSZ = 0.1, 0.7, 256  # model.track's default conf; the demo model's input size
 OBB_STREAMS, OBB_IMGSZ = 2, 160  # the oriented-box demo model's input size
+TASK_IMGSZ = 160  # the segmenter's and the pose model's
 OBB_PT = MODELS / "demo-obb.pt"
 
 pytestmark = pytest.mark.slow
@@ -111,4 +115,23 @@ async def test_oriented_boxes_are_tracked_as_rotated_boxes_as_ultralytics_tracks
         theirs = _their_obb_tracks(tracker, tuple(frames))  # once for .pt and .onnx
         ours = service_tracks(feed)
         compared += assert_same_tracking(ours, theirs, f"obb {tracker} stream {i}", OBB_TOLERANCE)
+    assert compared > OBB_STREAMS * len(obb_clips[0][1])  # objects were tracked in most frames
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(("task", "tolerance"), [("segment", MASK_TOLERANCE), ("pose", 1.0)])
+async def test_masks_and_keypoints_follow_their_tracks_as_ultralytics_gives_them(
+        obb_clips: list[tuple[Clip, list[bytes]]], task: str,
+        tolerance: float | tuple[float, ...]) -> None:
+    weights = MODELS / f"demo-{'seg' if task == 'segment' else task}.onnx"
+    async with app_client(model=weights, cache_enabled=False, max_batch_size=4) as client:
+        answers = await asyncio.gather(*(_feed(client, f"{task}-{i}", frames, "bytetrack")
+                                         for i, (_, frames) in enumerate(obb_clips)))
+    compared = 0
+    for i, ((_, frames), feed) in enumerate(zip(obb_clips, answers, strict=True)):
+        theirs = ultralytics_tracks(weights, frames, "bytetrack.yaml", CONF, IOU, TASK_IMGSZ,
+                                    task=task)
+        ours = service_tracks(feed)
+        assert all(len(box) > 4 for frame in ours for _, box in frame.values())  # masks/keypoints
+        compared += assert_same_tracking(ours, theirs, f"{task} stream {i}", tolerance)
     assert compared > OBB_STREAMS * len(obb_clips[0][1])  # objects were tracked in most frames

@@ -62,9 +62,10 @@ async def process_frame(
 
 def _with_tracks(dets: Detections, tracked: list[TrackedBox]
                  ) -> tuple[Detections, list[int | None]]:
-    """The detections with each tracked one's box replaced by its track's, and the ids. An
-    oriented box takes its track's rotated box, and its corners and axis-aligned bound from
-    that, as ``model.track()`` answers an oriented-box model."""
+    """The detections with each tracked one's box replaced by its track's, and the ids. A box
+    is clipped to the image as ``model.track()`` clips the track's box (a Kalman prediction can
+    reach past the edge); an oriented box takes its track's rotated box, and its corners and
+    axis-aligned bound from that, unclipped, as ``model.track()`` answers an oriented-box model."""
     ids: list[int | None] = [None] * len(dets)
     if not tracked:
         return dets, ids
@@ -74,6 +75,8 @@ def _with_tracks(dets: Detections, tracked: list[TrackedBox]
         boxes[t.index] = t.box
     rotated_tracks = [t for t in tracked if t.rotated is not None]
     if dets.rotated is None or dets.corners is None or not rotated_tracks:
+        np.clip(boxes[:, 0::2], 0, dets.width, out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, dets.height, out=boxes[:, 1::2])
         return replace(dets, boxes=boxes), ids
     index = [t.index for t in rotated_tracks]
     rotated, corners = dets.rotated.copy(), dets.corners.copy()
