@@ -17,7 +17,8 @@ each round. The proxies' CPU per call is read from /proc (it does not depend on 
     python -m bench grpc [--duration 5] [--rounds 3] [--batch 8] [--skip-service] [--skip-proxies]
 
 Needs ``nginx`` (with ``http_v2_module``) on PATH and grpcio; Linux only. Writes
-``bench/results/grpc.{json,md,png}``.
+``bench/results/grpc.{json,md,png}``; a run of one part alone writes ``grpc_proxies.*`` or
+``grpc_service.*`` instead, leaving the last run of both as it was.
 """
 
 from __future__ import annotations
@@ -347,7 +348,8 @@ def summarise_proxies(runs: list[Run]) -> tuple[list[dict[str, Any]], dict[str, 
     return rows, verdict
 
 
-def plot(service_rows: list[dict[str, Any]], proxy_rows: list[dict[str, Any]]) -> Path | None:
+def plot(service_rows: list[dict[str, Any]], proxy_rows: list[dict[str, Any]], name: str
+         ) -> Path | None:
     """Left: images/s at 16 clients by protocol and path; right: the proxies' calls/s."""
     import matplotlib.pyplot as plt
 
@@ -373,7 +375,7 @@ def plot(service_rows: list[dict[str, Any]], proxy_rows: list[dict[str, Any]]) -
     axes[1].set_title("stand-ins: ours vs nginx grpc_pass")
     for ax in axes:
         ax.grid(True, axis="y", alpha=0.3)
-    return plots.save_figure(fig, RESULTS / "grpc.png")
+    return plots.save_figure(fig, RESULTS / f"{name}.png")
 
 
 def write(args: argparse.Namespace, service_runs: list[Run], proxy_runs: list[Run]) -> str:
@@ -409,9 +411,10 @@ def write(args: argparse.Namespace, service_runs: list[Run], proxy_runs: list[Ru
                   f"input, echoed; median of {args.rounds} interleaved rounds; one grpc.aio "
                   f"generator (Python, one process) for every target; nginx 1 worker, "
                   f"least_conn, keepalive; ours with default settings (one process).", ""]
-    figure = plot(service_rows, proxy_rows)
+    name = "grpc" if service_runs and proxy_runs else "grpc_service" if service_runs else "grpc_proxies"
+    figure = plot(service_rows, proxy_rows, name)
     text = "\n".join(lines)
-    path = save("grpc", data, text, "gRPC: against HTTP, and the balancer against nginx grpc_pass")
+    path = save(name, data, text, "gRPC: against HTTP, and the balancer against nginx grpc_pass")
     return f"{text}\nsaved {path}, {path.with_suffix('.json')}" + (f", {figure}" if figure else "")
 
 

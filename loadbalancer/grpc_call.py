@@ -23,7 +23,10 @@ from enum import Enum
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
+from hpack import NeverIndexedHeaderTuple
+
 from loadbalancer.errors import (
+    BadRequest,
     ConnectFailed,
     Overloaded,
     RequestError,
@@ -31,6 +34,7 @@ from loadbalancer.errors import (
     UpstreamTimeout,
     answer_of,
 )
+from loadbalancer.grpc_h2 import malformed
 from loadbalancer.grpc_upstream import GrpcConnection, GrpcPool, Headers
 from loadbalancer.retry import RetryState
 from loadbalancer.ticker import INF
@@ -62,7 +66,7 @@ class ClientStream(Protocol):
 
     def send_headers(self, stream_id: int, headers: Headers, end: bool) -> None: ...
 
-    def send_data(self, stream_id: int, data: memoryview) -> int: ...
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int: ...
 
     def ack(self, stream_id: int, length: int) -> None: ...
 
@@ -97,6 +101,7 @@ class GrpcCall:
         self.started = monotonic()
         self.timeout = parse_timeout(_get(headers, b"grpc-timeout"))
         self.headers = [(k, v) for k, v in headers if k not in _DROPPED]
+        self.malformed = malformed(headers)
         self.retry = RetryState(proxy, self)
         self.phase = Phase.ATTEMPT
         self.timer_at = INF
@@ -119,9 +124,14 @@ class GrpcCall:
     # -- start and attempts ----------------------------------------------------------------------
     def start(self) -> None:
         proxy = self.proxy
-        if proxy.stats.active >= proxy.max_inflight:
+        refused: RequestError | None = None
+        if self.malformed:  # not passed on: h2 leaves checking them to us (grpc_h2)
+            refused = BadRequest("a header's name or value is not allowed in HTTP/2")
+        elif proxy.stats.active >= proxy.max_inflight:
+            refused = Overloaded("the load balancer has too many calls in flight")
+        if refused is not None:
             self.done = True
-            self._answer_error(Overloaded("the load balancer has too many calls in flight"))
+            self._answer_error(refused)
             self.client.call_done(self)
             return
         proxy.stats.active += 1
@@ -169,8 +179,9 @@ class GrpcCall:
         backend = self.retry.backend
         assert backend is not None
         remaining = self.retry.try_deadline - monotonic()
+        # the timeout differs from call to call: kept out of HPACK's table (grpc_h2)
         headers = [(b":scheme", conn.pool.scheme), *self.headers,
-                   (b"grpc-timeout", grpc_timeout(remaining))]
+                   NeverIndexedHeaderTuple(b"grpc-timeout", grpc_timeout(remaining))]
         if self.log is not None and self.retry.tried[0] is not backend:
             self.pending = bytearray(b"".join(self.log))  # a retry: the request from the start
         self.upstream_ended = False
@@ -195,10 +206,12 @@ class GrpcCall:
                 self.log = None  # too long to hold: no retry once some of it has gone
             else:
                 self.log.append(data)
-        self.pending += data
         self.unacked += flow
         self.request_ended = self.request_ended or end
-        self.on_writable()
+        if self.pending or self.up is None or self.upstream_ended:
+            self.pending += data
+            return self.on_writable()
+        self._forward(data)  # straight on, the usual case
 
     def on_request_end(self) -> None:
         self.request_ended = True
@@ -219,16 +232,22 @@ class GrpcCall:
     # -- StreamReceiver: the backend's side ------------------------------------------------------
     def on_writable(self) -> None:
         """Sends on what the backend's window allows of the request."""
-        up = self.up
-        if up is None or self.upstream_ended:
+        if self.up is None or self.upstream_ended or not (self.pending or self.request_ended):
+            return  # nothing to send (a window opened for other calls, say)
+        pending, self.pending = self.pending, bytearray()
+        self._forward(bytes(pending))
+
+    def _forward(self, data: bytes) -> None:
+        """Sends ``data`` on (nothing is pending before it), keeping what the window refuses."""
+        assert self.up is not None
+        sent = self.up.send(self.up_stream, data, self.request_ended)
+        if sent < len(data):
+            self.pending += memoryview(data)[sent:]
             return
-        sent = up.send(self.up_stream, memoryview(self.pending), self.request_ended)
-        del self.pending[:sent]
-        if not self.pending:
-            self.upstream_ended = self.request_ended
-            if self.unacked:
-                self.client.ack(self.stream_id, self.unacked)
-                self.unacked = 0
+        self.upstream_ended = self.request_ended
+        if self.unacked:
+            self.client.ack(self.stream_id, self.unacked)
+            self.unacked = 0
 
     def on_headers(self, headers: Headers, end: bool) -> None:
         backend = self.retry.backend
@@ -243,8 +262,12 @@ class GrpcCall:
 
     def on_data(self, data: bytes, flow: int, end: bool) -> None:
         self._begin_answer()
-        self.answer += data
         self.answer_unacked += flow
+        if self.answer:
+            self.answer += data
+        else:  # straight on, the usual case
+            sent = self.client.send_data(self.stream_id, data)
+            self.answer += memoryview(data)[sent:]
         self._pump_answer()
 
     def on_trailers(self, headers: Headers) -> None:

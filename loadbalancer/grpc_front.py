@@ -15,10 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import cast
 
-import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -28,6 +25,7 @@ from loadbalancer.backend import Backend, Tuning
 from loadbalancer.cluster import Cluster
 from loadbalancer.discovery import Discovery, DnsResolver
 from loadbalancer.grpc_call import GrpcCall
+from loadbalancer.grpc_h2 import H2Protocol, new_connection, send_data
 from loadbalancer.grpc_health import GrpcHealthChecker
 from loadbalancer.grpc_upstream import CONNECTION_WINDOW, GrpcPool, Headers, h2_settings
 from loadbalancer.policies import make_policy
@@ -42,18 +40,16 @@ log = logging.getLogger("loadbalancer.grpc")
 MAX_STREAMS = 1024  # calls of one client connection at once
 
 
-class GrpcDownstream(asyncio.Protocol):
+class GrpcDownstream(H2Protocol):
     """One client's h2c connection: a :class:`GrpcCall` per stream."""
 
     def __init__(self, front: GrpcFront) -> None:
+        super().__init__(new_connection(client_side=False))
         self.front = front
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False))
-        self.transport: asyncio.Transport | None = None
         self.calls: dict[int, GrpcCall] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        super().connection_made(transport)
         self.front.connections.add(self)
         self.front.stats.client_connections += 1
         self.h2.initiate_connection()
@@ -116,22 +112,17 @@ class GrpcDownstream(asyncio.Protocol):
     # -- ClientStream ---------------------------------------------------------------------------
     def send_headers(self, stream_id: int, headers: Headers, end: bool) -> None:
         try:
-            self.h2.send_headers(stream_id, list(headers), end_stream=end)
+            self.h2.send_headers(stream_id, headers, end_stream=end)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return
-        self.flush()
+        self.write_soon()
 
-    def send_data(self, stream_id: int, data: memoryview) -> int:
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
         try:
-            room = min(self.h2.local_flow_control_window(stream_id), len(data))
-            sent = 0
-            while sent < room:
-                size = min(room - sent, self.h2.max_outbound_frame_size)
-                self.h2.send_data(stream_id, data[sent:sent + size].tobytes())
-                sent += size
+            sent = send_data(self.h2, stream_id, data, False)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return len(data)  # the client is gone: its reset comes as an event
-        self.flush()
+        self.write_soon()
         return sent
 
     def ack(self, stream_id: int, length: int) -> None:
@@ -141,22 +132,17 @@ class GrpcDownstream(asyncio.Protocol):
             self.h2.acknowledge_received_data(length, stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             self.h2.increment_flow_control_window(length)
-        self.flush()
+        self.write_soon()
 
     def reset(self, stream_id: int) -> None:
         try:
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return
-        self.flush()
+        self.write_soon()
 
     def call_done(self, call: GrpcCall) -> None:
         self.calls.pop(call.stream_id, None)
-
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
 
     def goaway(self) -> None:
         """Shutdown: no new calls on this connection; those in flight finish."""

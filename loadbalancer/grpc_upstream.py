@@ -16,17 +16,16 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import Protocol
 
-import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import GoAwayFrame
 
 from loadbalancer.errors import ConnectFailed, TlsFailed, UpstreamError, UpstreamReset
+from loadbalancer.grpc_h2 import H2Protocol, new_connection, send_data
 from loadbalancer.tls import Reloading, failure_reason
 
 __all__ = ["STREAM_WINDOW", "GrpcConnection", "GrpcPool", "Headers", "StreamReceiver"]
@@ -62,14 +61,12 @@ def h2_settings() -> dict[int, int]:
             h2.settings.SettingCodes.ENABLE_PUSH: 0}
 
 
-class GrpcConnection(asyncio.Protocol):
+class GrpcConnection(H2Protocol):
     """One h2c connection to a backend (client side)."""
 
     def __init__(self, pool: GrpcPool) -> None:
+        super().__init__(new_connection(client_side=True))
         self.pool = pool
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=False))
-        self.transport: asyncio.Transport | None = None
         self.receivers: dict[int, StreamReceiver] = {}
         self.closed = False
         self.going_away = False
@@ -78,7 +75,7 @@ class GrpcConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        super().connection_made(transport)
         self.h2.initiate_connection()
         self.h2.update_settings(h2_settings())
         self.h2.increment_flow_control_window(CONNECTION_WINDOW)
@@ -106,20 +103,34 @@ class GrpcConnection(asyncio.Protocol):
     def _without_goaway(self, data: bytes) -> bytes:
         """``data`` less its GOAWAY frames, which are handled here: ``h2`` closes the whole
         connection on one, while a server that drains (grpc's two-phase GOAWAY) goes on
-        answering the streams it took, and pings."""
-        self._inbound += data
-        buf, at, keep = self._inbound, 0, bytearray()
-        while len(buf) - at >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(buf)[at:at + 9])
-            if len(buf) - at < 9 + length:
+        answering the streams it took, and pings. Whole frames only: the rest waits."""
+        if self._inbound:
+            self._inbound += data
+            data = bytes(self._inbound)
+            self._inbound.clear()
+        at, end, goaway = 0, len(data), False
+        while end - at >= 9:  # the frame header: length (3 bytes), type, flags, stream id
+            length = (data[at] << 16) | (data[at + 1] << 8) | data[at + 2]
+            if end - at < 9 + length:
                 break
-            if isinstance(frame, GoAwayFrame):
-                frame.parse_body(memoryview(buf)[at + 9:at + 9 + length])
+            goaway = goaway or data[at + 3] == GoAwayFrame.type
+            at += 9 + length
+        if at < end:
+            self._inbound += data[at:]
+            data = data[:at]
+        return self._goaways_taken(data) if goaway else data
+
+    def _goaways_taken(self, data: bytes) -> bytes:
+        at, keep = 0, bytearray()
+        while at < len(data):
+            length = int.from_bytes(data[at:at + 3], "big")
+            if data[at + 3] == GoAwayFrame.type:
+                frame = GoAwayFrame(0)
+                frame.parse_body(memoryview(data)[at + 9:at + 9 + length])
                 self._went_away(frame.last_stream_id)
             else:
-                keep += buf[at:at + 9 + length]
+                keep += data[at:at + 9 + length]
             at += 9 + length
-        del buf[:at]
         return bytes(keep)
 
     def _went_away(self, last: int) -> None:
@@ -171,30 +182,25 @@ class GrpcConnection(asyncio.Protocol):
     def available(self) -> bool:
         if self.closed or self.going_away:
             return False
-        return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+        limit = self.h2.remote_settings.max_concurrent_streams
+        # h2 counts the open streams by a walk over all it holds: only when they might be many
+        return len(self.h2.streams) < limit or self.h2.open_outbound_streams < limit
 
     def open(self, headers: Headers, receiver: StreamReceiver, end: bool = False) -> int:
         stream_id: int = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(stream_id, list(headers), end_stream=end)
+        self.h2.send_headers(stream_id, headers, end_stream=end)
         self.receivers[stream_id] = receiver
-        self.flush()
+        self.write_soon()
         return stream_id
 
-    def send(self, stream_id: int, data: memoryview, end: bool) -> int:
+    def send(self, stream_id: int, data: bytes | memoryview, end: bool) -> int:
         """Sends what the windows allow of ``data`` (and END_STREAM once all of it went);
         returns the bytes sent."""
         try:
-            room = min(self.h2.local_flow_control_window(stream_id), len(data))
-            sent = 0
-            while sent < room:
-                size = min(room - sent, self.h2.max_outbound_frame_size)
-                self.h2.send_data(stream_id, data[sent:sent + size].tobytes())
-                sent += size
-            if end and sent == len(data):
-                self.h2.end_stream(stream_id)
+            sent = send_data(self.h2, stream_id, data, end)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return len(data)  # the stream is gone: its failure comes as an event
-        self.flush()
+        self.write_soon()
         return sent
 
     def ack(self, stream_id: int, length: int) -> None:
@@ -203,7 +209,7 @@ class GrpcConnection(asyncio.Protocol):
                 self.h2.acknowledge_received_data(length, stream_id)
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
                 self.h2.increment_flow_control_window(length)  # the connection's share only
-            self.flush()
+            self.write_soon()
 
     def reset(self, stream_id: int) -> None:
         self.receivers.pop(stream_id, None)
@@ -213,12 +219,7 @@ class GrpcConnection(asyncio.Protocol):
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        self.write_soon()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
