@@ -149,7 +149,6 @@ class _Blocking(Generic[C_co]):
                 self._loop.run(agen.aclose)
 
 
-
 async def _made(make: Callable[[], C]) -> C:
     return make()
 

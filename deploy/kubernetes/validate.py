@@ -327,6 +327,17 @@ def example_errors(path: Path, crds: CustomResources) -> tuple[list[dict[str, An
     return objects, errors
 
 
+def _report(name: str, objects: list[dict[str, Any]], errors: list[str]) -> int:
+    """Prints one rendering's or example's verdict; returns its number of problems."""
+    if errors:
+        print(f"FAIL {name}: {len(objects)} objects, {len(errors)} problems")
+        for e in errors:
+            print(f"  - {e}")
+    else:
+        print(f"ok   {name}: {len(objects)} objects ({', '.join(sorted({o['kind'] for o in objects}))})")
+    return len(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubectl", default=os.environ.get("KUBECTL", "kubectl"),
@@ -353,14 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                   for o in objects for e in object_errors(o, crds)]
         errors += list(reference_errors(objects))
         objects_checked += len(objects)
-        kinds = sorted({o["kind"] for o in objects})
-        if errors:
-            problems += len(errors)
-            print(f"FAIL {target.name}: {len(objects)} objects, {len(errors)} problems")
-            for e in errors:
-                print(f"  - {e}")
-        else:
-            print(f"ok   {target.name}: {len(objects)} objects ({', '.join(kinds)})")
+        problems += _report(target.name, objects, errors)
     for path in examples():
         name = str(path.relative_to(HERE))
         try:
@@ -368,13 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         except (yaml.YAMLError, AttributeError, TypeError) as exc:
             objects, errors = [], [f"not a manifest: {exc}"]
         objects_checked += len(objects)
-        if errors:
-            problems += len(errors)
-            print(f"FAIL {name}: {len(objects)} objects, {len(errors)} problems")
-            for e in errors:
-                print(f"  - {e}")
-        else:
-            print(f"ok   {name}: {len(objects)} objects ({', '.join(sorted(o['kind'] for o in objects))})")
+        problems += _report(name, objects, errors)
     took = time.monotonic() - start
     verdict = "FAILED" if problems else "passed"
     print(f"k8s-validate: {verdict}: {objects_checked} objects in {len(targets())} renderings and "

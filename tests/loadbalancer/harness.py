@@ -33,6 +33,16 @@ class BackendProc(FakeBackend):
         return self.proc.returncode if self.proc is not None else None
 
 
+def ready_over_tls(backend: BackendProc, trust: ssl.SSLContext) -> bool:
+    """An HTTPS backend's readiness (``ready_path`` answers 200), its certificate verified with
+    ``trust``."""
+    backend.check_running()
+    try:
+        return httpx.get(backend.url + backend.ready_path, timeout=2.0, verify=trust).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def start_backends(backends: Iterable[BackendProc]) -> list[BackendProc]:
     """Start them all, then wait for each: they boot in parallel."""
     return start_all(backends)

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -80,19 +80,6 @@ class HostBackend(BackendProc):
     @property
     def id(self) -> str:
         return f"{self.host}:{self.port}"
-
-
-@pytest.fixture
-def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
-    if DNSMASQ is None:
-        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq)")
-    hosts = tmp_path / "hosts"
-    hosts.write_text(f"127.0.0.2 {NAME}\n127.0.0.3 {NAME}\n")
-    server = DnsServer(hosts, tmp_path / "dnsmasq.log")
-    try:
-        yield start_all([server])[0]
-    finally:
-        server.kill()
 
 
 def metric(lb: LBProc, sample: str, **labels: str) -> float | None:

@@ -1,5 +1,5 @@
 """``--discover dns+https://NAME:PORT`` and ``--discover-grpc dns+https://NAME:PORT`` against a
-real DNS server (dnsmasq, started as ``test_lb_dns`` starts it) with TLS backends on 127.0.0.2-4:
+real DNS server (dnsmasq, the ``dns_server`` fixture of ``conftest.py``) with TLS backends on 127.0.0.2-4:
 the addresses become ``https://`` backends whose certificates are checked against NAME, not
 against the address (the way Envoy's ``auto_sni`` verifies a DNS cluster). One whose certificate
 names NAME is used although it does not name its address; one whose certificate names only its
@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 
 from harness.procs import Proc, free_port, start_all, stop_all, wait_until
-from tests.loadbalancer.harness import LBProc, load
+from tests.loadbalancer.harness import LBProc, load, ready_over_tls
 from tests.loadbalancer.pki import Authority, Issued, make_pki
 from tests.loadbalancer.test_grpc_tls import TlsGrpcBackend, call
-from tests.loadbalancer.test_lb_dns import DNSMASQ, NAME, DnsServer, HostBackend
+from tests.loadbalancer.test_lb_dns import NAME, DnsServer, HostBackend
 
 pytestmark = pytest.mark.slow
 
@@ -39,24 +37,7 @@ class HttpsHostBackend(HostBackend):
         self.trust.check_hostname = False
 
     def ready(self) -> bool:
-        self.check_running()
-        try:
-            return httpx.get(self.url + self.ready_path, timeout=2.0, verify=self.trust).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
-@pytest.fixture
-def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
-    if DNSMASQ is None:
-        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq)")
-    hosts = tmp_path / "hosts"
-    hosts.write_text(f"127.0.0.2 {NAME}\n127.0.0.3 {NAME}\n")
-    server = DnsServer(hosts, tmp_path / "dnsmasq.log")
-    try:
-        yield start_all([server])[0]
-    finally:
-        server.kill()
+        return ready_over_tls(self, self.trust)
 
 
 def by_id(backends: list[dict[str, object]]) -> dict[str, dict[str, object]]:

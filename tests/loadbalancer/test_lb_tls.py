@@ -27,7 +27,7 @@ import pytest
 from cryptography import x509
 
 from harness.procs import await_until, start_all, stop_all, wait_until
-from tests.loadbalancer.harness import BackendProc, LBProc, Result, load
+from tests.loadbalancer.harness import BackendProc, LBProc, Result, load, ready_over_tls
 from tests.loadbalancer.pki import Authority, Issued, make_pki
 
 pytestmark = pytest.mark.slow
@@ -47,11 +47,7 @@ class TlsBackend(BackendProc):
         self.trust = trust
 
     def ready(self) -> bool:
-        self.check_running()
-        try:
-            return httpx.get(self.url + self.ready_path, timeout=2.0, verify=self.trust).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return ready_over_tls(self, self.trust)
 
 
 class TlsAdminLB(LBProc):
