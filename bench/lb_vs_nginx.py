@@ -2,12 +2,14 @@
 
 Starts N fake backends (uvicorn with uvloop and httptools, ``harness/backend_app.py``),
 our balancer (``python -m loadbalancer``, default settings) and nginx (``least_conn`` upstream
-with keep-alive, one worker, config in a temp dir, not daemonised); and, unless ``--no-tls``, a
+with keep-alive, one worker, config in a temp dir, not daemonised; a second port of it,
+``nginx-fwd``, also sends the two request headers ours adds, X-Forwarded-For and
+X-Request-Timeout-Ms, so that the backends do the same work behind both); and, unless ``--no-tls``, a
 second balancer terminating TLS (``--tls-cert``/``--tls-key``) and an HTTPS server of the same
 nginx, both with a self-signed P-256 certificate made by ``openssl``. wrk POSTs a 2 KB body to
 ``/v1/detect`` through a Lua script, on keep-alive connections (over TLS: one handshake per
 connection). Targets are measured in interleaved rounds (direct to one backend, ours, nginx,
-ours-tls, nginx-tls, again), and each figure is the median over the rounds, so that a noisy
+nginx-fwd, ours-tls, nginx-tls, again), and each figure is the median over the rounds, so that a noisy
 machine moves all of them alike; the ratios are ours / nginx within each round. Two phases per
 target: ``load`` (many connections: throughput) and ``light`` (one connection: the latency a
 proxy adds). With ``--profile`` (py-spy installed), one more load run through our plain balancer
@@ -74,6 +76,19 @@ http {{
       proxy_set_header X-Request-ID $request_id;
     }}
   }}
+  server {{
+    listen 127.0.0.1:{fwd_port};
+    client_max_body_size 11m;
+    client_body_buffer_size 64k;
+    location / {{
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-ID $request_id;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Request-Timeout-Ms 30000;
+    }}
+  }}
 }}
 """
 # nginx's HTTPS: the same server on a second port; TLS 1.2 and 1.3, a session cache and tickets.
@@ -127,18 +142,19 @@ def make_certificate(tmp: Path) -> tuple[Path, Path]:
 
 def start_nginx(
     stack: ExitStack, backends: list[int], tmp: Path, tls: tuple[Path, Path] | None
-) -> tuple[int, int | None, list[int]]:
-    """nginx on a plain port and, with ``tls`` (certificate, key), an HTTPS one."""
-    port, tls_port = free_port(), (free_port() if tls else None)
+) -> tuple[int, int, int | None, list[int]]:
+    """nginx on a plain port, a second plain port that forwards the headers ours adds (``fwd``)
+    and, with ``tls`` (certificate, key), an HTTPS one."""
+    port, fwd_port, tls_port = free_port(), free_port(), (free_port() if tls else None)
     servers = "\n".join(f"    server 127.0.0.1:{b};" for b in backends)
     tls_lines = NGINX_TLS.format(port=tls_port, cert=tls[0], key=tls[1]) if tls else ""
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port, tls=tls_lines))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port, fwd_port=fwd_port, tls=tls_lines))
     nginx = Proc("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port, ready_path="/health/live",
                  ready_timeout=30.0, poll_max=None, stop_timeout=10.0)
     stack.enter_context(nginx)
     children = subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True)
-    return port, tls_port, [nginx.pid, *map(int, children.stdout.split())]
+    return port, fwd_port, tls_port, [nginx.pid, *map(int, children.stdout.split())]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -223,6 +239,7 @@ def summarise(runs: list[Run]) -> dict[str, dict[str, float | None]]:
             "proxy_cpu_us_per_request": statistics.median(cpu) if cpu else None,
         }
     summary["ours"]["round_ratio"] = statistics.median(round_ratios(runs))
+    summary["ours"]["fwd_round_ratio"] = statistics.median(round_ratios(runs, "ours", "nginx-fwd"))
     if "ours-tls" in summary:
         summary["ours-tls"]["round_ratio"] = statistics.median(round_ratios(runs, "ours-tls", "nginx-tls"))
     return summary
@@ -255,6 +272,8 @@ def report(summary: dict[str, dict[str, float | None]]) -> tuple[list[dict[str, 
     verdict = {
         "ratio_rps_ours_over_nginx": f(ours["rps"]) / f(nginx["rps"]),
         "ratio_rps_median_of_rounds": f(ours["round_ratio"]),
+        "fwd_ratio_rps_ours_over_nginx_fwd": f(ours["rps"]) / f(summary["nginx-fwd"]["rps"]),
+        "fwd_ratio_rps_median_of_rounds": f(ours["fwd_round_ratio"]),
         "added_p50_ms_ours": f(ours["light_p50_ms"]) - f(direct["light_p50_ms"]),
         "added_p99_ms_ours": f(ours["light_p99_ms"]) - f(direct["light_p99_ms"]),
         "added_p50_ms_nginx": f(nginx["light_p50_ms"]) - f(direct["light_p50_ms"]),
@@ -276,11 +295,12 @@ def run_all(args: argparse.Namespace) -> tuple[list[Run], pyspy.Profile | None]:
         tls = make_certificate(tmp) if args.tls else None
         backends = start_backends(stack, args.backends)
         ours_port, ours_pids = start_ours(stack, backends)
-        nginx_port, nginx_tls_port, nginx_pids = start_nginx(stack, backends, tmp, tls)
+        nginx_port, fwd_port, nginx_tls_port, nginx_pids = start_nginx(stack, backends, tmp, tls)
         targets = {
             "direct": (f"http://127.0.0.1:{backends[0]}", []),
             "ours": (f"http://127.0.0.1:{ours_port}", ours_pids),
             "nginx": (f"http://127.0.0.1:{nginx_port}", nginx_pids),
+            "nginx-fwd": (f"http://127.0.0.1:{fwd_port}", nginx_pids),
         }
         if tls is not None:
             tls_args = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
@@ -319,6 +339,11 @@ def write(args: argparse.Namespace, runs: list[Run], profile: pyspy.Profile | No
             f"(1 connection) ours {v['added_p50_ms_ours']:.3f} ms, nginx "
             f"{v['added_p50_ms_nginx']:.3f} ms; added p99 ours {v['added_p99_ms_ours']:.3f} "
             f"ms, nginx {v['added_p99_ms_nginx']:.3f} ms.",
+            "",
+            f"Against nginx-fwd (the same nginx also sending the two headers ours adds to every "
+            f"request, X-Forwarded-For and X-Request-Timeout-Ms, so that the backends parse and echo "
+            f"the same): **{v['fwd_ratio_rps_ours_over_nginx_fwd']:.2f}x** (median of the per-round "
+            f"ratios {v['fwd_ratio_rps_median_of_rounds']:.2f}x).",
     ]
     if "tls_ratio_rps_ours_over_nginx" in v:
         lines += ["", f"Over TLS (keep-alive), ours-tls / nginx-tls throughput: "

@@ -35,9 +35,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChoiceContext:
-    """What one choice is made from.
+    """What one choice is made from (made per request and read only: not frozen, since a frozen
+    dataclass costs four times as much to make).
 
     ``candidates`` may take the request (never empty) and ``weights[i]`` is ``candidates[i]``'s;
     ``now`` is ``time.monotonic()``; ``key`` is what a consistent hash places the request by
@@ -194,32 +195,54 @@ class RandomPolicy(_Sampling):
 
 @register
 class RoundRobin:
-    """nginx's smooth weighted round-robin: weights 5,1,1 give a a b a c a a."""
+    """nginx's smooth weighted round-robin: weights 5,1,1 give a a b a c a a.
+
+    The running values of the candidates last asked about are kept in a list beside them, so
+    that the usual call (the cluster's routing, unchanged since the last request) costs a loop
+    over floats; a different list of candidates carries each backend's value over by its id.
+    """
 
     name: ClassVar[str] = "round_robin"
     uses_key: ClassVar[bool] = False
     MAX_STATE = 4096
 
     def __init__(self) -> None:
-        self._current: dict[str, float] = {}
+        self._saved: dict[str, float] = {}  # values of backends seen before, by id
+        self._candidates: Sequence[Backend] = ()
+        self._weights: Sequence[float] = ()
+        self._values: list[float] = []  # the running value of each of ``_candidates``
+        self._total = 0.0
 
     def choose(self, context: ChoiceContext) -> Backend:
         return context.candidates[self.next_index(context.candidates, context.weights)]
 
     def next_index(self, candidates: Sequence[Backend], weights: Sequence[float]) -> int:
         """The index of the next candidate in the smooth weighted sequence."""
-        current = self._current
-        if len(current) > self.MAX_STATE:
-            current.clear()  # backends come and go; keep the state bounded
-        best, best_value, total = 0, -float("inf"), 0.0
-        for i, (backend, weight) in enumerate(zip(candidates, weights, strict=True)):
-            value = current.get(backend.id, 0.0) + weight
-            current[backend.id] = value
-            total += weight
+        values = self._values
+        if candidates is not self._candidates or weights is not self._weights or len(values) != len(weights):
+            values = self._switch(candidates, weights)
+        best, best_value = 0, _NO_VALUE
+        for i, weight in enumerate(weights):
+            value = values[i] = values[i] + weight
             if value > best_value:
                 best, best_value = i, value
-        current[candidates[best].id] = best_value - total
+        values[best] = best_value - self._total
         return best
+
+    def _switch(self, candidates: Sequence[Backend], weights: Sequence[float]) -> list[float]:
+        if len(candidates) != len(weights):
+            raise ValueError("one weight per candidate")
+        saved = self._saved
+        for backend, value in zip(self._candidates, self._values, strict=True):
+            saved[backend.id] = value
+        if len(saved) > self.MAX_STATE:
+            saved.clear()  # backends come and go; keep the state bounded
+        self._candidates, self._weights, self._total = candidates, weights, sum(weights)
+        self._values = [saved.get(b.id, 0.0) for b in candidates]
+        return self._values
+
+
+_NO_VALUE = -float("inf")
 
 
 class ConsistentHash(LeastRequest):

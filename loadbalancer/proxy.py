@@ -37,6 +37,8 @@ class Proxy:
         self.per_try_min = min(settings.per_try_timeout_min, settings.per_try_timeout)
         self.per_try_factor = settings.per_try_factor
         self.head_latency = HeadLatency()
+        self._p99: float | None = None
+        self._per_try = self.per_try_max
         self.default_timeout = settings.request_timeout
         self.max_timeout = settings.max_request_timeout
         self.max_inflight = settings.max_inflight
@@ -64,9 +66,14 @@ class Proxy:
         """Seconds one try may wait for its answer head: ``per_try_factor`` x the recent p99
         across backends, within [per_try_timeout_min, per_try_timeout]."""
         p99 = self.head_latency.value
+        if p99 is self._p99:  # recomputed only when the quantile moves (every hundred answers)
+            return self._per_try
+        self._p99 = p99
         if p99 is None or self.per_try_factor == 0:
-            return self.per_try_max
-        return min(self.per_try_max, max(self.per_try_min, self.per_try_factor * p99))
+            self._per_try = self.per_try_max
+        else:
+            self._per_try = min(self.per_try_max, max(self.per_try_min, self.per_try_factor * p99))
+        return self._per_try
 
     def close(self) -> None:
         """Stops the ticker (every exchange has ended or been cut by then)."""

@@ -24,7 +24,7 @@ from loadbalancer.errors import (
     UpstreamError,
     UpstreamOverloaded,
 )
-from loadbalancer.ticker import Timed
+from loadbalancer.ticker import INF, Timed
 
 if TYPE_CHECKING:
     from loadbalancer.messages import Request
@@ -46,6 +46,24 @@ class Attempter(Timed, Protocol):
     def fail(self, error: RequestError | UpstreamError) -> None:
         """Ends with ``error``: no slot came free."""
         ...
+
+
+class _Finished:
+    """The owner of a finished retry state: nothing left to time or try."""
+
+    timer_at = INF
+
+    def on_timer(self) -> None:
+        pass
+
+    def attempt(self) -> None:
+        pass
+
+    def fail(self, error: RequestError | UpstreamError) -> None:
+        pass
+
+
+FINISHED: Attempter = _Finished()
 
 
 class RetryState:
@@ -151,6 +169,7 @@ class RetryState:
         waiting, self.waiting = self.waiting, None
         if waiting is not None:
             waiting.cancel()
+        self.owner = FINISHED  # no cycle left for the garbage collector: freed with its owner
         budget = self.proxy.budget
         if self.retrying:
             self.retrying = False

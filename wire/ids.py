@@ -25,6 +25,7 @@ class _Ids:
 
     def reseed(self) -> None:
         self.prefix = os.urandom(10).hex()
+        self.prefix_bytes = self.prefix.encode("ascii")
         self.counter = itertools.count()
 
 
@@ -39,7 +40,7 @@ def new_request_id() -> str:
 
 
 def new_request_id_bytes() -> bytes:
-    return new_request_id().encode("ascii")
+    return b"%s%012x" % (_ids.prefix_bytes, next(_ids.counter) & 0xFFFFFFFFFFFF)
 
 
 def valid_request_id(value: str | bytes | None) -> bool:
