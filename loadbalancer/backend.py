@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from math import exp as _exp
+from math import expm1 as _expm1
 from typing import TYPE_CHECKING, Any
 
 from loadbalancer.settings import BackendSpec, LBSettings
@@ -197,14 +199,20 @@ class Backend:
         """Records an answer's latency: histogram, peak-sensitive EWMA (Finagle's) and the
         typical latency."""
         self.latency.observe(seconds)
-        self.typical_n += 1
-        gap = max(now - self.ewma_stamp, 0.0)  # since the previous answer
-        weight = max(TYPICAL_ALPHA, 1.0 / self.typical_n, -math.expm1(-gap / TYPICAL_TAU_S))
+        n = self.typical_n = self.typical_n + 1
+        gap = now - self.ewma_stamp  # since the previous answer
+        if gap < 0.0:
+            gap = 0.0
+        weight = -_expm1(-gap / TYPICAL_TAU_S)
+        if weight < TYPICAL_ALPHA:
+            weight = TYPICAL_ALPHA
+        if n * weight < 1.0:
+            weight = 1.0 / n
         self.typical += (seconds - self.typical) * weight
         if seconds > self.ewma:
             self.ewma = seconds
         else:
-            w = math.exp(-max(now - self.ewma_stamp, 0.0) / EWMA_DECAY_S)
+            w = _exp(-gap / EWMA_DECAY_S)
             self.ewma = self.ewma * w + seconds * (1.0 - w)
         self.ewma_stamp = now
 
