@@ -64,7 +64,9 @@ http {{
 {servers}
     keepalive 256;
   }}
-  server {{
+{server_blocks}}}
+"""
+NGINX_SERVER = """  server {{
     listen 127.0.0.1:{port};
 {tls}
     client_max_body_size 11m;
@@ -74,23 +76,13 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Request-ID $request_id;
+{headers}
     }}
   }}
-  server {{
-    listen 127.0.0.1:{fwd_port};
-    client_max_body_size 11m;
-    client_body_buffer_size 64k;
-    location / {{
-      proxy_pass http://backends;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Request-ID $request_id;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Request-Timeout-Ms 30000;
-    }}
-  }}
-}}
 """
+# nginx-fwd: also the two request headers our balancer adds
+FWD_HEADERS = """      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Request-Timeout-Ms 30000;"""
 # nginx's HTTPS: the same server on a second port; TLS 1.2 and 1.3, a session cache and tickets.
 NGINX_TLS = """    listen 127.0.0.1:{port} ssl;
     ssl_certificate {cert};
@@ -149,7 +141,9 @@ def start_nginx(
     servers = "\n".join(f"    server 127.0.0.1:{b};" for b in backends)
     tls_lines = NGINX_TLS.format(port=tls_port, cert=tls[0], key=tls[1]) if tls else ""
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port, fwd_port=fwd_port, tls=tls_lines))
+    blocks = NGINX_SERVER.format(port=port, tls=tls_lines, headers="")
+    blocks += NGINX_SERVER.format(port=fwd_port, tls="", headers=FWD_HEADERS)
+    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, server_blocks=blocks))
     nginx = Proc("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port, ready_path="/health/live",
                  ready_timeout=30.0, poll_max=None, stop_timeout=10.0)
     stack.enter_context(nginx)
