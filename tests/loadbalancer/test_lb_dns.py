@@ -14,7 +14,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,21 @@ class DnsServer(Proc):
         """Makes ``NAME`` resolve to ``addresses`` (at once: SIGHUP rereads the file)."""
         self.hosts.write_text("".join(f"{a} {NAME}\n" for a in addresses))
         self.signal(signal.SIGHUP)
+
+
+@contextmanager
+def running_dnsmasq(tmp_path: Path, server: type[DnsServer] = DnsServer) -> Iterator[DnsServer]:
+    """``server`` answering ``NAME`` with 127.0.0.2 and 127.0.0.3 from a hosts file in
+    ``tmp_path`` (``serve`` changes them), killed on exit; skips where dnsmasq is not installed."""
+    if DNSMASQ is None:
+        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq)")
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.2 {NAME}\n127.0.0.3 {NAME}\n")
+    proc = server(hosts, tmp_path / "dnsmasq.log")
+    try:
+        yield start_all([proc])[0]
+    finally:
+        proc.kill()
 
 
 class HostBackend(BackendProc):

@@ -16,7 +16,7 @@ import pytest
 from harness.procs import free_port, start_all, stop_all
 from loadbalancer.discovery import DnsResolver, Resolution
 from tests.loadbalancer.harness import LBProc, load
-from tests.loadbalancer.test_lb_dns import DNSMASQ, NAME, TTL, DnsServer, HostBackend
+from tests.loadbalancer.test_lb_dns import NAME, TTL, DnsServer, HostBackend, running_dnsmasq
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +31,8 @@ class ZonelessDnsServer(DnsServer):
 
 @pytest.fixture
 def refusing_aaaa(tmp_path: Path) -> Iterator[DnsServer]:
-    if DNSMASQ is None:
-        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq)")
-    hosts = tmp_path / "hosts"
-    hosts.write_text(f"127.0.0.2 {NAME}\n127.0.0.3 {NAME}\n")
-    server = ZonelessDnsServer(hosts, tmp_path / "dnsmasq.log")
-    try:
-        yield start_all([server])[0]
-    finally:
-        server.kill()
+    with running_dnsmasq(tmp_path, ZonelessDnsServer) as server:
+        yield server
 
 
 async def test_the_a_answer_is_enough_when_aaaa_is_refused(
