@@ -53,11 +53,14 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tick = min(settings.client_keepalive_timeout, settings.client_request_timeout)
         self._max_head = settings.max_header_bytes
+        self._max_headers = settings.max_headers
+        self._max_body = settings.max_body_bytes
         self._last_active = monotonic()
         self._upstream: UpstreamConnection | None = None
         self._write_paused = False
         self._read_paused = False
         self._req: Request | None = None  # the request being read
+        self._headers: list[tuple[bytes, bytes]] = []  # its headers
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_size = 0
@@ -140,7 +143,8 @@ class ClientConnection(asyncio.Protocol):
         self._length = -1
         self._expect = False
         self._upgrade = b""
-        self._req = Request(b"", b"", True, True, b"", self.client, monotonic())
+        req = self._req = Request(b"", b"", True, True, b"", self.client, monotonic())
+        self._headers = req.headers
 
     def on_url(self, url: bytes) -> None:
         req = self._req
@@ -151,22 +155,22 @@ class ClientConnection(asyncio.Protocol):
             raise HeadersTooLarge(f"request head over {self._max_head} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._req
-        assert req is not None
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._max_head:
+        size = self._head_size = self._head_size + len(name) + len(value) + 4
+        if size > self._max_head:
             raise HeadersTooLarge(f"request head over {self._max_head} bytes")
         lname = name.lower()
-        if lname in SPECIAL:
-            self._special_header(req, lname, name, value)
+        if lname not in SPECIAL:
+            self._headers.append((name, value))
+        elif lname == b"content-length":
+            self._length = int(value) if value.isdigit() else -1
         else:
-            req.headers.append((name, value))
+            req = self._req
+            assert req is not None
+            self._special_header(req, lname, name, value)
 
     def _special_header(self, req: Request, lname: bytes, name: bytes, value: bytes) -> None:
-        """Headers the balancer reads, rewrites or drops (hop-by-hop)."""
-        if lname == b"content-length":
-            self._length = int(value) if value.isdigit() else -1
-        elif lname == b"expect":
+        """Headers the balancer reads, rewrites or drops (hop-by-hop), but Content-Length."""
+        if lname == b"expect":
             self._expect = value.lower() == b"100-continue"
         elif lname == _REQUEST_ID:
             if valid_request_id(value):
@@ -190,17 +194,17 @@ class ClientConnection(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         if not req.request_id:
             req.request_id = new_request_id_bytes()
-        if len(req.headers) > self.settings.max_headers:
-            raise HeadersTooLarge(f"more than {self.settings.max_headers} request headers")
-        if self._length > self.settings.max_body_bytes:
-            raise PayloadTooLarge(f"body over {self.settings.max_body_bytes} bytes")
+        if len(req.headers) > self._max_headers:
+            raise HeadersTooLarge(f"more than {self._max_headers} request headers")
+        if self._length > self._max_body:
+            raise PayloadTooLarge(f"body over {self._max_body} bytes")
         if self._expect and req.http11:
             self.transport.write(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self.settings.max_body_bytes:
-            raise PayloadTooLarge(f"body over {self.settings.max_body_bytes} bytes")
+        size = self._body_size = self._body_size + len(body)
+        if size > self._max_body:
+            raise PayloadTooLarge(f"body over {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:

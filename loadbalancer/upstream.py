@@ -81,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.keep_alive = True  # until an answer says otherwise
+        self._max_head = pool.max_head_bytes
         self._parser = httptools.HttpResponseParser(self)
         self._reset(head_only=False)
 
@@ -154,20 +155,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > self.pool.max_head_bytes:
+        size = self._head_bytes = self._head_bytes + len(name) + len(value)
+        if size > self._max_head:
             raise UpstreamProtocolError("answer headers over the limit")
         lname = name.lower()
-        if lname in SPECIAL:
-            self._special_header(lname, name, value)
-        else:
+        if lname not in SPECIAL:
             self._headers.append((name, value))
+        elif lname == b"content-length":
+            self._length = int(value)
+        else:
+            self._special_header(lname, name, value)
 
     def _special_header(self, lname: bytes, name: bytes, value: bytes) -> None:
         """Framing and hop-by-hop headers are dropped (the proxy writes its own)."""
-        if lname == b"content-length":
-            self._length = int(value)
-        elif lname == b"transfer-encoding":
+        if lname == b"transfer-encoding":
             self._chunked = b"chunked" in value.lower()
         elif lname == b"retry-after":
             self._retry_after = float(value) if value.strip().isdigit() else 1.0
