@@ -14,6 +14,7 @@ SCENARIOS = {
     "lb": ("bench.lb_vs_nginx", "the balancer against nginx"),
     "grpc": ("bench.grpc", "gRPC against HTTP; the balancer against nginx grpc_pass"),
     "grpc_micro": ("bench.grpc_micro", "the balancer's Python cost per gRPC call, without sockets"),
+    "lb_micro": ("bench.lb_micro", "the balancer's Python cost per HTTP request, without sockets"),
     "soak": ("bench.soak", "20,000 requests through the balancer and two services"),
     "scalesim": ("bench.scalesim", "the balancer in front of 2 to 32 stand-in hosts"),
     "multihost": ("bench.multihost", "faults on three namespace hosts behind the balancer"),
