@@ -72,9 +72,8 @@ def response_head(
     close: bool,
 ) -> bytes:
     """The answer's head as the client gets it; ``Framing.CLOSE`` bodies go out chunked."""
-    parts = [b"HTTP/1.1 %d " % head.status, head.reason or _REASONS.get(head.status, b""), b"\r\n"]
-    for name, value in head.headers:
-        parts += (name, b": ", value, b"\r\n")
+    parts = [_status_line(head.status, head.reason)]
+    parts += head.lines
     parts += (_UPSTREAM, b": ", upstream, b"\r\n")
     if not head.has_request_id:
         parts += (_REQUEST_ID, b": ", request_id, b"\r\n")
@@ -89,6 +88,20 @@ def response_head(
         parts.append(b"connection: keep-alive\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    """``HTTP/1.1 200 OK`` and CRLF, the standard phrase when the backend sent none; the lines
+    made are kept (a backend sends few distinct ones; the cache stops growing at 256)."""
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b""))
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[status, reason] = line
+    return line
 
 
 def error_response(

@@ -51,7 +51,7 @@ class Framing(IntEnum):
 class ResponseHead:
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]]  # end-to-end headers only
+    lines: list[bytes]  # the end-to-end headers only, as name, ": ", value, CRLF pieces
     framing: Framing
     content_length: int
     retry_after: float | None
@@ -88,7 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self, *, head_only: bool) -> None:
         self._head_only = head_only
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []  # the end-to-end headers, as name, ": ", value, CRLF
         self._head_bytes = 0
         self._length = -1
         self._chunked = False
@@ -160,7 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamProtocolError("answer headers over the limit")
         lname = name.lower()
         if lname not in SPECIAL:
-            self._headers.append((name, value))
+            self._lines += (name, b": ", value, b"\r\n")
         elif lname == b"content-length":
             self._length = int(value)
         else:
@@ -172,10 +172,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._chunked = b"chunked" in value.lower()
         elif lname == b"retry-after":
             self._retry_after = float(value) if value.strip().isdigit() else 1.0
-            self._headers.append((name, value))
+            self._lines += (name, b": ", value, b"\r\n")
         elif lname == b"x-request-id":
             self._has_request_id = True
-            self._headers.append((name, value))
+            self._lines += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -194,7 +194,7 @@ class UpstreamConnection(asyncio.Protocol):
         head = ResponseHead(
             status,
             self._reason,
-            self._headers,
+            self._lines,
             self._framing,
             self._length,
             self._retry_after,
