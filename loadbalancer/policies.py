@@ -152,9 +152,11 @@ class LeastRequest(_Sampling):
         candidates = context.candidates
         weights = self.speed.adjust(candidates, context.weights, context.now)
         first = self._order.next_index(candidates, weights)
-        if len(candidates) == 1:
+        count = len(candidates)
+        if count == 1:
             return candidates[first]
-        second = self._draw(weights, sum(weights) - weights[first], skip=first)
+        # of two, the second choice is the other one: no draw needed
+        second = 1 - first if count == 2 else self._draw(weights, sum(weights) - weights[first], skip=first)
         a, b = candidates[first], candidates[second]
         if (b.inflight + 1) * weights[first] <= a.inflight * weights[second]:
             return b
