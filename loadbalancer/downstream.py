@@ -60,7 +60,6 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._req: Request | None = None  # the request being read
-        self._headers: list[tuple[bytes, bytes]] = []  # its headers
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_size = 0
@@ -143,8 +142,7 @@ class ClientConnection(asyncio.Protocol):
         self._length = -1
         self._expect = False
         self._upgrade = b""
-        req = self._req = Request(b"", b"", True, True, b"", self.client, monotonic())
-        self._headers = req.headers
+        self._req = Request(b"", b"", True, True, b"", self.client, monotonic())
 
     def on_url(self, url: bytes) -> None:
         req = self._req
@@ -155,17 +153,17 @@ class ClientConnection(asyncio.Protocol):
             raise HeadersTooLarge(f"request head over {self._max_head} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._req
+        assert req is not None
         size = self._head_size = self._head_size + len(name) + len(value) + 4
         if size > self._max_head:
             raise HeadersTooLarge(f"request head over {self._max_head} bytes")
         lname = name.lower()
         if lname not in SPECIAL:
-            self._headers.append((name, value))
+            req.headers.append((name, value))
         elif lname == b"content-length":
             self._length = int(value) if value.isdigit() else -1
         else:
-            req = self._req
-            assert req is not None
             self._special_header(req, lname, name, value)
 
     def _special_header(self, req: Request, lname: bytes, name: bytes, value: bytes) -> None:

@@ -159,23 +159,27 @@ class UpstreamConnection(asyncio.Protocol):
         if size > self._max_head:
             raise UpstreamProtocolError("answer headers over the limit")
         lname = name.lower()
-        if lname not in SPECIAL:
-            self._lines += (name, b": ", value, b"\r\n")
-        elif lname == b"content-length":
-            self._length = int(value)
-        else:
-            self._special_header(lname, name, value)
+        if lname in SPECIAL:
+            if lname == b"content-length":
+                self._length = int(value)
+                return
+            if not self._special_header(lname, value):
+                return
+        self._lines += (name, b": ", value, b"\r\n")
 
-    def _special_header(self, lname: bytes, name: bytes, value: bytes) -> None:
-        """Framing and hop-by-hop headers are dropped (the proxy writes its own)."""
+    def _special_header(self, lname: bytes, value: bytes) -> bool:
+        """Reads a framing, hop-by-hop or otherwise special header but Content-Length; True for
+        those passed on to the client (the proxy writes its own framing and drops hop-by-hop)."""
         if lname == b"transfer-encoding":
             self._chunked = b"chunked" in value.lower()
-        elif lname == b"retry-after":
+            return False
+        if lname == b"retry-after":
             self._retry_after = float(value) if value.strip().isdigit() else 1.0
-            self._lines += (name, b": ", value, b"\r\n")
-        elif lname == b"x-request-id":
+            return True
+        if lname == b"x-request-id":
             self._has_request_id = True
-            self._lines += (name, b": ", value, b"\r\n")
+            return True
+        return False
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
