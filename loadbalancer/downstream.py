@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from time import monotonic
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -21,26 +22,27 @@ from loadbalancer.errors import (
     RequestTimeout,
 )
 from loadbalancer.exchange import Exchange
-from loadbalancer.messages import REQUEST_DROP, Request, error_response
+from loadbalancer.messages import SPECIAL, Request, error_response, take_header
 from loadbalancer.proxy import Proxy
 from loadbalancer.tunnel import Tunnel, is_websocket_upgrade
 from loadbalancer.upstream import UpstreamConnection
-from wire.headers import REQUEST_ID, REQUEST_TIMEOUT_MS
-from wire.ids import new_request_id_bytes, valid_request_id
+from wire.ids import new_request_id_bytes
 
-__all__ = ["ClientConnection"]
+__all__ = ["ClientConnection", "log_access"]
 
 log = logging.getLogger("loadbalancer.access")
 MAX_QUEUED = 4  # pipelined requests read ahead before reading pauses
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_REQUEST_ID = REQUEST_ID.encode()
-_REQUEST_TIMEOUT_MS = REQUEST_TIMEOUT_MS.encode()
-SPECIAL = REQUEST_DROP | {_REQUEST_ID, _REQUEST_TIMEOUT_MS, b"x-forwarded-for", b"host"}
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, proxy: Proxy, connections: set[ClientConnection]) -> None:
+    """One client connection; with ``h2`` (the proxy port over TLS), one whose handshake chose
+    ALPN ``h2`` is handed to the protocol ``h2`` makes (:mod:`loadbalancer.h2_downstream`)."""
+
+    def __init__(self, proxy: Proxy, connections: set[Any],
+                 h2: Callable[[], asyncio.Protocol] | None = None) -> None:
         self.proxy = proxy
+        self._h2 = h2
         self.settings = settings = proxy.settings
         self.loop = proxy.loop
         self.connections = connections
@@ -76,14 +78,21 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        peer = t.get_extra_info("peername")
-        self.client = str(peer[0]).encode() if peer else b"-"
+        h2 = self._h2 is not None and _chose_h2(t)
         stats = self.proxy.stats
         if stats.client_connections >= self.settings.max_client_connections:
-            msg = "too many client connections"
-            t.write(error_response(503, "overloaded", msg, b"-", retry_after=1, close=True))
+            if not h2:
+                msg = "too many client connections"
+                t.write(error_response(503, "overloaded", msg, b"-", retry_after=1, close=True))
             t.close()
             return
+        if h2 and self._h2 is not None:
+            protocol = self._h2()
+            t.set_protocol(protocol)
+            protocol.connection_made(t)
+            return
+        peer = t.get_extra_info("peername")
+        self.client = str(peer[0]).encode() if peer else b"-"
         stats.client_connections += 1
         self.connections.add(self)
         self._timer = self.loop.call_later(self._tick, self._on_timer)
@@ -170,18 +179,10 @@ class ClientConnection(asyncio.Protocol):
         """Headers the balancer reads, rewrites or drops (hop-by-hop), but Content-Length."""
         if lname == b"expect":
             self._expect = value.lower() == b"100-continue"
-        elif lname == _REQUEST_ID:
-            if valid_request_id(value):
-                req.request_id = value
-        elif lname == _REQUEST_TIMEOUT_MS:
-            req.timeout_ms = _parse_timeout(value)
-        elif lname == b"x-forwarded-for":
-            req.forwarded_for = value
         elif lname == b"upgrade":
             self._upgrade = value
-        elif lname == b"host":
-            req.has_host = True
-            req.headers.append((name, value))
+        else:
+            take_header(req, lname, name, value)
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -239,7 +240,7 @@ class ClientConnection(asyncio.Protocol):
         self._last_active = now
         self.proxy.stats.count_response(exchange.status, now - request.started)
         if self.settings.access_log:
-            _access_log(exchange, now)
+            log_access(exchange, now)
         transport = self.transport
         if transport is None:
             return
@@ -362,7 +363,13 @@ class ClientConnection(asyncio.Protocol):
         self._timer = self.loop.call_later(self._tick, self._on_timer)
 
 
-def _access_log(exchange: Exchange, now: float) -> None:
+def _chose_h2(transport: asyncio.Transport) -> bool:
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+
+
+def log_access(exchange: Exchange, now: float) -> None:
+    """The access log's line for an exchange that ended at ``now``."""
     request = exchange.request
     backend = exchange.tried[-1].id if exchange.tried else None
     log.info(
@@ -378,10 +385,3 @@ def _access_log(exchange: Exchange, now: float) -> None:
         },
     )
 
-
-def _parse_timeout(value: bytes) -> float | None:
-    try:
-        timeout = float(value)
-    except ValueError:
-        return None
-    return timeout if 0 <= timeout < float("inf") else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 import h2.errors
 import h2.events
@@ -34,24 +35,42 @@ from loadbalancer.settings import LBSettings
 from loadbalancer.stats import ProxyStats
 from loadbalancer.tls import Reloading, listening_context
 
-__all__ = ["GrpcDownstream", "GrpcFront"]
+__all__ = ["GrpcDownstream", "GrpcFront", "H2Server", "Stream"]
 
 log = logging.getLogger("loadbalancer.grpc")
 MAX_STREAMS = 1024  # calls of one client connection at once
 
 
-class GrpcDownstream(H2Protocol):
-    """One client's h2c connection: a :class:`GrpcCall` per stream."""
+class Stream(Protocol):
+    """One stream of a client's HTTP/2 connection, as the connection drives it: a gRPC call
+    (:class:`GrpcCall`), or an HTTP request on the proxy port (:mod:`loadbalancer.h2_downstream`)."""
 
-    def __init__(self, front: GrpcFront) -> None:
+    stream_id: int
+
+    def start(self) -> None: ...
+
+    def on_request_data(self, data: bytes, flow: int, end: bool) -> None: ...
+
+    def on_request_end(self) -> None: ...
+
+    def on_client_writable(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+class H2Server(H2Protocol):
+    """A client's HTTP/2 connection (the server side of ``h2``): its events drive a
+    :class:`Stream` per request, which :meth:`open_stream` makes."""
+
+    def __init__(self) -> None:
         super().__init__(new_connection(client_side=False))
-        self.front = front
-        self.calls: dict[int, GrpcCall] = {}
+        self.calls: dict[int, Stream] = {}
+
+    def open_stream(self, stream_id: int, headers: Headers) -> Stream:
+        raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.front.connections.add(self)
-        self.front.stats.client_connections += 1
         self.h2.initiate_connection()
         self.h2.update_settings({**h2_settings(),
                                  h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
@@ -59,8 +78,6 @@ class GrpcDownstream(H2Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.front.connections.discard(self)
-        self.front.stats.client_connections -= 1
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call.cancel()
@@ -79,9 +96,7 @@ class GrpcDownstream(H2Protocol):
 
     def _event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
-            proxy = self.front.proxy
-            assert proxy is not None  # started before the port opens
-            call = GrpcCall(proxy, self.front.pools, self, event.stream_id, event.headers)
+            call = self.open_stream(event.stream_id, event.headers)
             self.calls[event.stream_id] = call
             call.start()
             if event.stream_ended is not None and event.stream_id in self.calls:
@@ -117,9 +132,11 @@ class GrpcDownstream(H2Protocol):
             return
         self.write_soon()
 
-    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+    def send_data(self, stream_id: int, data: bytes | memoryview, end: bool = False) -> int:
+        """Sends what the windows allow of ``data`` (END_STREAM after it when ``end`` and all of
+        it went); returns the bytes sent."""
         try:
-            sent = send_data(self.h2, stream_id, data, False)
+            sent = send_data(self.h2, stream_id, data, end)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return len(data)  # the client is gone: its reset comes as an event
         self.write_soon()
@@ -141,7 +158,7 @@ class GrpcDownstream(H2Protocol):
             return
         self.write_soon()
 
-    def call_done(self, call: GrpcCall) -> None:
+    def call_done(self, call: Stream) -> None:
         self.calls.pop(call.stream_id, None)
 
     def goaway(self) -> None:
@@ -157,6 +174,27 @@ class GrpcDownstream(H2Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+class GrpcDownstream(H2Server):
+    """One client's connection to the gRPC port: a :class:`GrpcCall` per stream."""
+
+    def __init__(self, front: GrpcFront) -> None:
+        super().__init__()
+        self.front = front
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.front.connections.add(self)
+        self.front.stats.client_connections += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.connections.discard(self)
+        self.front.stats.client_connections -= 1
+        super().connection_lost(exc)
+
+    def open_stream(self, stream_id: int, headers: Headers) -> Stream:
+        return self.front.call(self, stream_id, headers)
 
 
 class _Pools:
@@ -201,6 +239,12 @@ class GrpcFront:
         self.proxy: Proxy | None = None
         self._server: asyncio.Server | None = None
         self._health: GrpcHealthChecker | None = None
+
+    def call(self, client: H2Server, stream_id: int, headers: Headers) -> GrpcCall:
+        """A call of ``client``'s, on this side's backends (the gRPC port's, or one that came to
+        the proxy port over HTTP/2)."""
+        assert self.proxy is not None  # started before any port opens
+        return GrpcCall(self.proxy, self.pools, client, stream_id, headers)
 
     async def start(self) -> None:
         s = self.settings

@@ -9,12 +9,15 @@ from http import HTTPStatus
 from loadbalancer.upstream import Framing, ResponseHead
 from wire.errors import error_body, retry_after_header
 from wire.headers import HOP_BY_HOP_BYTES, REQUEST_ID, REQUEST_TIMEOUT_MS, UPSTREAM
+from wire.ids import valid_request_id
 
 __all__ = [
     "REQUEST_DROP",
+    "SPECIAL",
     "Request",
     "error_response",
     "response_head",
+    "take_header",
     "upstream_request",
 ]
 
@@ -23,6 +26,8 @@ REQUEST_DROP = HOP_BY_HOP_BYTES | {b"content-length", b"expect"}
 _REQUEST_ID = REQUEST_ID.encode()
 _REQUEST_TIMEOUT_MS = REQUEST_TIMEOUT_MS.encode()
 _UPSTREAM = UPSTREAM.encode()
+# Request headers not passed on as they came: these and the ones :func:`take_header` reads.
+SPECIAL = REQUEST_DROP | {_REQUEST_ID, _REQUEST_TIMEOUT_MS, b"x-forwarded-for", b"host"}
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -54,6 +59,30 @@ class Request:
         if self.body or self.method in BODY_METHODS:
             parts.append(b"content-length: %d\r\n" % len(self.body))
         self.prefix = b"".join(parts)
+
+
+def take_header(request: Request, lname: bytes, name: bytes, value: bytes) -> None:
+    """A request header in :data:`SPECIAL` (``lname``, lowercased), but Content-Length, Expect
+    and Upgrade, which each front reads itself: a valid X-Request-Id and X-Request-Timeout-Ms are
+    taken, X-Forwarded-For is kept to be extended, Host passed on; the hop-by-hop ones dropped."""
+    if lname == _REQUEST_ID:
+        if valid_request_id(value):
+            request.request_id = value
+    elif lname == _REQUEST_TIMEOUT_MS:
+        request.timeout_ms = _parse_timeout(value)
+    elif lname == b"x-forwarded-for":
+        request.forwarded_for = value
+    elif lname == b"host":
+        request.has_host = True
+        request.headers.append((name, value))
+
+
+def _parse_timeout(value: bytes) -> float | None:
+    try:
+        timeout = float(value)
+    except ValueError:
+        return None
+    return timeout if 0 <= timeout < float("inf") else None
 
 
 def upstream_request(request: Request, remaining_ms: int, backend_address: bytes) -> bytes:

@@ -29,6 +29,7 @@ from loadbalancer.downstream import ClientConnection
 from loadbalancer.errors import ConfigError, LoadBalancerError
 from loadbalancer.grpc_front import GrpcFront
 from loadbalancer.grpc_metrics import GrpcCollector
+from loadbalancer.h2_downstream import H2Downstream
 from loadbalancer.health import HealthChecker
 from loadbalancer.metrics import make_registry
 from loadbalancer.policies import make_policy
@@ -38,6 +39,7 @@ from loadbalancer.stats import ProxyStats
 from loadbalancer.tls import (
     ALPN,
     H2_ALPN,
+    PROXY_ALPN,
     Reloading,
     client_context,
     listening_context,
@@ -116,7 +118,7 @@ class LoadBalancer:
                                                  self.grpc.discovery))
         self.port = settings.port
         self.admin_port = settings.admin_port
-        self._connections: set[ClientConnection] = set()
+        self._connections: set[ClientConnection | H2Downstream] = set()
         self._server: asyncio.Server | None = None
         self._admin: web.AppRunner | None = None
         self._health: HealthChecker | None = None
@@ -157,9 +159,9 @@ class LoadBalancer:
         try:
             if self.discovery is not None:
                 await self.discovery.start()  # the first answers, bounded by dns_timeout
-            await self._start_proxy(self._proxy)
-            if self.grpc is not None:
+            if self.grpc is not None:  # first: the proxy port passes gRPC calls over HTTP/2 on
                 await self.grpc.start()
+            await self._start_proxy(self._proxy)
             await self._start_admin()
         except OSError as exc:
             await self.aclose()
@@ -182,8 +184,13 @@ class LoadBalancer:
 
     async def _start_proxy(self, proxy: Proxy) -> None:
         s = self.settings
+        connections, grpc = self._connections, self.grpc
+
+        def h2() -> H2Downstream:
+            return H2Downstream(proxy, connections, grpc)
+
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(proxy, self._connections),
+            lambda: ClientConnection(proxy, connections, h2 if self.tls is not None else None),
             s.host,
             s.port,
             backlog=1024,
@@ -297,7 +304,7 @@ class LoadBalancer:
 
 def _tls_contexts(s: LBSettings) -> dict[str, Reloading]:
     """Every TLS context the settings ask for, each watched for changes of its files:
-    ``proxy`` (HTTPS on the proxy port, ALPN http/1.1) and ``grpc`` (the gRPC port: the same
+    ``proxy`` (HTTPS on the proxy port, ALPN h2 and http/1.1) and ``grpc`` (the gRPC port: the same
     certificate and client CA, ALPN h2), when a certificate is given; ``admin`` (the admin
     port's own certificate); ``upstream`` (``https://`` backends, ALPN http/1.1) and, with a gRPC
     port, ``grpc-upstream`` (the same CA and client certificate, ALPN h2)."""
@@ -305,7 +312,8 @@ def _tls_contexts(s: LBSettings) -> dict[str, Reloading]:
     if s.tls_cert is not None and s.tls_key is not None:
         cert, key, ca = s.tls_cert, s.tls_key, s.tls_client_ca
         files = [cert, key] if ca is None else [cert, key, ca]
-        contexts["proxy"] = Reloading("proxy", files, lambda: server_context(cert, key, ca))
+        contexts["proxy"] = Reloading("proxy", files,
+                                      lambda: server_context(cert, key, ca, alpn=PROXY_ALPN))
         if s.grpc_port is not None:
             contexts["grpc"] = Reloading("grpc", files,
                                          lambda: server_context(cert, key, ca, alpn=H2_ALPN))

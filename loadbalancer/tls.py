@@ -3,9 +3,9 @@
 its files change.
 
 Server side: TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AEAD ciphers (the TLS
-1.3 suites are all AEAD and OpenSSL's defaults stay); ALPN ``http/1.1`` on the proxy and admin
-ports, ``h2`` on the gRPC port (each port speaks one protocol: offering ``h2`` on the proxy port
-would make every HTTP/2-capable client, curl included, pick it); session resumption by OpenSSL's
+1.3 suites are all AEAD and OpenSSL's defaults stay); ALPN ``h2`` and ``http/1.1`` on the proxy
+port (HTTP/2 for HTTP requests and gRPC calls alike: :mod:`loadbalancer.h2_downstream`),
+``http/1.1`` on the admin port, ``h2`` on the gRPC port; session resumption by OpenSSL's
 tickets, whose keys belong to the listening context and so survive a certificate reload.
 
 Client side (backends): the same versions; ALPN ``http/1.1`` to HTTP backends, ``h2`` to gRPC
@@ -35,6 +35,7 @@ __all__ = [
     "ALPN",
     "CIPHERS",
     "H2_ALPN",
+    "PROXY_ALPN",
     "Reloading",
     "client_context",
     "failure_reason",
@@ -45,9 +46,11 @@ __all__ = [
 log = logging.getLogger("loadbalancer.tls")
 # TLS 1.2: forward secrecy and AEAD only (Mozilla's "intermediate" profile without DHE).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-# What the proxy and admin ports and HTTP backends speak, and what the gRPC port and gRPC backends do.
+# What the admin port and HTTP backends speak, and what the gRPC port and gRPC backends do.
 ALPN = ("http/1.1",)
 H2_ALPN = ("h2",)
+# The proxy port's, h2 first: a client that speaks both gets HTTP/2, as from Envoy or nginx.
+PROXY_ALPN = ("h2", "http/1.1")
 Stamp = tuple[tuple[int, int, int] | None, ...]
 
 

@@ -154,7 +154,7 @@ def test_the_grpc_port_speaks_tls_with_client_certificates_and_reloads(
             assert result.as_numpy("echo").tobytes() == data.tobytes()
         finally:
             triton_client.close()
-        assert alpn_of(port, trusting(ca, client)) == "h2"  # and the proxy port stays http/1.1
+        assert alpn_of(port, trusting(ca, client)) == "h2"
 
         # refused before any call reaches a backend: h2c, no client certificate, another CA's
         answered = grpc_requests(lb)

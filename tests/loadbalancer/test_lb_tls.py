@@ -1,7 +1,7 @@
 """TLS at both ends of the balancer, with a PKI made here (``pki.py``: a CA, a second unrelated
 CA, server and client certificates):
 
-- the proxy port serves HTTPS (TLS 1.2+, ALPN http/1.1, resumed sessions) and refuses plain HTTP;
+- the proxy port serves HTTPS (TLS 1.2+, ALPN, resumed sessions) and refuses plain HTTP;
   the admin port serves its own certificate; ``--tls-client-ca`` requires client certificates;
 - a renewed certificate (new key, new serial) written over the files is served to new
   connections within 5 s, without a restart and without a failed request under load;

@@ -1,0 +1,272 @@
+"""HTTP/2 on the balancer's TLS proxy port, with a PKI made here (``pki.py``):
+
+- ALPN: a client offering h2 and http/1.1 gets h2; one offering http/1.1 alone gets it;
+- HTTP requests over HTTP/2 reach the HTTP backends as HTTP/1.1 and come back whole: bodies, the
+  request id, the headers the balancer adds, many streams at once on one connection spread over
+  the backends, an answer larger than the client's stream window, HEAD, the balancer's own
+  errors (413, and 502 with no backend left), retries past a backend that refuses connections;
+- as over HTTP/1.1, a request not read in time is answered 408 and an idle connection closed;
+- gRPC calls on the proxy port go to the gRPC side (``--grpc-port``'s backends), and are
+  answered ``UNIMPLEMENTED`` by a balancer that has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import h2.connection
+import h2.events
+import h2.settings
+import httpx
+import pytest
+
+from harness.procs import Fleet, GrpcBackend, free_port, start_all, wait_until
+from tests.loadbalancer.harness import BackendProc, LBProc
+from tests.loadbalancer.pki import Authority, Issued, make_pki
+from tests.loadbalancer.test_grpc_tls import NAME_OVERRIDE, call, credentials, grpc_health
+from tests.loadbalancer.test_lb_tls import trusting
+
+pytestmark = pytest.mark.slow
+
+
+def alpn(port: int, context: ssl.SSLContext, offered: list[str]) -> str | None:
+    context.set_alpn_protocols(offered)
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return tls.selected_alpn_protocol()
+
+
+class SmallWindowClient:
+    """A bare HTTP/2 client over TLS whose stream window is ``window`` bytes: the balancer must
+    wait for its WINDOW_UPDATEs, which it sends only as it reads."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, window: int) -> None:
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10.0)
+        self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        self.h2 = h2.connection.H2Connection()
+        self.h2.initiate_connection()
+        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.sock.sendall(self.h2.data_to_send())
+
+    def get(self, path: str, *, reset_after: int | None = None) -> tuple[dict[bytes, bytes], bytes]:
+        """The answer's fields and body; with ``reset_after``, the stream is reset once that
+        many body bytes have come (and what came is returned)."""
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                   (":authority", "lb")], end_stream=True)
+        self.sock.sendall(self.h2.data_to_send())
+        fields: dict[bytes, bytes] = {}
+        body = bytearray()
+        while True:
+            data = self.sock.recv(65536)
+            assert data, "the balancer closed the connection"
+            for event in self.h2.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == sid:
+                    fields = dict(event.headers)
+                elif isinstance(event, h2.events.DataReceived) and event.stream_id == sid:
+                    body += event.data
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+                    if reset_after is not None and len(body) >= reset_after:
+                        self.h2.reset_stream(sid)
+                        self.sock.sendall(self.h2.data_to_send())
+                        return fields, bytes(body)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
+                    self.sock.sendall(self.h2.data_to_send())
+                    return fields, bytes(body)
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
+                    raise AssertionError("the balancer reset the stream")
+            self.sock.sendall(self.h2.data_to_send())
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def wait_for(self, kind: type[h2.events.Event], within: float) -> h2.events.Event | None:
+        """The first event of ``kind`` to come within ``within`` seconds (None: the connection
+        closed first)."""
+        self.sock.settimeout(within)
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            for event in self.h2.receive_data(data):
+                if isinstance(event, kind):
+                    return event
+            self.sock.sendall(self.h2.data_to_send())
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[Authority, Authority]:
+    return make_pki(tmp_path)
+
+
+@pytest.fixture
+def backends() -> Iterator[list[BackendProc]]:
+    procs = [BackendProc("b0"), BackendProc("b1")]
+    try:
+        yield start_all(procs)
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def tls_args(issued: Issued) -> tuple[str, ...]:
+    return "--tls-cert", str(issued.cert), "--tls-key", str(issued.key)
+
+
+def test_http2_requests_through_the_tls_proxy_port(
+        pki: tuple[Authority, Authority], backends: list[BackendProc]) -> None:
+    ca, _ = pki
+    trust = trusting(ca)
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens: tried, refused, retried
+    lb = LBProc([b.url for b in backends] + [refused], *tls_args(ca.issue("lb")),
+                "--max-body-bytes", "100000", "--health-interval", "30")
+    ids = {b.id for b in backends}
+    try:
+        lb.start().wait_ready(healthy=2)
+        assert alpn(lb.port, trusting(ca), ["h2", "http/1.1"]) == "h2"
+        assert alpn(lb.port, trusting(ca), ["http/1.1"]) == "http/1.1"
+        url = f"https://127.0.0.1:{lb.port}"
+
+        async def run() -> None:
+            async with httpx.AsyncClient(http2=True, verify=trust, timeout=10.0) as client:
+                body = bytes(range(256)) * 40
+                answer = await client.post(url + "/v1/detect?q=1", content=body,
+                                           headers={"x-request-id": "h2-request-1"})
+                assert answer.http_version == "HTTP/2" and answer.status_code == 200
+                seen = answer.json()
+                assert seen["body_bytes"] == len(body)
+                assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+                assert seen["path"] == "/v1/detect" and seen["query"] == "q=1"
+                assert seen["headers"]["x-request-id"] == "h2-request-1"
+                assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+                assert seen["headers"]["host"] == f"127.0.0.1:{lb.port}"  # :authority
+                assert answer.headers["x-request-id"] == "h2-request-1"
+                assert answer.headers["x-upstream"] in ids
+                assert "connection" not in answer.headers
+
+                # many streams at once on the one connection, over both backends
+                many = await asyncio.gather(*[
+                    client.post(url + "/v1/detect", content=b"%d" % i) for i in range(60)])
+                assert {a.status_code for a in many} == {200}
+                assert {a.http_version for a in many} == {"HTTP/2"}
+                assert [a.json()["body_bytes"] for a in many] == [len(b"%d" % i) for i in range(60)]
+                assert {a.headers["x-upstream"] for a in many} == ids
+
+                # an answer larger than a stream's initial window (64 KiB), streamed by the backend
+                streamed = await client.get(url + "/stream?chunks=20000")
+                assert streamed.status_code == 200
+                name = streamed.text[:2]
+                assert streamed.text == "".join(f"{name}-{i}\n" for i in range(20000))
+
+                head = await client.head(url + "/v1/detect")
+                assert head.status_code == 200 and head.content == b""
+                assert int(head.headers["content-length"]) > 0
+
+                # the balancer's own answers, in the project's error format
+                too_large = await client.post(url + "/v1/detect", content=b"x" * 100_001)
+                assert too_large.status_code == 413
+                assert too_large.json()["error"]["code"] == "payload_too_large"
+                missing = await client.get(url + "/nope")
+                assert missing.status_code == 404  # the backend's
+
+                # HTTP/1.1 on the same port still
+            async with httpx.AsyncClient(verify=trust, timeout=10.0) as h1:
+                plain = await h1.post(url + "/v1/detect", content=b"h1")
+                assert plain.http_version == "HTTP/1.1" and plain.status_code == 200
+
+        asyncio.run(run())
+
+        # a client with a 1000-byte stream window: the answer waits for it, and comes whole; a
+        # stream it resets mid-answer leaves the connection working
+        small = SmallWindowClient(lb.port, trusting(ca), 1000)
+        try:
+            fields, body = small.get("/stream?chunks=5000")
+            assert fields[b":status"] == b"200"
+            name = body[:2].decode()
+            assert body.decode() == "".join(f"{name}-{i}\n" for i in range(5000))
+            _, part = small.get("/stream?chunks=50000", reset_after=3000)
+            assert 3000 <= len(part) < 50000
+            fields, body = small.get("/health/live")
+            assert fields[b":status"] == b"200" and b"alive" in body
+        finally:
+            small.close()
+
+        # a gRPC call here, with no gRPC side: UNIMPLEMENTED, nothing forwarded
+        with grpc.secure_channel(f"127.0.0.1:{lb.port}", credentials(ca),
+                                 options=[NAME_OVERRIDE]) as channel, \
+                pytest.raises(grpc.RpcError) as caught:
+            call(channel, timeout=5.0)
+        assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+        # no backend left: the balancer's 502/503 over HTTP/2, never a hang
+        for backend in backends:
+            backend.stop()
+
+        async def without_backends() -> int:
+            async with httpx.AsyncClient(http2=True, verify=trust, timeout=10.0) as client:
+                answer = await client.post(url + "/v1/detect", content=b"x")
+                assert answer.http_version == "HTTP/2"
+                assert answer.json()["error"]["request_id"] == answer.headers["x-request-id"]
+                return answer.status_code
+
+        assert asyncio.run(without_backends()) in (502, 503)
+    finally:
+        lb.stop()
+
+
+def test_grpc_calls_on_the_proxy_port_go_to_the_grpc_side(
+        pki: tuple[Authority, Authority], backends: list[BackendProc]) -> None:
+    ca, _ = pki
+    grpc_backend = GrpcBackend("plain")
+    with Fleet(grpc_backend):
+        lb = LBProc([backends[0].url], *tls_args(ca.issue("lb")), "--grpc-port", str(free_port()),
+                    "--grpc-backend", grpc_backend.id, "--health-interval", "0.2")
+        try:
+            lb.start().wait_ready()
+            wait_until(lambda: grpc_health(lb) == {grpc_backend.id: "healthy"}, 15,
+                       "the gRPC backend healthy")
+            with grpc.secure_channel(f"127.0.0.1:{lb.port}", credentials(ca),
+                                     options=[NAME_OVERRIDE]) as channel:
+                assert {call(channel, b"%d" % i) for i in range(5)} == {"plain"}
+                assert call(channel, b"big" * 100_000) == "plain"  # 300 kB each way
+            answer = httpx.post(f"https://127.0.0.1:{lb.port}/v1/detect", content=b"x",
+                                verify=trusting(ca), timeout=10.0)
+            assert answer.status_code == 200 and answer.headers["x-upstream"] == backends[0].id
+        finally:
+            lb.stop()
+
+
+def test_http2_slow_requests_and_idle_connections_time_out(
+        pki: tuple[Authority, Authority], backends: list[BackendProc]) -> None:
+    ca, _ = pki
+    lb = LBProc([backends[0].url], *tls_args(ca.issue("lb")),
+                env={"YOLOSERVE_LB_CLIENT_REQUEST_TIMEOUT": "1",
+                     "YOLOSERVE_LB_CLIENT_KEEPALIVE_TIMEOUT": "2"})
+    try:
+        lb.start().wait_ready()
+        client = SmallWindowClient(lb.port, trusting(ca), 65535)
+        try:
+            # a body begun and never finished: 408, in about client_request_timeout
+            client.h2.send_headers(1, [(":method", "POST"), (":path", "/v1/detect"),
+                                       (":scheme", "https"), (":authority", "lb")])
+            client.h2.send_data(1, b"part of it")
+            client.sock.sendall(client.h2.data_to_send())
+            started = time.monotonic()
+            answer = client.wait_for(h2.events.ResponseReceived, 10.0)
+            assert isinstance(answer, h2.events.ResponseReceived)
+            assert dict(answer.headers)[b":status"] == b"408"
+            # then nothing open: GOAWAY and the close, in about client_keepalive_timeout
+            assert client.wait_for(h2.events.ConnectionTerminated, 10.0) is not None
+            assert 1.0 <= time.monotonic() - started < 10.0
+        finally:
+            client.close()
+    finally:
+        lb.stop()
