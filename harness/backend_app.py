@@ -10,8 +10,9 @@ Behaviour from the environment:
   BACKEND_RETRY_AFTER  Retry-After seconds in overloaded mode (default 1)
 
 Routes: GET /health/live, GET /health/ready, POST /v1/detect (echoes what it received),
-GET /stream?chunks=N (a chunked answer), WebSocket /ws and /v1/streams/{id}/ws (echoes each
-message as ``{"backend", "path", "text"|"bytes"}``; "close" closes), WebSocket /ws-reject (403).
+GET /stream?chunks=N (a chunked answer), GET /bytes?n=N (N bytes with a Content-Length),
+WebSocket /ws and /v1/streams/{id}/ws (echoes each message as ``{"backend", "path",
+"text"|"bytes"}``; "close" closes), WebSocket /ws-reject (403).
 """
 
 from __future__ import annotations
@@ -123,6 +124,18 @@ async def _stream(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+async def _bytes(scope: Scope, send: Send) -> None:
+    """``/bytes?n=N``: N bytes (``0123456789`` repeated), sent in pieces of about 64 KiB."""
+    query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+    size = int(query.get("n", "0"))
+    head = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    piece = b"0123456789" * 6553
+    for start in range(0, size, len(piece)):
+        await send({"type": "http.response.body", "body": piece[: size - start], "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
@@ -165,5 +178,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await _detect(scope, receive, send)
     elif path == "/stream":
         await _stream(scope, send)
+    elif path == "/bytes":
+        await _bytes(scope, send)
     else:
         await _json(send, 404, {"error": {"code": "not_found"}})

@@ -8,8 +8,8 @@ application/grpc``) goes to the gRPC side when there is one (``--grpc-port``), a
 :class:`H2Downstream` is the connection (it takes over from the HTTP/1.1 protocol once the
 handshake has chosen ``h2``); :class:`HttpStream` is one HTTP request on it. Flow control: a
 request's body is buffered whole (up to ``max_body_bytes``, as over HTTP/1.1) and acknowledged as
-it comes; an answer goes out as the client's windows allow, the backend's connection not read
-while the client's window is closed.
+it comes; an answer goes out as the client's windows allow and as fast as it reads (the
+transport pauses writing past its high-water mark), the backend's connection not read meanwhile.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class H2Downstream(H2Server):
         self.proxy, self.connections, self.grpc = proxy, connections, grpc
         self.client = b"-"
         self.closing = False
+        self.write_paused = False  # the transport's buffer is over its high-water mark
         s = proxy.settings
         self._tick = min(s.client_keepalive_timeout, s.client_request_timeout)
         self._timer: asyncio.TimerHandle | None = None
@@ -105,6 +106,16 @@ class H2Downstream(H2Server):
     def data_received(self, data: bytes) -> None:
         self._last_active = monotonic()
         super().data_received(data)
+
+    def pause_writing(self) -> None:
+        """The client does not read what its windows let through: no stream writes more, and
+        their backends are not read, until it does."""
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.calls.values()):
+            stream.on_client_writable()
 
     def _on_timer(self) -> None:
         """As over HTTP/1.1: a request not read within ``client_request_timeout`` is answered
@@ -366,6 +377,8 @@ class HttpStream:
                 self._finished()
             return
         out = self._out
+        if out and conn.write_paused:
+            return self._block(True)
         while out:
             chunk = out[0]
             last = self._ended and len(out) == 1

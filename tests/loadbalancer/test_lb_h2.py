@@ -47,13 +47,21 @@ class SmallWindowClient:
     """A bare HTTP/2 client over TLS whose stream window is ``window`` bytes: the balancer must
     wait for its WINDOW_UPDATEs, which it sends only as it reads."""
 
-    def __init__(self, port: int, context: ssl.SSLContext, window: int) -> None:
+    def __init__(self, port: int, context: ssl.SSLContext, window: int, *,
+                 read_size: int = 65536, pause: float = 0.0) -> None:
         context.set_alpn_protocols(["h2"])
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10.0)
+        raw = socket.socket()
+        raw.settimeout(10.0)
+        if pause:  # a slow reader: a small receive buffer, read a little at a time
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", port))
         self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        self.read_size, self.pause = read_size, pause
         self.h2 = h2.connection.H2Connection()
         self.h2.initiate_connection()
         self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        if window > 65535:
+            self.h2.increment_flow_control_window(window)
         self.sock.sendall(self.h2.data_to_send())
 
     def get(self, path: str, *, reset_after: int | None = None) -> tuple[dict[bytes, bytes], bytes]:
@@ -66,7 +74,9 @@ class SmallWindowClient:
         fields: dict[bytes, bytes] = {}
         body = bytearray()
         while True:
-            data = self.sock.recv(65536)
+            if self.pause:
+                time.sleep(self.pause)  # the slow reader's pace (not a wait for anything)
+            data = self.sock.recv(self.read_size)
             assert data, "the balancer closed the connection"
             for event in self.h2.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived) and event.stream_id == sid:
@@ -198,6 +208,17 @@ def test_http2_requests_through_the_tls_proxy_port(
             assert fields[b":status"] == b"200" and b"alive" in body
         finally:
             small.close()
+        # a client whose windows let everything through but that reads slowly: the balancer
+        # stops writing (and reading the backend) while its buffer is full, and the answer
+        # still comes whole
+        slow = SmallWindowClient(lb.port, trusting(ca), 2**30, read_size=16384, pause=0.001)
+        try:
+            size = 12 * 2**20  # more than the socket buffers take (4 MiB at most, each way)
+            fields, body = slow.get(f"/bytes?n={size}")
+            assert fields[b":status"] == b"200" and fields[b"content-length"] == b"%d" % size
+            assert body == (b"0123456789" * (size // 10 + 1))[:size]
+        finally:
+            slow.close()
 
         # a gRPC call here, with no gRPC side: UNIMPLEMENTED, nothing forwarded
         with grpc.secure_channel(f"127.0.0.1:{lb.port}", credentials(ca),
