@@ -19,6 +19,8 @@ import re
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from hpack import NeverIndexedHeaderTuple
+
 from loadbalancer.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -49,6 +51,7 @@ __all__ = ["H2Downstream", "HttpStream", "answer_headers"]
 _CONNECTION_FIELDS = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                 b"transfer-encoding", b"upgrade"})
 _REQUEST_ID = REQUEST_ID.encode()
+_VOLATILE = frozenset({_REQUEST_ID, b"content-length", b"date", b"etag", b"last-modified"})
 _GRPC = b"application/grpc"
 # What an HTTP/1.1 request line can carry: a token, and a target without spaces or controls.
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -57,7 +60,9 @@ _PATH = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 
 def answer_headers(head: bytes) -> Headers:
     """An HTTP/1.1 answer head (status line, header lines, the blank line) as HTTP/2 fields:
-    ``:status`` first, names lowercased, connection-specific fields left out."""
+    ``:status`` first, names lowercased, connection-specific fields left out. The fields whose
+    values change from answer to answer are not indexed by HPACK: they would only push the
+    repeated ones out of its table (and void what ``grpc_h2`` remembers of it)."""
     lines = head.split(b"\r\n")
     fields: list[tuple[bytes, bytes]] = [(b":status", lines[0][9:12])]
     for line in lines[1:]:
@@ -65,7 +70,9 @@ def answer_headers(head: bytes) -> Headers:
         if not colon:
             continue
         name = name.strip().lower()
-        if name not in _CONNECTION_FIELDS:
+        if name in _VOLATILE:
+            fields.append(NeverIndexedHeaderTuple(name, value.strip()))
+        elif name not in _CONNECTION_FIELDS:
             fields.append((name, value.strip()))
     return fields
 
@@ -339,7 +346,8 @@ class HttpStream:
     def answer_error(self, request: Request, error: Exception, status: int, code: str) -> None:
         body = error_body(code, str(error), request.request_id.decode("latin-1"))
         fields = [(b":status", b"%d" % status), (b"content-type", b"application/json"),
-                  (b"content-length", b"%d" % len(body)), (_REQUEST_ID, request.request_id)]
+                  NeverIndexedHeaderTuple(b"content-length", b"%d" % len(body)),
+                  NeverIndexedHeaderTuple(_REQUEST_ID, request.request_id)]
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             fields.append((b"retry-after", retry_after_header(retry_after).encode()))
