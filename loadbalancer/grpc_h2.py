@@ -52,15 +52,15 @@ class _CountedTable(HeaderTable):
 
 
 class _Encoder(Encoder):
-    """Remembers the bytes of each field whose encoding left the table as it was (one it holds,
-    an index, or a literal). A never-indexed field, a value that changes from message to message
-    (a request id, a deadline), is written as it is: neither remembered nor Huffman-coded, which
-    in pure Python costs more than the few bytes it saves."""
+    """Remembers the bytes of each field whose encoding left the table as it was: one it holds
+    (an index), or one never indexed (a literal). Never-indexed fields, values that change from
+    message to message (a request id, a deadline), are not Huffman-coded, which in pure Python
+    costs more than the few bytes it saves."""
 
     def __init__(self) -> None:
         super().__init__()
         self.header_table: _CountedTable = _CountedTable()
-        self._known: dict[tuple[bytes, bytes], bytes] = {}
+        self._known: dict[tuple[bytes, bytes, bool], bytes] = {}
         self._at = 0
 
     def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
@@ -68,13 +68,11 @@ class _Encoder(Encoder):
         if table.changes != self._at or len(self._known) >= _REMEMBERED:
             self._known.clear()
             self._at = table.changes
-        if sensitive:  # a value that changes from message to message: plain, once
-            return super().add(to_add, sensitive, False)
-        key = (to_add[0], to_add[1])
+        key = (to_add[0], to_add[1], sensitive)
         known = self._known.get(key)
         if known is not None:
             return known
-        encoded = super().add(to_add, sensitive, huffman)
+        encoded = super().add(to_add, sensitive, huffman and not sensitive)
         if table.changes == self._at and len(to_add[0]) + len(to_add[1]) <= _SMALL:
             self._known[key] = encoded
         return encoded
