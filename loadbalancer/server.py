@@ -190,7 +190,7 @@ class LoadBalancer:
             return H2Downstream(proxy, connections, grpc)
 
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(proxy, connections, h2 if self.tls is not None else None),
+            lambda: ClientConnection(proxy, connections, h2 if self.tls and s.http2 else None),
             s.host,
             s.port,
             backlog=1024,
@@ -304,16 +304,17 @@ class LoadBalancer:
 
 def _tls_contexts(s: LBSettings) -> dict[str, Reloading]:
     """Every TLS context the settings ask for, each watched for changes of its files:
-    ``proxy`` (HTTPS on the proxy port, ALPN h2 and http/1.1) and ``grpc`` (the gRPC port: the same
-    certificate and client CA, ALPN h2), when a certificate is given; ``admin`` (the admin
-    port's own certificate); ``upstream`` (``https://`` backends, ALPN http/1.1) and, with a gRPC
-    port, ``grpc-upstream`` (the same CA and client certificate, ALPN h2)."""
+    ``proxy`` (HTTPS on the proxy port, ALPN h2 and http/1.1, or http/1.1 alone without
+    ``http2``) and ``grpc`` (the gRPC port: the same certificate and client CA, ALPN h2), when a
+    certificate is given; ``admin`` (the admin port's own certificate); ``upstream``
+    (``https://`` backends, ALPN http/1.1) and, with a gRPC port, ``grpc-upstream`` (the same CA
+    and client certificate, ALPN h2)."""
     contexts: dict[str, Reloading] = {}
     if s.tls_cert is not None and s.tls_key is not None:
         cert, key, ca = s.tls_cert, s.tls_key, s.tls_client_ca
         files = [cert, key] if ca is None else [cert, key, ca]
-        contexts["proxy"] = Reloading("proxy", files,
-                                      lambda: server_context(cert, key, ca, alpn=PROXY_ALPN))
+        alpn = PROXY_ALPN if s.http2 else ALPN
+        contexts["proxy"] = Reloading("proxy", files, lambda: server_context(cert, key, ca, alpn=alpn))
         if s.grpc_port is not None:
             contexts["grpc"] = Reloading("grpc", files,
                                          lambda: server_context(cert, key, ca, alpn=H2_ALPN))

@@ -1,6 +1,7 @@
 """HTTP/2 on the balancer's TLS proxy port, with a PKI made here (``pki.py``):
 
-- ALPN: a client offering h2 and http/1.1 gets h2; one offering http/1.1 alone gets it;
+- ALPN: a client offering h2 and http/1.1 gets h2; one offering http/1.1 alone gets it; with
+  ``--no-http2`` every client gets http/1.1;
 - HTTP requests over HTTP/2 reach the HTTP backends as HTTP/1.1 and come back whole: bodies, the
   request id, the headers the balancer adds, many streams at once on one connection spread over
   the backends, an answer larger than the client's stream window, HEAD, the balancer's own
@@ -289,5 +290,19 @@ def test_http2_slow_requests_and_idle_connections_time_out(
             assert 1.0 <= time.monotonic() - started < 10.0
         finally:
             client.close()
+    finally:
+        lb.stop()
+
+
+def test_no_http2_keeps_the_proxy_port_on_http1(pki: tuple[Authority, Authority],
+                                                backends: list[BackendProc]) -> None:
+    ca, _ = pki
+    lb = LBProc([backends[0].url], *tls_args(ca.issue("lb")), "--no-http2")
+    try:
+        lb.start().wait_ready()
+        assert alpn(lb.port, trusting(ca), ["h2", "http/1.1"]) == "http/1.1"
+        with httpx.Client(http2=True, verify=trusting(ca), timeout=10.0) as client:
+            answer = client.post(f"https://127.0.0.1:{lb.port}/v1/detect", content=b"x")
+        assert answer.http_version == "HTTP/1.1" and answer.status_code == 200
     finally:
         lb.stop()
