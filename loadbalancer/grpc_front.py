@@ -151,12 +151,16 @@ class H2Server(H2Protocol):
             self.h2.increment_flow_control_window(length)
         self.write_soon()
 
-    def reset(self, stream_id: int) -> None:
+    def reset(self, stream_id: int, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
         try:
-            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.h2.reset_stream(stream_id, code)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return
         self.write_soon()
+
+    def refuse(self, stream_id: int) -> None:
+        """``REFUSED_STREAM``: the stream was not processed at all."""
+        self.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
 
     def call_done(self, call: Stream) -> None:
         self.calls.pop(call.stream_id, None)

@@ -140,6 +140,8 @@ class H2Downstream(H2Server):
         self._timer = self.proxy.loop.call_later(self._tick, self._on_timer)
 
     def open_stream(self, stream_id: int, headers: Headers) -> Stream:
+        if self.closing:
+            return _Refused(self, stream_id)
         content_type = next((v for k, v in headers if k == b"content-type"), b"")
         if content_type.startswith(_GRPC):
             if self.grpc is not None:
@@ -148,15 +150,20 @@ class H2Downstream(H2Server):
         return HttpStream(self, stream_id, headers)
 
     def shutdown(self) -> None:
-        """Graceful: GOAWAY (no new streams); the connection closes once its streams are done."""
+        """Graceful: an idle connection gets GOAWAY and is closed; a busy one finishes its
+        streams, then is closed, and a stream opened meanwhile is refused (``REFUSED_STREAM``:
+        not processed, safe to send again elsewhere). No GOAWAY goes while streams are open:
+        some clients (httpx's ``httpcore``) then fail each stream whose answer they have not
+        yet taken in, though RFC 9113 lets the streams below its last stream id finish."""
         self.closing = True
-        self.goaway()
+        if not self.calls:
+            self.goaway()
 
     def call_done(self, call: Stream) -> None:
         super().call_done(call)
         self._last_active = monotonic()
         if self.closing and not self.calls and self.transport is not None:
-            self.flush()
+            self.flush()  # the last answer's frames, then the close
             self.transport.close()
 
 
@@ -171,6 +178,29 @@ class _NoGrpc:
         self.conn.send_headers(self.stream_id, [
             (b":status", b"200"), (b"content-type", _GRPC),
             (b"grpc-status", b"%d" % GrpcStatus.UNIMPLEMENTED), (b"grpc-message", message)], True)
+        self.conn.call_done(self)
+
+    def on_request_data(self, data: bytes, flow: int, end: bool) -> None:
+        self.conn.ack(self.stream_id, flow)
+
+    def on_request_end(self) -> None:
+        pass
+
+    def on_client_writable(self) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Refused:
+    """A stream opened while the connection shuts down: reset with ``REFUSED_STREAM``."""
+
+    def __init__(self, conn: H2Downstream, stream_id: int) -> None:
+        self.conn, self.stream_id = conn, stream_id
+
+    def start(self) -> None:
+        self.conn.refuse(self.stream_id)
         self.conn.call_done(self)
 
     def on_request_data(self, data: bytes, flow: int, end: bool) -> None:

@@ -6,7 +6,9 @@
   request id, the headers the balancer adds, many streams at once on one connection spread over
   the backends, an answer larger than the client's stream window, HEAD, the balancer's own
   errors (413, and 502 with no backend left), retries past a backend that refuses connections;
-- as over HTTP/1.1, a request not read in time is answered 408 and an idle connection closed;
+- as over HTTP/1.1, a request not read in time is answered 408 and an idle connection closed,
+  and on SIGTERM the streams in flight finish before the balancer exits, new ones refused
+  (``REFUSED_STREAM``);
 - gRPC calls on the proxy port go to the gRPC side (``--grpc-port``'s backends), and are
   answered ``UNIMPLEMENTED`` by a balancer that has none.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 import socket
 import ssl
 import time
@@ -23,12 +26,13 @@ from pathlib import Path
 
 import grpc
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 import httpx
 import pytest
 
-from harness.procs import Fleet, GrpcBackend, free_port, start_all, wait_until
+from harness.procs import Fleet, GrpcBackend, await_until, free_port, start_all, wait_until
 from tests.loadbalancer.harness import BackendProc, LBProc
 from tests.loadbalancer.pki import Authority, Issued, make_pki
 from tests.loadbalancer.test_grpc_tls import NAME_OVERRIDE, call, credentials, grpc_health
@@ -58,6 +62,7 @@ class SmallWindowClient:
         raw.connect(("127.0.0.1", port))
         self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
         self.read_size, self.pause = read_size, pause
+        self.pending: list[h2.events.Event] = []  # received, not yet taken by wait_for
         self.h2 = h2.connection.H2Connection()
         self.h2.initiate_connection()
         self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
@@ -100,16 +105,18 @@ class SmallWindowClient:
         self.sock.close()
 
     def wait_for(self, kind: type[h2.events.Event], within: float) -> h2.events.Event | None:
-        """The first event of ``kind`` to come within ``within`` seconds (None: the connection
-        closed first)."""
+        """The first event of ``kind`` not yet taken, waiting for it up to ``within`` seconds
+        (None: the connection closed first); events of other kinds are kept for later calls."""
         self.sock.settimeout(within)
         while True:
+            for event in self.pending:
+                if isinstance(event, kind):
+                    self.pending.remove(event)
+                    return event
             data = self.sock.recv(65536)
             if not data:
                 return None
-            for event in self.h2.receive_data(data):
-                if isinstance(event, kind):
-                    return event
+            self.pending += self.h2.receive_data(data)
             self.sock.sendall(self.h2.data_to_send())
 
 
@@ -306,3 +313,70 @@ def test_no_http2_keeps_the_proxy_port_on_http1(pki: tuple[Authority, Authority]
         assert answer.http_version == "HTTP/1.1" and answer.status_code == 200
     finally:
         lb.stop()
+
+
+async def test_sigterm_lets_the_streams_in_flight_finish(pki: tuple[Authority, Authority]) -> None:
+    ca, _ = pki
+    slow = BackendProc("slow", delay_ms=1500)
+    start_all([slow])
+    lb = LBProc([slow.url], *tls_args(ca.issue("lb")), "--shutdown-timeout", "10")
+    try:
+        lb.start().wait_ready()
+        url = f"https://127.0.0.1:{lb.port}/v1/detect"
+        async with httpx.AsyncClient(http2=True, verify=trusting(ca), timeout=15.0) as client:
+            requests = [asyncio.create_task(client.post(url, content=b"%d" % i)) for i in range(5)]
+
+            async def all_in_flight() -> bool:
+                return bool((await asyncio.to_thread(lb.status))["inflight"] == 5)
+
+            await await_until(all_in_flight, 5.0, "5 requests in flight")
+            lb.signal(signal.SIGTERM)
+            answers = await asyncio.gather(*requests)
+        assert [a.status_code for a in answers] == [200] * 5
+        assert {a.http_version for a in answers} == {"HTTP/2"}
+        assert lb.proc is not None
+        assert await asyncio.to_thread(lb.proc.wait, 10) == 0
+        assert '"message":"drained"' in lb.logs()
+    finally:
+        lb.stop()
+        slow.stop()
+
+
+def test_sigterm_refuses_new_streams_on_a_busy_connection(pki: tuple[Authority, Authority]) -> None:
+    ca, _ = pki
+    slow = BackendProc("slow", delay_ms=1500)
+    start_all([slow])
+    lb = LBProc([slow.url], *tls_args(ca.issue("lb")), "--shutdown-timeout", "10")
+    try:
+        lb.start().wait_ready()
+        client = SmallWindowClient(lb.port, trusting(ca), 65535)
+        request = [(":method", "GET"), (":path", "/v1/detect"), (":scheme", "https"), (":authority", "lb")]
+        try:
+            client.h2.send_headers(1, request, end_stream=True)
+            client.sock.sendall(client.h2.data_to_send())
+            wait_until(lambda: lb.status()["inflight"] == 1, 5.0, "the request in flight")
+            lb.signal(signal.SIGTERM)
+
+            def listening() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", lb.port), timeout=0.5).close()
+                except OSError:
+                    return False
+                return True
+
+            wait_until(lambda: not listening(), 5.0, "the port closed")
+            client.h2.send_headers(3, request, end_stream=True)  # after the shutdown began
+            client.sock.sendall(client.h2.data_to_send())
+            reset = client.wait_for(h2.events.StreamReset, 10.0)
+            assert isinstance(reset, h2.events.StreamReset) and reset.stream_id == 3
+            assert reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            answer = client.wait_for(h2.events.ResponseReceived, 10.0)
+            assert isinstance(answer, h2.events.ResponseReceived) and answer.stream_id == 1
+            assert dict(answer.headers)[b":status"] == b"200"
+            assert client.wait_for(h2.events.ConnectionTerminated, 10.0) is None  # then closed
+        finally:
+            client.close()
+        assert lb.proc is not None and lb.proc.wait(10) == 0
+    finally:
+        lb.stop()
+        slow.stop()
