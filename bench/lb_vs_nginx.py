@@ -2,8 +2,9 @@
 
 Starts N fake backends (uvicorn with uvloop and httptools, ``harness/backend_app.py``),
 our balancer (``python -m loadbalancer``, default settings) and nginx (``least_conn`` upstream
-with keep-alive, one worker, config in a temp dir, not daemonised; a second port of it,
-``nginx-fwd``, also sends the two request headers ours adds, X-Forwarded-For and
+with keep-alive, one worker, config in a temp dir, not daemonised; ``keepalive_requests`` raised
+on both sides so that, like ours, it does not close a connection after 1,000 requests; a second
+port of it, ``nginx-fwd``, also sends the two request headers ours adds, X-Forwarded-For and
 X-Request-Timeout-Ms, so that the backends do the same work behind both); and, unless ``--no-tls``, a
 second balancer terminating TLS (``--tls-cert``/``--tls-key``) and an HTTPS server of the same
 nginx, both with a self-signed P-256 certificate made by ``openssl``. wrk POSTs a 2 KB body to
@@ -63,6 +64,7 @@ http {{
     least_conn;
 {servers}
     keepalive 256;
+    keepalive_requests 1000000;
   }}
 {server_blocks}}}
 """
@@ -71,6 +73,7 @@ NGINX_SERVER = """  server {{
 {tls}
     client_max_body_size 11m;
     client_body_buffer_size 64k;
+    keepalive_requests 1000000;
     location / {{
       proxy_pass http://backends;
       proxy_http_version 1.1;
