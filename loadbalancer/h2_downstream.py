@@ -167,53 +167,48 @@ class H2Downstream(H2Server):
             self.transport.close()
 
 
-class _NoGrpc:
-    """A gRPC call on a balancer without a gRPC side: ``UNIMPLEMENTED``, trailers only."""
+class _Answered:
+    """A stream the connection answers at once, with no backend; what the client still sends
+    on it is acknowledged and dropped."""
 
     def __init__(self, conn: H2Downstream, stream_id: int) -> None:
         self.conn, self.stream_id = conn, stream_id
 
     def start(self) -> None:
+        self.answer()
+        self.conn.call_done(self)
+
+    def answer(self) -> None:
+        raise NotImplementedError
+
+    def on_request_data(self, data: bytes, flow: int, end: bool) -> None:
+        self.conn.ack(self.stream_id, flow)
+
+    def on_request_end(self) -> None:
+        pass
+
+    def on_client_writable(self) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+
+class _NoGrpc(_Answered):
+    """A gRPC call on a balancer without a gRPC side: ``UNIMPLEMENTED``, trailers only."""
+
+    def answer(self) -> None:
         message = b"this load balancer has no gRPC backends (--grpc-port, --grpc-backend)"
         self.conn.send_headers(self.stream_id, [
             (b":status", b"200"), (b"content-type", _GRPC),
             (b"grpc-status", b"%d" % GrpcStatus.UNIMPLEMENTED), (b"grpc-message", message)], True)
-        self.conn.call_done(self)
-
-    def on_request_data(self, data: bytes, flow: int, end: bool) -> None:
-        self.conn.ack(self.stream_id, flow)
-
-    def on_request_end(self) -> None:
-        pass
-
-    def on_client_writable(self) -> None:
-        pass
-
-    def cancel(self) -> None:
-        pass
 
 
-class _Refused:
+class _Refused(_Answered):
     """A stream opened while the connection shuts down: reset with ``REFUSED_STREAM``."""
 
-    def __init__(self, conn: H2Downstream, stream_id: int) -> None:
-        self.conn, self.stream_id = conn, stream_id
-
-    def start(self) -> None:
+    def answer(self) -> None:
         self.conn.refuse(self.stream_id)
-        self.conn.call_done(self)
-
-    def on_request_data(self, data: bytes, flow: int, end: bool) -> None:
-        self.conn.ack(self.stream_id, flow)
-
-    def on_request_end(self) -> None:
-        pass
-
-    def on_client_writable(self) -> None:
-        pass
-
-    def cancel(self) -> None:
-        pass
 
 
 class HttpStream:

@@ -315,68 +315,70 @@ def test_no_http2_keeps_the_proxy_port_on_http1(pki: tuple[Authority, Authority]
         lb.stop()
 
 
-async def test_sigterm_lets_the_streams_in_flight_finish(pki: tuple[Authority, Authority]) -> None:
+@pytest.fixture
+def slow_lb(pki: tuple[Authority, Authority]) -> Iterator[LBProc]:
+    """A balancer over TLS in front of a backend that takes 1.5 s per answer."""
     ca, _ = pki
     slow = BackendProc("slow", delay_ms=1500)
     start_all([slow])
     lb = LBProc([slow.url], *tls_args(ca.issue("lb")), "--shutdown-timeout", "10")
     try:
-        lb.start().wait_ready()
-        url = f"https://127.0.0.1:{lb.port}/v1/detect"
-        async with httpx.AsyncClient(http2=True, verify=trusting(ca), timeout=15.0) as client:
-            requests = [asyncio.create_task(client.post(url, content=b"%d" % i)) for i in range(5)]
-
-            async def all_in_flight() -> bool:
-                return bool((await asyncio.to_thread(lb.status))["inflight"] == 5)
-
-            await await_until(all_in_flight, 5.0, "5 requests in flight")
-            lb.signal(signal.SIGTERM)
-            answers = await asyncio.gather(*requests)
-        assert [a.status_code for a in answers] == [200] * 5
-        assert {a.http_version for a in answers} == {"HTTP/2"}
-        assert lb.proc is not None
-        assert await asyncio.to_thread(lb.proc.wait, 10) == 0
-        assert '"message":"drained"' in lb.logs()
+        yield lb.start().wait_ready()
     finally:
         lb.stop()
         slow.stop()
 
 
-def test_sigterm_refuses_new_streams_on_a_busy_connection(pki: tuple[Authority, Authority]) -> None:
+async def test_sigterm_lets_the_streams_in_flight_finish(pki: tuple[Authority, Authority],
+                                                         slow_lb: LBProc) -> None:
     ca, _ = pki
-    slow = BackendProc("slow", delay_ms=1500)
-    start_all([slow])
-    lb = LBProc([slow.url], *tls_args(ca.issue("lb")), "--shutdown-timeout", "10")
+    lb = slow_lb
+    url = f"https://127.0.0.1:{lb.port}/v1/detect"
+    async with httpx.AsyncClient(http2=True, verify=trusting(ca), timeout=15.0) as client:
+        requests = [asyncio.create_task(client.post(url, content=b"%d" % i)) for i in range(5)]
+
+        async def all_in_flight() -> bool:
+            return bool((await asyncio.to_thread(lb.status))["inflight"] == 5)
+
+        await await_until(all_in_flight, 5.0, "5 requests in flight")
+        lb.signal(signal.SIGTERM)
+        answers = await asyncio.gather(*requests)
+    assert [a.status_code for a in answers] == [200] * 5
+    assert {a.http_version for a in answers} == {"HTTP/2"}
+    assert lb.proc is not None
+    assert await asyncio.to_thread(lb.proc.wait, 10) == 0
+    assert '"message":"drained"' in lb.logs()
+
+
+def test_sigterm_refuses_new_streams_on_a_busy_connection(pki: tuple[Authority, Authority],
+                                                          slow_lb: LBProc) -> None:
+    ca, _ = pki
+    lb = slow_lb
+    client = SmallWindowClient(lb.port, trusting(ca), 65535)
+    request = [(":method", "GET"), (":path", "/v1/detect"), (":scheme", "https"), (":authority", "lb")]
     try:
-        lb.start().wait_ready()
-        client = SmallWindowClient(lb.port, trusting(ca), 65535)
-        request = [(":method", "GET"), (":path", "/v1/detect"), (":scheme", "https"), (":authority", "lb")]
-        try:
-            client.h2.send_headers(1, request, end_stream=True)
-            client.sock.sendall(client.h2.data_to_send())
-            wait_until(lambda: lb.status()["inflight"] == 1, 5.0, "the request in flight")
-            lb.signal(signal.SIGTERM)
+        client.h2.send_headers(1, request, end_stream=True)
+        client.sock.sendall(client.h2.data_to_send())
+        wait_until(lambda: lb.status()["inflight"] == 1, 5.0, "the request in flight")
+        lb.signal(signal.SIGTERM)
 
-            def listening() -> bool:
-                try:
-                    socket.create_connection(("127.0.0.1", lb.port), timeout=0.5).close()
-                except OSError:
-                    return False
-                return True
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", lb.port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
 
-            wait_until(lambda: not listening(), 5.0, "the port closed")
-            client.h2.send_headers(3, request, end_stream=True)  # after the shutdown began
-            client.sock.sendall(client.h2.data_to_send())
-            reset = client.wait_for(h2.events.StreamReset, 10.0)
-            assert isinstance(reset, h2.events.StreamReset) and reset.stream_id == 3
-            assert reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-            answer = client.wait_for(h2.events.ResponseReceived, 10.0)
-            assert isinstance(answer, h2.events.ResponseReceived) and answer.stream_id == 1
-            assert dict(answer.headers)[b":status"] == b"200"
-            assert client.wait_for(h2.events.ConnectionTerminated, 10.0) is None  # then closed
-        finally:
-            client.close()
-        assert lb.proc is not None and lb.proc.wait(10) == 0
+        wait_until(lambda: not listening(), 5.0, "the port closed")
+        client.h2.send_headers(3, request, end_stream=True)  # after the shutdown began
+        client.sock.sendall(client.h2.data_to_send())
+        reset = client.wait_for(h2.events.StreamReset, 10.0)
+        assert isinstance(reset, h2.events.StreamReset) and reset.stream_id == 3
+        assert reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+        answer = client.wait_for(h2.events.ResponseReceived, 10.0)
+        assert isinstance(answer, h2.events.ResponseReceived) and answer.stream_id == 1
+        assert dict(answer.headers)[b":status"] == b"200"
+        assert client.wait_for(h2.events.ConnectionTerminated, 10.0) is None  # then closed
     finally:
-        lb.stop()
-        slow.stop()
+        client.close()
+    assert lb.proc is not None and lb.proc.wait(10) == 0
