@@ -25,7 +25,7 @@ from loadbalancer.exchange import Exchange
 from loadbalancer.messages import SPECIAL, Request, error_response, take_header
 from loadbalancer.proxy import Proxy
 from loadbalancer.tunnel import Tunnel, is_websocket_upgrade
-from loadbalancer.upstream import UpstreamConnection
+from loadbalancer.upstream import UpstreamConnection, hand_over_reading
 from wire.ids import new_request_id_bytes
 
 __all__ = ["ClientConnection", "log_access"]
@@ -78,16 +78,16 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        h2 = self._h2 is not None and _chose_h2(t)
+        h2 = self._h2 if self._h2 is not None and _chose_h2(t) else None
         stats = self.proxy.stats
         if stats.client_connections >= self.settings.max_client_connections:
-            if not h2:
+            if h2 is None:
                 msg = "too many client connections"
                 t.write(error_response(503, "overloaded", msg, b"-", retry_after=1, close=True))
             t.close()
             return
-        if h2 and self._h2 is not None:
-            protocol = self._h2()
+        if h2 is not None:
+            protocol = h2()
             t.set_protocol(protocol)
             protocol.connection_made(t)
             return
@@ -307,14 +307,9 @@ class ClientConnection(asyncio.Protocol):
 
     def bind_upstream(self, conn: UpstreamConnection | None) -> None:
         """Couples flow control: while the client reads slowly, the backend is not read."""
-        old = self._upstream
-        self._upstream = conn
-        if not self._write_paused:
-            return
-        if old is not None and old is not conn and old.transport is not None:
-            old.transport.resume_reading()
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
+        old, self._upstream = self._upstream, conn
+        if self._write_paused:
+            hand_over_reading(old, conn)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import re
 from time import monotonic
-from typing import TYPE_CHECKING
 
 from hpack import NeverIndexedHeaderTuple
 
+from loadbalancer.downstream import ClientConnection, log_access
 from loadbalancer.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -30,20 +30,15 @@ from loadbalancer.errors import (
     answer_of,
 )
 from loadbalancer.exchange import Exchange
-from loadbalancer.grpc_front import H2Server, Stream
+from loadbalancer.grpc_front import GrpcFront, H2Server, Stream
 from loadbalancer.grpc_h2 import malformed
 from loadbalancer.grpc_upstream import Headers
-from loadbalancer.messages import SPECIAL, Request, take_header
+from loadbalancer.messages import SPECIAL, Request, error_response, take_header
 from loadbalancer.proxy import Proxy
-from loadbalancer.upstream import UpstreamConnection
-from wire.errors import error_body, retry_after_header
+from loadbalancer.upstream import UpstreamConnection, hand_over_reading
 from wire.grpc_status import GrpcStatus
 from wire.headers import REQUEST_ID
 from wire.ids import new_request_id_bytes
-
-if TYPE_CHECKING:
-    from loadbalancer.downstream import ClientConnection
-    from loadbalancer.grpc_front import GrpcFront
 
 __all__ = ["H2Downstream", "HttpStream", "answer_headers"]
 
@@ -292,16 +287,14 @@ class HttpStream:
         if head is not None:
             self._fields, self._out, self._ended = answer_headers(head), [], False
         elif self.error is not None:  # what the client still sends is dropped
-            self._answer(self.error)
+            self._refuse(self.error)
 
     def on_request_data(self, data: bytes, flow: int, end: bool) -> None:
         self.conn.ack(self.stream_id, flow)  # buffered whole, bounded by max_body_bytes
         if self.error is None:
             self._size += len(data)
             if self._size > self._max_body:
-                self.error = PayloadTooLarge(f"body over {self._max_body} bytes")
-                self._body = []
-                self._answer(self.error)
+                self._refuse(PayloadTooLarge(f"body over {self._max_body} bytes"))
             else:
                 self._body.append(data)
         if end:
@@ -311,9 +304,7 @@ class HttpStream:
         if self.error is not None or self.exchange is not None:
             return
         if 0 <= self._length != self._size:  # RFC 9113, 8.1.1: malformed
-            self.error = BadRequest("the body's length is not its Content-Length")
-            self._body = []
-            return self._answer(self.error)
+            return self._refuse(BadRequest("the body's length is not its Content-Length"))
         req = self.request
         body = self._body
         req.body = body[0] if len(body) == 1 else b"".join(body)
@@ -328,9 +319,7 @@ class HttpStream:
     def check_read_time(self, now: float, limit: float) -> None:
         """A request still being read ``limit`` seconds after it began is answered 408."""
         if self.exchange is None and self.error is None and now - self.request.started >= limit:
-            self.error = RequestTimeout("the request was not received in time")
-            self._body = []
-            self._answer(self.error)
+            self._refuse(RequestTimeout("the request was not received in time"))
 
     def cancel(self) -> None:
         """The client reset the stream, or its connection is gone."""
@@ -338,8 +327,10 @@ class HttpStream:
         if self.exchange is not None:
             self.exchange.cancel()
 
-    def _answer(self, error: RequestError) -> None:
-        """The balancer's own answer to a request it will not forward."""
+    def _refuse(self, error: RequestError) -> None:
+        """The balancer's own answer to a request it will not forward; the rest of its body is
+        dropped as it comes."""
+        self.error, self._body = error, []
         status, code = answer_of(error)
         self.answer_error(self.request, error, status, code)
         self._done = True
@@ -361,22 +352,15 @@ class HttpStream:
 
     def bind_upstream(self, conn: UpstreamConnection | None) -> None:
         old, self._upstream = self._upstream, conn
-        if not self._blocked:
-            return
-        if old is not None and old is not conn and old.transport is not None:
-            old.transport.resume_reading()
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
+        if self._blocked:
+            hand_over_reading(old, conn)
 
     def answer_error(self, request: Request, error: Exception, status: int, code: str) -> None:
-        body = error_body(code, str(error), request.request_id.decode("latin-1"))
-        fields = [(b":status", b"%d" % status), (b"content-type", b"application/json"),
-                  NeverIndexedHeaderTuple(b"content-length", b"%d" % len(body)),
-                  NeverIndexedHeaderTuple(_REQUEST_ID, request.request_id)]
+        """The answer HTTP/1.1 clients get (:func:`error_response`), as HTTP/2 fields and body."""
         retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            fields.append((b"retry-after", retry_after_header(retry_after).encode()))
-        self._fields, self._out, self._ended = fields, [body], True
+        answer = error_response(status, code, str(error), request.request_id, retry_after=retry_after)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self._fields, self._out, self._ended = answer_headers(head), [body], True
 
     def abort(self) -> None:
         """The answer cannot be finished (its backend failed mid-way): the stream is reset."""
@@ -385,8 +369,6 @@ class HttpStream:
         self.conn.reset(self.stream_id)
 
     def exchange_done(self, exchange: Exchange) -> None:
-        from loadbalancer.downstream import log_access  # the access log line, as over HTTP/1.1
-
         self._done = True
         now = monotonic()
         self.conn.proxy.stats.count_response(exchange.status, now - exchange.request.started)

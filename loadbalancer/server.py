@@ -189,8 +189,9 @@ class LoadBalancer:
         def h2() -> H2Downstream:
             return H2Downstream(proxy, connections, grpc)
 
+        http2 = h2 if self.tls is not None and s.http2 else None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(proxy, connections, h2 if self.tls and s.http2 else None),
+            lambda: ClientConnection(proxy, connections, http2),
             s.host,
             s.port,
             backlog=1024,

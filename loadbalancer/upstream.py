@@ -31,7 +31,7 @@ from loadbalancer.errors import (
 from loadbalancer.tls import Reloading
 from wire.headers import HOP_BY_HOP_BYTES, REQUEST_ID, RETRY_AFTER
 
-__all__ = ["Framing", "Receiver", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["Framing", "Receiver", "ResponseHead", "UpstreamConnection", "UpstreamPool", "hand_over_reading"]
 
 log = logging.getLogger("loadbalancer.upstream")
 
@@ -70,6 +70,15 @@ class Receiver(Protocol):
     def upstream_failed(self, error: UpstreamError) -> None: ...
 
     def flush(self) -> None: ...
+
+
+def hand_over_reading(old: UpstreamConnection | None, new: UpstreamConnection | None) -> None:
+    """A client that is not taking its answer has just been bound to ``new`` instead of
+    ``old``: ``new`` is not read meanwhile, and ``old``, no longer its, is read again."""
+    if old is not None and old is not new and old.transport is not None:
+        old.transport.resume_reading()
+    if new is not None and new.transport is not None:
+        new.transport.pause_reading()
 
 
 class UpstreamConnection(asyncio.Protocol):
