@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow
 
 NAME = "svc.test"
 TTL = 1  # dnsmasq's --local-ttl: the resolution interval, dns_min_ttl being below it
+SLOW_S = 3.0  # how long the host whose record goes answers: it has requests in flight to finish
 DNSMASQ = shutil.which("dnsmasq") or next(
     (p for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq") if Path(p).is_file()), None
 )
@@ -131,6 +132,10 @@ async def _equals(answer: Awaitable[Resolution], expected: Resolution) -> bool:
     return await answer == expected
 
 
+async def _inflight(lb: LBProc, backend_id: str, at_least: int) -> bool:
+    return int(by_id(await status(lb)).get(backend_id, {}).get("inflight", 0)) >= at_least
+
+
 async def holds(condition: bool) -> bool:
     """A condition on this process's own state, as ``await_until`` wants it."""
     return condition
@@ -138,13 +143,17 @@ async def holds(condition: bool) -> bool:
 
 async def test_backends_follow_dns_records_under_load(dns_server: DnsServer) -> None:
     port = free_port()
-    # .3 answers slowly, so that it still has requests in flight when its record goes
+    # .3 answers slowly, so that it still has requests in flight when its record goes: several
+    # at once (it gets fewer than the 16 answers after which the policy would scale its weight
+    # down for slowness), each for seconds (no try times out before it answers), so that the
+    # balancer holds it as retiring for long enough to be seen doing so
     two, three, four = (HostBackend(f"127.0.0.{i}", port, delay_ms=d) for i, d in
-                        ((2, 50), (3, 1000), (4, 50)))
+                        ((2, 50), (3, SLOW_S * 1000), (4, 50)))
     source = f"dns://{NAME}:{port}"
     lb = LBProc([two.url], "--discover", source, "--dns-server", f"127.0.0.1:{dns_server.port}",
                 "--dns-min-ttl", "0.2", "--dns-max-ttl", "30", "--dns-timeout", "0.5",
-                "--health-interval", "0.2", "--slow-start-window", "2")
+                "--health-interval", "0.2", "--slow-start-window", "2",
+                "--per-try-factor", "0", "--per-try-timeout", "20")
     backends: list[Proc] = []
     stop, results = asyncio.Event(), list[Result]()
     traffic: asyncio.Task[list[Result]] | None = None
@@ -159,7 +168,7 @@ async def test_backends_follow_dns_records_under_load(dns_server: DnsServer) -> 
         assert state["discovery"][0]["addresses"] == ["127.0.0.2", "127.0.0.3"]
         traffic = asyncio.create_task(load(lb.url + "/v1/detect", stop=stop, into=results,
                                            concurrency=12, body=b"x" * 64))
-        await await_until(lambda: holds(len({r.upstream for r in results}) == 2), 5.0,
+        await await_until(lambda: holds(len({r.upstream for r in results}) == 2), SLOW_S + 5.0,
                           "traffic on both backends")
 
         # A record added: traffic within two resolution intervals.
@@ -174,6 +183,8 @@ async def test_backends_follow_dns_records_under_load(dns_server: DnsServer) -> 
         print(f"added record served after {served - added:.2f}s")
 
         # A record removed: drained (its requests in flight finish), then removed, no new ones.
+        await await_until(lambda: _inflight(lb, three.id, 2), SLOW_S + 5.0,
+                          f"requests in flight on {three.id}")
         dns_server.serve("127.0.0.2", "127.0.0.4")
         seen: dict[str, float] = {}
 
@@ -184,11 +195,9 @@ async def test_backends_follow_dns_records_under_load(dns_server: DnsServer) -> 
                 seen.update(before=before, after=time.monotonic(), inflight=backend["inflight"])
             return backend is None
 
-        await await_until(three_retired, 2 * TTL + 2.0, f"{three.id} drained and removed")
+        await await_until(three_retired, 2 * TTL + SLOW_S + 3.0, f"{three.id} drained and removed")
         assert seen.get("inflight", 0) > 0, "the removed host had no request in flight to finish"
-        # they finished (and, below, every request succeeded); one whose try outlived the
-        # per-try timeout (the host answers in 1 s, the others in 50 ms) may have finished on
-        # another backend instead, so not all of them need name this one
+        # they finished on it (and, below, every request succeeded)
         drained = [r for r in results if r.upstream == three.id and r.ended > seen["before"]]
         assert drained, f"none of the {seen['inflight']} requests in flight finished on {three.id}"
         late = [r for r in results if r.upstream == three.id and r.started > seen["after"]]
