@@ -22,10 +22,10 @@ from loadbalancer.errors import (
     RequestTimeout,
 )
 from loadbalancer.exchange import Exchange
-from loadbalancer.messages import SPECIAL, Request, error_response, take_header
+from loadbalancer.messages import SPECIAL, Request, error_response, response_head, take_header
 from loadbalancer.proxy import Proxy
 from loadbalancer.tunnel import Tunnel, is_websocket_upgrade
-from loadbalancer.upstream import UpstreamConnection, hand_over_reading
+from loadbalancer.upstream import Framing, ResponseHead, UpstreamConnection, hand_over_reading
 from wire.ids import new_request_id_bytes
 
 __all__ = ["ClientConnection", "log_access"]
@@ -279,11 +279,18 @@ class ClientConnection(asyncio.Protocol):
         )
 
     # -- ClientSide: the answer's bytes --------------------------------------------------------
-    def start(self, head: bytes, *, chunked: bool, close: bool) -> None:
+    def start_answer(self, head: ResponseHead, upstream: bytes, request: Request) -> None:
+        """An HTTP/1.1 head; a body without a length goes chunked, or (to an HTTP/1.0 client)
+        until the connection closes."""
+        streamed = head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE
+        http11 = request.http11
+        close = self.closing or not request.keep_alive or (streamed and not http11)
         self.started = True
-        self._chunked = chunked
+        self._chunked = streamed and http11
         self._close = close
-        self._out.append(head)
+        self._out.append(
+            response_head(head, upstream=upstream, request_id=request.request_id, http11=http11, close=close)
+        )
 
     def body(self, data: bytes) -> None:
         if self._chunked:

@@ -34,7 +34,7 @@ from loadbalancer.errors import (
     UpstreamTimeout,
     answer_of,
 )
-from loadbalancer.messages import Request, response_head, upstream_request
+from loadbalancer.messages import Request, upstream_request
 from loadbalancer.proxy import Proxy
 from loadbalancer.retry import RetryState
 from loadbalancer.ticker import INF
@@ -51,7 +51,9 @@ class ClientSide(Protocol):
 
     closing: bool
 
-    def start(self, head: bytes, *, chunked: bool, close: bool) -> None: ...
+    def start_answer(self, head: ResponseHead, upstream: bytes, request: Request) -> None:
+        """The answer begins: ``head`` from backend ``upstream``, for ``request``; each front
+        writes it in its own protocol."""
 
     def body(self, data: bytes) -> None: ...
 
@@ -216,13 +218,8 @@ class Exchange:
         self.phase = Phase.STREAM
         self.held = head.framing is Framing.LENGTH and head.content_length <= HOLD_MAX_BYTES
         self.status = head.status
-        request, client = self.request, self.client
-        streamed = head.framing is Framing.CHUNKED or head.framing is Framing.CLOSE
-        close = client.closing or not request.keep_alive or (streamed and not request.http11)
-        data = response_head(
-            head, upstream=backend.id_bytes, request_id=request.request_id, http11=request.http11, close=close
-        )
-        client.start(data, chunked=streamed and request.http11, close=close)
+        client = self.client
+        client.start_answer(head, backend.id_bytes, self.request)
         client.bind_upstream(self.conn)
 
     def upstream_body(self, data: bytes) -> None:

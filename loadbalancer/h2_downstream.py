@@ -35,17 +35,18 @@ from loadbalancer.grpc_h2 import malformed
 from loadbalancer.grpc_upstream import Headers
 from loadbalancer.messages import SPECIAL, Request, error_response, take_header
 from loadbalancer.proxy import Proxy
-from loadbalancer.upstream import UpstreamConnection, hand_over_reading
+from loadbalancer.upstream import Framing, ResponseHead, UpstreamConnection, hand_over_reading
 from wire.grpc_status import GrpcStatus
-from wire.headers import REQUEST_ID
+from wire.headers import REQUEST_ID, UPSTREAM
 from wire.ids import new_request_id_bytes
 
-__all__ = ["H2Downstream", "HttpStream", "answer_headers"]
+__all__ = ["H2Downstream", "HttpStream", "answer_fields", "answer_headers"]
 
 # Connection-specific fields, which HTTP/2 does not carry (RFC 9113, 8.2.2).
 _CONNECTION_FIELDS = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                 b"transfer-encoding", b"upgrade"})
 _REQUEST_ID = REQUEST_ID.encode()
+_UPSTREAM = UPSTREAM.encode()
 _VOLATILE = frozenset({_REQUEST_ID, b"content-length", b"date", b"etag", b"last-modified"})
 _GRPC = b"application/grpc"
 # What an HTTP/1.1 request line can carry: a token, and a target without spaces or controls.
@@ -53,11 +54,32 @@ _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PATH = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 
 
+def answer_fields(head: ResponseHead, upstream: bytes, request_id: bytes) -> Headers:
+    """A backend's answer head as HTTP/2 fields: the fields :func:`response_head` gives an
+    HTTP/1.1 client but the framing ones (``content-length`` only where the backend sent one).
+    Its end-to-end fields are the backend's (the hop-by-hop ones are already dropped)."""
+    fields: list[tuple[bytes, bytes]] = [(b":status", b"%d" % head.status)]
+    lines = head.lines
+    for i in range(0, len(lines), 4):
+        fields.append(_field(lines[i].lower(), lines[i + 2]))
+    fields.append((_UPSTREAM, upstream))
+    if not head.has_request_id:
+        fields.append(NeverIndexedHeaderTuple(_REQUEST_ID, request_id))
+    if head.content_length >= 0 and head.framing is not Framing.CHUNKED:
+        fields.append(NeverIndexedHeaderTuple(b"content-length", b"%d" % head.content_length))
+    return fields
+
+
+def _field(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """The fields whose values change from answer to answer are not indexed by HPACK: they
+    would only push the repeated ones out of its table (and void what ``grpc_h2`` remembers of
+    it)."""
+    return NeverIndexedHeaderTuple(name, value) if name in _VOLATILE else (name, value)
+
+
 def answer_headers(head: bytes) -> Headers:
     """An HTTP/1.1 answer head (status line, header lines, the blank line) as HTTP/2 fields:
-    ``:status`` first, names lowercased, connection-specific fields left out. The fields whose
-    values change from answer to answer are not indexed by HPACK: they would only push the
-    repeated ones out of its table (and void what ``grpc_h2`` remembers of it)."""
+    ``:status`` first, names lowercased, connection-specific fields left out."""
     lines = head.split(b"\r\n")
     fields: list[tuple[bytes, bytes]] = [(b":status", lines[0][9:12])]
     for line in lines[1:]:
@@ -65,10 +87,8 @@ def answer_headers(head: bytes) -> Headers:
         if not colon:
             continue
         name = name.strip().lower()
-        if name in _VOLATILE:
-            fields.append(NeverIndexedHeaderTuple(name, value.strip()))
-        elif name not in _CONNECTION_FIELDS:
-            fields.append((name, value.strip()))
+        if name not in _CONNECTION_FIELDS:
+            fields.append(_field(name, value.strip()))
     return fields
 
 
@@ -279,14 +299,9 @@ class HttpStream:
             req.headers.append((b"host", authority))
 
     # -- Stream: the connection's events -------------------------------------------------------
-    def start(self, head: bytes | None = None, *, chunked: bool = False, close: bool = False) -> None:
-        """Two roles under one name: called bare, the stream has opened (a request refused
-        while its head was read is answered now); called with ``head`` by the exchange, its
-        answer starts (an HTTP/1.1 head, sent as HTTP/2 fields; ``chunked`` and ``close`` are
-        HTTP/1.1's and mean nothing here)."""
-        if head is not None:
-            self._fields, self._out, self._ended = answer_headers(head), [], False
-        elif self.error is not None:  # what the client still sends is dropped
+    def start(self) -> None:
+        """The stream has opened: a request refused while its head was read is answered now."""
+        if self.error is not None:  # what the client still sends is dropped
             self._refuse(self.error)
 
     def on_request_data(self, data: bytes, flow: int, end: bool) -> None:
@@ -337,7 +352,10 @@ class HttpStream:
         self.conn.proxy.stats.count_response(status, monotonic() - self.request.started)
         self._send()
 
-    # -- ClientSide: the exchange's answer (and start, above) ----------------------------------
+    # -- ClientSide: the exchange's answer ----------------------------------------------------
+    def start_answer(self, head: ResponseHead, upstream: bytes, request: Request) -> None:
+        self._fields, self._out, self._ended = answer_fields(head, upstream, request.request_id), [], False
+
     def body(self, data: bytes) -> None:
         self._out.append(data)
 
