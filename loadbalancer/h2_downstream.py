@@ -55,9 +55,9 @@ _PATH = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 
 
 def answer_fields(head: ResponseHead, upstream: bytes, request_id: bytes) -> Headers:
-    """A backend's answer head as HTTP/2 fields: the fields :func:`response_head` gives an
-    HTTP/1.1 client but the framing ones (``content-length`` only where the backend sent one).
-    Its end-to-end fields are the backend's (the hop-by-hop ones are already dropped)."""
+    """A backend's answer head as HTTP/2 fields: those :func:`response_head` gives an HTTP/1.1
+    client, less HTTP/1.1's framing (``transfer-encoding``, ``connection``); ``content-length``
+    where the backend sent one. The backend's hop-by-hop fields were dropped as it was read."""
     fields: list[tuple[bytes, bytes]] = [(b":status", b"%d" % head.status)]
     lines = head.lines
     for i in range(0, len(lines), 4):
