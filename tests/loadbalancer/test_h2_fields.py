@@ -46,8 +46,7 @@ def test_http2_fields_are_the_http11_heads(head: ResponseHead, close: bool) -> N
 def test_the_changing_fields_are_never_indexed() -> None:
     head = ResponseHead(200, b"OK", [b"Date", b": ", b"now", b"\r\n", b"Content-Type", b": ",
                                      b"application/json", b"\r\n"], Framing.LENGTH, 12, None, False)
-    fields = dict((name, type(f).__name__) for f in answer_fields(head, b"b:1", b"r")
-                  for name in [f[0]])
+    fields = {f[0]: type(f).__name__ for f in answer_fields(head, b"b:1", b"r")}
     assert fields[b"date"] == fields[b"x-request-id"] == fields[b"content-length"] == \
         "NeverIndexedHeaderTuple"
     assert fields[b"content-type"] == fields[b"x-upstream"] == fields[b":status"] == "tuple"
