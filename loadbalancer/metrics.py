@@ -4,7 +4,7 @@ only bumps integers). Own registry: nothing global, nothing created at import.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,8 +20,9 @@ from loadbalancer.cluster import Cluster
 from loadbalancer.discovery import Discovery
 from loadbalancer.speed import speed_factor
 from loadbalancer.stats import Histogram, ProxyStats
+from loadbalancer.tls import Reloading
 
-__all__ = ["CONTENT_TYPE", "LBCollector", "make_registry", "render"]
+__all__ = ["CONTENT_TYPE", "LBCollector", "TlsCollector", "make_registry", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "yoloserve_lb_"
@@ -171,6 +172,30 @@ def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFami
 
 def _add_histogram(family: HistogramMetricFamily, values: list[str], h: Histogram) -> None:
     family.add_metric(values, buckets=[(le, float(c)) for le, c in h.cumulative()], sum_value=h.sum)
+
+
+class TlsCollector(Collector):
+    """The TLS contexts, by name (``proxy``, ``admin``, ``grpc``, ``upstream``...): how often
+    each was rebuilt from changed files, and the client handshakes each listening one refused."""
+
+    def __init__(self, contexts: Mapping[str, Reloading]) -> None:
+        self.contexts = contexts
+
+    def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            PREFIX + "tls_reloads", "TLS contexts rebuilt after their files changed.", labels=["context"]
+        )
+        refused = CounterMetricFamily(
+            PREFIX + "tls_handshakes_refused",
+            "Client TLS handshakes refused, by OpenSSL's reason.",
+            labels=["context", "reason"],
+        )
+        for name, context in sorted(self.contexts.items()):
+            reloads.add_metric([name], context.reloads)
+            for reason, count in sorted(context.refusals.counts.items()):
+                refused.add_metric([name, reason], count)
+        yield reloads
+        yield refused
 
 
 def make_registry(

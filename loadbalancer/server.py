@@ -31,7 +31,7 @@ from loadbalancer.grpc_front import GrpcFront
 from loadbalancer.grpc_metrics import GrpcCollector
 from loadbalancer.h2_downstream import H2Downstream
 from loadbalancer.health import HealthChecker
-from loadbalancer.metrics import make_registry
+from loadbalancer.metrics import TlsCollector, make_registry
 from loadbalancer.policies import make_policy
 from loadbalancer.proxy import Proxy
 from loadbalancer.settings import LBSettings, load_config_file, parse_backends, parse_discover
@@ -108,6 +108,7 @@ class LoadBalancer:
         self.registry = make_registry(self.cluster, self.stats, self.discovery)
         self.contexts = _tls_contexts(settings)
         contexts = self.contexts
+        self.registry.register(TlsCollector(contexts))
         self.tls, self.admin_tls = contexts.get("proxy"), contexts.get("admin")
         self.upstream_tls = contexts["upstream"]
         self.grpc: GrpcFront | None = None  # the gRPC side, on --grpc-port

@@ -19,6 +19,17 @@ its ``sni_callback``, which OpenSSL runs on every ClientHello (with or without a
 hands the connection the newest context. Connections already open keep the certificate they were
 given; a new file that does not load (a key written before its certificate, say) is logged and
 the previous context stays until the files are whole again.
+
+Refused clients: the event loop's TLS layer (uvloop's, as asyncio's) closes a connection whose
+handshake failed without sending the alert OpenSSL wrote for it, so the client learns nothing
+(``unexpected eof``) and the server logs nothing. The listening context's ``sslobject_class``
+(:class:`_Refusing`) holds such a failure back once: the loop then sends what OpenSSL wrote (the
+alert: ``certificate required``, ``protocol version``, ``handshake failure``) as it does for any
+handshake step, and the failure itself is raised at the next step (the client's close, more
+bytes, or the handshake timeout), which closes the connection; a failure with nothing to send
+(plain HTTP on the port) closes it at once. Each refusal is counted by
+OpenSSL's reason in the context's :class:`Refusals` (``/metrics``), the first of each reason
+logged.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import os
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 from loadbalancer.errors import ConfigError
 
@@ -36,6 +48,7 @@ __all__ = [
     "CIPHERS",
     "H2_ALPN",
     "PROXY_ALPN",
+    "Refusals",
     "Reloading",
     "client_context",
     "failure_reason",
@@ -92,16 +105,72 @@ def client_context(
     return context
 
 
+class Refusals:
+    """The client handshakes a listening context refused, by OpenSSL's reason in lower case
+    (``peer_did_not_return_a_certificate``, ``unsupported_protocol``, ``no_shared_cipher``,
+    ``certificate_verify_failed``, ``http_request``...): a small fixed set. The first refusal of
+    each reason is logged, the others only counted."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counts: dict[str, int] = {}
+
+    def add(self, exc: ssl.SSLError) -> None:
+        reason = str(exc.reason or "unknown").lower()
+        seen = self.counts.get(reason, 0)
+        self.counts[reason] = seen + 1
+        if not seen:
+            log.warning("a client's TLS handshake was refused; later ones for this reason are "
+                        "only counted", extra={"tls": self.name, "reason": reason,
+                                               "detail": failure_reason(exc)})
+
+
+class _Refusing(ssl.SSLObject):
+    """A server-side connection whose failed handshake lets the loop send OpenSSL's alert
+    before it closes (see the module's docstring); ``refusals`` counts the failures. Only the
+    handshake is overridden: reads and writes are the base class's."""
+
+    refusals: ClassVar[Refusals]
+    _refused: ssl.SSLError | None = None
+    _outgoing: ssl.MemoryBIO | None = None
+
+    @classmethod
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any,
+                **kwargs: Any) -> Any:
+        # what ``SSLContext.wrap_bio`` calls to make an ``sslobject_class`` (CPython 3.7+); kept:
+        # the BIO the loop sends from, to see whether OpenSSL wrote an alert
+        made = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        made._outgoing = outgoing
+        return made
+
+    def do_handshake(self) -> None:
+        if self._refused is not None:
+            raise self._refused  # the alert went out at the step before: now close
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            self.refusals.add(exc)
+            if self._outgoing is not None and not self._outgoing.pending:
+                raise  # no alert to send (plain HTTP, say): close at once
+            self._refused = exc
+            # "wait for the peer": the loop sends what OpenSSL wrote, the alert, as for any step
+            raise ssl.SSLWantReadError(*exc.args) from exc
+
+
 class Reloading:
     """``current``: the context last built from ``files`` by ``build``; :meth:`check` builds it
     again when a file has changed. The first build raises :class:`ConfigError`; later failures
-    are logged (once per change of the files) and keep the previous context."""
+    are logged (once per change of the files) and keep the previous context. ``refusals``: the
+    client handshakes refused while listening with it (:func:`listening_context`)."""
 
     def __init__(self, name: str, files: Sequence[Path], build: Callable[[], ssl.SSLContext]) -> None:
         self.name = name
         self.files = tuple(files)
         self.build = build
         self.reloads = 0
+        self.refusals = Refusals(name)
         self._stamp = self._stat()
         self.current = build()
         self._failed: Stamp | None = None
@@ -137,8 +206,15 @@ class Reloading:
 
 def listening_context(reloading: Reloading) -> ssl.SSLContext:
     """The context to listen with: ``reloading``'s first one, which gives every new connection
-    ``reloading.current`` as the handshake begins."""
+    ``reloading.current`` as the handshake begins, and whose connections send their alert when
+    their handshake fails, counted in ``reloading.refusals``."""
     front = reloading.current
+    counted = reloading.refusals
+
+    class Refusing(_Refusing):
+        refusals = counted
+
+    front.sslobject_class = Refusing
 
     def on_client_hello(ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
         current = reloading.current

@@ -3,6 +3,7 @@ CA, server and client certificates):
 
 - the proxy port serves HTTPS (TLS 1.2+, ALPN, resumed sessions) and refuses plain HTTP;
   the admin port serves its own certificate; ``--tls-client-ca`` requires client certificates;
+  a refused client gets the alert that says why, and the refusal is counted by reason;
 - a renewed certificate (new key, new serial) written over the files is served to new
   connections within 5 s, without a restart and without a failed request under load;
 - ``https://`` backends: verified against ``--upstream-ca``, mutual TLS to the one that requires
@@ -25,6 +26,7 @@ import aiohttp
 import httpx
 import pytest
 from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.procs import await_until, start_all, stop_all, wait_until
 from tests.loadbalancer.harness import BackendProc, LBProc, Result, load, ready_over_tls
@@ -140,15 +142,24 @@ def test_https_served_resumed_and_plain_http_refused(
         assert first.session is not None
         _, second = https_get(lb.port, trust, session=first.session)
         assert second.reused
+        # TLS below 1.2, or TLS 1.2 without an AEAD cipher: refused, with the alert that says why
         old = ssl.create_default_context(cafile=ca.cert)
+        old.set_ciphers("ALL:@SECLEVEL=0")  # without it, this client could not offer TLS 1.1
         old.maximum_version = ssl.TLSVersion.TLSv1_1
         old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-        with pytest.raises(ssl.SSLError):
-            https_get(lb.port, old)
+        weak = trusting(ca)
+        weak.maximum_version = ssl.TLSVersion.TLSv1_2
+        weak.set_ciphers("AES128-SHA")
+        for context, alert in ((old, "TLSV1_ALERT_PROTOCOL_VERSION"),
+                               (weak, "SSLV3_ALERT_HANDSHAKE_FAILURE")):
+            with pytest.raises(ssl.SSLError) as refused:
+                https_get(lb.port, context)
+            assert refused.value.reason == alert
         # the admin port: its own certificate
         assert served_serial(lb.admin_port, trust) == admin.serial
         assert served_serial(lb.port, trust) == server.serial
-        # plain HTTP on the TLS port: no HTTP answer, and nothing reaches the backend
+        # plain HTTP on the TLS port: no HTTP answer, and nothing reaches the backend; closed at
+        # once (no alert to send), not after the 30 s handshake timeout
         before = lb.backend(backend.id)["totals"]["requests"]
         with socket.create_connection(("127.0.0.1", lb.port), timeout=5.0) as raw:
             raw.sendall(b"POST /v1/detect HTTP/1.1\r\nhost: lb\r\ncontent-length: 2\r\n\r\nhi")
@@ -158,6 +169,9 @@ def test_https_served_resumed_and_plain_http_refused(
                 reply = b""
         assert not reply.startswith(b"HTTP/")
         assert lb.backend(backend.id)["totals"]["requests"] == before
+        metrics = httpx.get(lb.admin_url + "/metrics", verify=trust, timeout=5.0).text
+        assert refusals(metrics) == {("proxy", "unsupported_protocol"): 1,
+                                     ("proxy", "no_shared_cipher"): 1, ("proxy", "http_request"): 1}
     finally:
         lb.stop()
 
@@ -174,19 +188,35 @@ def test_client_certificates_required_with_a_client_ca(
         lb.start().wait_ready()
         answer, _ = https_get(lb.port, trusting(ca, client))
         assert answer.startswith(b"HTTP/1.1 200")
-        for refused in (trusting(ca), trusting(ca, stranger)):  # none, or one of another CA
-            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
-                refused.maximum_version = version
-                # TLS 1.2 fails the handshake; TLS 1.3 completes it on the client's side first,
-                # and the server's refusal ends the connection before any answer
-                try:
-                    answer, _ = https_get(lb.port, refused)
-                except (ssl.SSLError, ConnectionError):
-                    answer = b""
-                assert answer == b"", answer[:200]
+        # refused with the alert that says why (TLS 1.3 completes the handshake on the client's
+        # side first: the alert ends the connection at the first read, before any answer)
+        alerts = {
+            (None, ssl.TLSVersion.TLSv1_2): "SSLV3_ALERT_HANDSHAKE_FAILURE",
+            (None, ssl.TLSVersion.TLSv1_3): "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+            (stranger, ssl.TLSVersion.TLSv1_2): "TLSV1_ALERT_UNKNOWN_CA",  # another CA's
+            (stranger, ssl.TLSVersion.TLSv1_3): "TLSV1_ALERT_UNKNOWN_CA",
+        }
+        for (certificate, version), alert in alerts.items():
+            refused = trusting(ca, certificate)
+            refused.maximum_version = version
+            with pytest.raises(ssl.SSLError) as failed:
+                https_get(lb.port, refused)
+            assert failed.value.reason == alert, (certificate, version)
         assert lb.backend(backend.id)["totals"]["requests"] == 1
+        assert refusals(httpx.get(lb.admin_url + "/metrics", timeout=5.0).text) == {
+            ("proxy", "peer_did_not_return_a_certificate"): 2, ("proxy", "certificate_verify_failed"): 2}
+        logged = [line for line in lb.logs().splitlines() if "TLS handshake was refused" in line]
+        assert len(logged) == 2, logged  # the first of each reason
     finally:
         lb.stop()
+
+
+def refusals(metrics: str) -> dict[tuple[str, str], float]:
+    """``yoloserve_lb_tls_handshakes_refused_total`` by (context, reason)."""
+    return {(s.labels["context"], s.labels["reason"]): s.value
+            for family in text_string_to_metric_families(metrics)
+            if family.name == "yoloserve_lb_tls_handshakes_refused"
+            for s in family.samples if s.name.endswith("_total")}
 
 
 async def test_a_renewed_certificate_is_served_within_5s_without_a_failed_request(
