@@ -27,9 +27,8 @@ handshake failed without sending the alert OpenSSL wrote for it, so the client l
 alert: ``certificate required``, ``protocol version``, ``handshake failure``) as it does for any
 handshake step, and the failure itself is raised at the next step (the client's close, more
 bytes, or the handshake timeout), which closes the connection; a failure with nothing to send
-(plain HTTP on the port) closes it at once. Each refusal is counted by
-OpenSSL's reason in the context's :class:`Refusals` (``/metrics``), the first of each reason
-logged.
+(plain HTTP on the port) closes it at once. Each refusal is counted by OpenSSL's reason in the
+context's :class:`Refusals` (``/metrics``), the first of each reason logged.
 """
 
 from __future__ import annotations
