@@ -28,7 +28,7 @@ from harness.procs import Fleet, GrpcBackend, free_port, wait_until
 from service.api.grpc.proto import grpc_service_pb2 as pb
 from service.api.grpc.proto import grpc_service_pb2_grpc
 from tests.loadbalancer.harness import LBProc
-from tests.loadbalancer.pki import Authority, Issued, make_pki
+from tests.loadbalancer.pki import Authority, Issued
 from tests.loadbalancer.test_lb_tls import served_serial, trusting
 
 pytestmark = pytest.mark.slow
@@ -111,11 +111,6 @@ def alpn_of(port: int, context: ssl.SSLContext) -> str | None:
     with socket.create_connection(("127.0.0.1", port), timeout=5.0) as raw, \
             context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
         return tls.selected_alpn_protocol()
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[Authority, Authority]:
-    return make_pki(tmp_path)
 
 
 @pytest.fixture

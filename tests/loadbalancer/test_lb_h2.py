@@ -22,7 +22,6 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import h2.connection
@@ -34,7 +33,7 @@ import pytest
 
 from harness.procs import Fleet, GrpcBackend, await_until, free_port, start_all, wait_until
 from tests.loadbalancer.harness import BackendProc, LBProc
-from tests.loadbalancer.pki import Authority, Issued, make_pki
+from tests.loadbalancer.pki import Authority, Issued
 from tests.loadbalancer.test_grpc_tls import NAME_OVERRIDE, call, credentials, grpc_health
 from tests.loadbalancer.test_lb_tls import trusting
 
@@ -118,11 +117,6 @@ class SmallWindowClient:
                 return None
             self.pending += self.h2.receive_data(data)
             self.sock.sendall(self.h2.data_to_send())
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[Authority, Authority]:
-    return make_pki(tmp_path)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.procs import await_until, start_all, stop_all, wait_until
 from tests.loadbalancer.harness import BackendProc, LBProc, Result, load, ready_over_tls
-from tests.loadbalancer.pki import Authority, Issued, make_pki
+from tests.loadbalancer.pki import Authority, Issued
 
 pytestmark = pytest.mark.slow
 
@@ -105,11 +105,6 @@ def served_serial(port: int, context: ssl.SSLContext) -> int:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[Authority, Authority]:
-    return make_pki(tmp_path)
 
 
 @pytest.fixture

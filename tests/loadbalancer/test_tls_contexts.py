@@ -22,7 +22,8 @@ import pytest
 from cryptography import x509
 
 from loadbalancer.tls import Reloading, listening_context, server_context
-from tests.loadbalancer.pki import Authority, Issued, make_pki
+from tests.loadbalancer.pki import Authority, Issued
+from tests.loadbalancer.test_lb_tls import trusting
 
 
 class Pair:
@@ -57,18 +58,6 @@ class Pair:
         der = self.client.getpeercert(binary_form=True)
         assert der is not None
         return x509.load_der_x509_certificate(der).serial_number
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[Authority, Authority]:
-    return make_pki(tmp_path)
-
-
-def trusting(ca: Authority, client: Issued | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca.cert)
-    if client is not None:
-        context.load_cert_chain(client.cert, client.key)
-    return context
 
 
 def secret_volume(mount: Path, issued: Issued, version: int) -> None:
